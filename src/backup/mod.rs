@@ -1,0 +1,678 @@
+//! Backup: walk the source through dirfds, read files through io_uring,
+//! cut them into FastCDC chunks, store new blobs in packs, and commit a
+//! snapshot with the protocol of `docs/FORMAT.md`.
+//!
+//! Side effects: reads the source (with `O_NOATIME` where permitted, so
+//! atimes are left alone) and writes packs, an index file, an entries file
+//! and the snapshot record into the repository. Nothing becomes visible as a
+//! snapshot until the final rename of the record.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use base64::Engine as _;
+use globset::{GlobSet, GlobSetBuilder};
+
+use crate::error::{Error, Result};
+use crate::facts::{Decision, Emitter, Event};
+use crate::fs::{fd, DataFile, Dir, FileKind, Name, RelPath, Stat};
+use crate::policy::{Policy, PreservationTier};
+use crate::repo::pack::PackBuilder;
+use crate::repo::sidecar::{DevNum, EntryKind, EntryRecord};
+use crate::repo::{
+    BlobLocation, EntriesRef, IndexBlob, IndexFile, IndexPack, Repo, SnapshotRecord, SnapshotStats,
+    Syncs, PACK_TARGET,
+};
+
+/// Bytes requested per read submission.
+const READ_SIZE: usize = 4 * 1024 * 1024;
+
+/// What to back up and how.
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    /// The source directory or file, as given.
+    pub source: PathBuf,
+    /// The policy in force.
+    pub policy: Policy,
+    /// Tags for the snapshot record.
+    pub tags: Vec<String>,
+}
+
+/// What a committed backup produced.
+#[derive(Debug, Clone)]
+pub struct BackupOutcome {
+    /// The snapshot id.
+    pub snapshot_id: String,
+    /// The committed record.
+    pub record: SnapshotRecord,
+    /// Sync accounting.
+    pub syncs: Syncs,
+}
+
+/// Exclude patterns compiled for matching (see [`Policy::excludes`]).
+struct Excludes {
+    by_name: GlobSet,
+    by_path: GlobSet,
+}
+
+impl Excludes {
+    fn new(patterns: &[String]) -> Result<Self> {
+        let mut by_name = GlobSetBuilder::new();
+        let mut by_path = GlobSetBuilder::new();
+        for p in patterns {
+            let (set, pat) = match p.strip_prefix('/') {
+                Some(rest) => (&mut by_path, rest),
+                None if p.contains('/') => (&mut by_path, p.as_str()),
+                None => (&mut by_name, p.as_str()),
+            };
+            let glob = globset::GlobBuilder::new(pat)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| Error::Usage(format!("invalid --exclude pattern {p:?}: {e}")))?;
+            set.add(glob);
+        }
+        let build = |b: GlobSetBuilder| {
+            b.build()
+                .map_err(|e| Error::Usage(format!("invalid --exclude patterns: {e}")))
+        };
+        Ok(Self {
+            by_name: build(by_name)?,
+            by_path: build(by_path)?,
+        })
+    }
+
+    fn matches(&self, rel: &RelPath) -> bool {
+        use std::os::unix::ffi::OsStrExt;
+        let Some(name) = rel.file_name() else {
+            return false;
+        };
+        let name_path = Path::new(std::ffi::OsStr::from_bytes(name.as_bytes()));
+        if self.by_name.is_match(name_path) {
+            return true;
+        }
+        let bytes = rel.to_bytes();
+        self.by_path
+            .is_match(Path::new(std::ffi::OsStr::from_bytes(&bytes)))
+    }
+}
+
+/// The running state of one backup.
+struct Writer<'a> {
+    repo: &'a Repo,
+    tier: PreservationTier,
+    chunker: crate::repo::ChunkerParams,
+    known: HashMap<blake3::Hash, BlobLocation>,
+    new_blobs: HashSet<blake3::Hash>,
+    pack: PackBuilder,
+    index: IndexFile,
+    syncs: Syncs,
+    stats: SnapshotStats,
+    records: Vec<EntryRecord>,
+    hardlinks: HashMap<((u32, u32), u64), RelPath>,
+    facts: &'a mut Emitter,
+    progress: &'a indicatif::ProgressBar,
+}
+
+/// Runs a backup of `opts.source` into `repo`. The caller holds the
+/// exclusive repository lock.
+///
+/// Entries that cannot be read are left out, each reported with a
+/// `backup.warning` fact; the snapshot still commits and
+/// `stats.unreadable` counts them (the CLI exits 3, `E_PARTIAL`).
+///
+/// # Errors
+///
+/// [`Error::SourceMissing`] when the source does not exist (nothing is
+/// written); repository I/O errors (`E_NO_SPACE` for a full disk), which
+/// leave no snapshot: everything written so far sits in `tmp/` or as
+/// unreferenced packs.
+pub fn run(
+    repo: &Repo,
+    opts: &BackupOptions,
+    facts: &mut Emitter,
+    progress: &indicatif::ProgressBar,
+) -> Result<BackupOutcome> {
+    let started = Instant::now();
+    let time = humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string();
+    let source = std::path::absolute(&opts.source)
+        .map_err(|e| Error::io("resolve", opts.source.display(), e))?;
+    let excludes = Excludes::new(&opts.policy.excludes)?;
+
+    // Open the source: a directory becomes the root; anything else is
+    // stored as one entry named after it.
+    let src_display = source.display().to_string();
+    let root = match Dir::open_root(&source) {
+        Ok(d) => SourceRoot::Dir(d),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::SourceMissing { path: src_display })
+        }
+        Err(e)
+            if e.raw_os_error() == Some(rustix::io::Errno::NOTDIR.raw_os_error())
+                || e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) =>
+        {
+            let parent = source.parent().unwrap_or(Path::new("/"));
+            let fname = source
+                .file_name()
+                .ok_or_else(|| Error::Usage(format!("source {src_display} has no file name")))?;
+            use std::os::unix::ffi::OsStrExt;
+            let name = Name::new(fname.as_bytes())
+                .map_err(|e| Error::Usage(format!("source {src_display}: {e}")))?;
+            let pdir =
+                Dir::open_root(parent).map_err(|e| Error::io("open", parent.display(), e))?;
+            SourceRoot::Single(pdir, name)
+        }
+        Err(e) => return Err(Error::io("open source", src_display, e)),
+    };
+
+    let snapshots = repo.snapshots()?;
+    let host = crate::fs::hostname();
+    let parent = snapshots
+        .iter()
+        .rev()
+        .find(|(_, r)| r.host == host && r.source == src_display)
+        .map(|(id, _)| id.clone());
+    let known = repo.load_index()?;
+
+    let mut w = Writer {
+        repo,
+        tier: opts.policy.tier,
+        chunker: repo.config.chunker,
+        known,
+        new_blobs: HashSet::new(),
+        pack: PackBuilder::with_capacity(PACK_TARGET),
+        index: IndexFile {
+            v: 1,
+            packs: Vec::new(),
+        },
+        syncs: Syncs {
+            enabled: opts.policy.require_backup_durability,
+            ..Syncs::default()
+        },
+        stats: SnapshotStats::default(),
+        records: Vec::new(),
+        hardlinks: HashMap::new(),
+        facts,
+        progress,
+    };
+
+    crate::fs::block_on(async {
+        match &root {
+            SourceRoot::Dir(d) => w.walk(d, &excludes).await?,
+            SourceRoot::Single(pdir, name) => {
+                let st = pdir
+                    .stat(name)
+                    .map_err(|e| Error::io("stat", &src_display, e))?;
+                let rel = RelPath::root().join(name.clone());
+                w.entry(pdir, name, &rel, st).await?;
+            }
+        }
+        w.commit(time, host, &source, opts, parent, started).await
+    })
+    .map_err(|e| Error::io("start io_uring runtime", repo.path.display(), e))?
+}
+
+enum SourceRoot {
+    Dir(Dir),
+    Single(Dir, Name),
+}
+
+struct Frame {
+    dir: Dir,
+    rel: RelPath,
+    children: Vec<Name>,
+    next: usize,
+    record_idx: usize,
+}
+
+impl Writer<'_> {
+    fn warn(&mut self, rel: &RelPath, op: &str, detail: String, skipped: bool) -> Result<()> {
+        if skipped {
+            self.stats.skipped += 1;
+            self.stats.unreadable += 1;
+        }
+        self.progress
+            .suspend(|| eprintln!("snap: warning: {op} {rel}: {detail}"));
+        self.facts.emit(
+            Decision::Warn,
+            skipped.then_some(crate::error::ErrorId::E_PARTIAL),
+            Event::BackupWarning {
+                path: rel.to_string(),
+                op: op.to_owned(),
+                detail,
+                entry_skipped: skipped,
+            },
+        )
+    }
+
+    /// Pre-order walk: a directory's record, then its subtree, children in
+    /// bytewise name order. Restore relies on this order.
+    async fn walk(&mut self, root: &Dir, excludes: &Excludes) -> Result<()> {
+        let rel = RelPath::root();
+        let st = root
+            .stat_self()
+            .map_err(|e| Error::io("stat", "source", e))?;
+        let dup = root
+            .open_path(&rel)
+            .map_err(|e| Error::io("open", "source", e))?;
+        let rec = self.base_record(&rel, EntryKind::Dir, &st);
+        let rec = self.with_xattrs(rec, &dup, &rel)?;
+        self.records.push(rec);
+        self.stats.dirs += 1;
+        let children = match dup.list() {
+            Ok(c) => c,
+            Err(e) => return Err(Error::io("list", "source", e)),
+        };
+        let mut stack = vec![Frame {
+            dir: dup,
+            rel,
+            children,
+            next: 0,
+            record_idx: 0,
+        }];
+        while let Some(top) = stack.last_mut() {
+            if top.next == top.children.len() {
+                let done = stack.pop().expect("non-empty stack");
+                // Basic keeps directories only as parents of what they hold.
+                if self.tier == PreservationTier::Basic
+                    && done.record_idx != 0
+                    && self.records.len() == done.record_idx + 1
+                {
+                    self.records.pop();
+                    self.stats.dirs -= 1;
+                    self.stats.skipped += 1;
+                }
+                continue;
+            }
+            let name = top.children[top.next].clone();
+            top.next += 1;
+            let rel = top.rel.join(name.clone());
+            if excludes.matches(&rel) {
+                self.stats.skipped += 1;
+                continue;
+            }
+            let st = match top.dir.stat(&name) {
+                Ok(s) => s,
+                Err(e) => {
+                    self.warn(&rel, "stat", e.to_string(), true)?;
+                    continue;
+                }
+            };
+            if st.kind == FileKind::Dir {
+                let sub = match top.dir.open_dir(&name) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        self.warn(&rel, "open directory", e.to_string(), true)?;
+                        continue;
+                    }
+                };
+                let children = match sub.list() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        self.warn(&rel, "list", e.to_string(), true)?;
+                        continue;
+                    }
+                };
+                let rec = self.base_record(&rel, EntryKind::Dir, &st);
+                let rec = self.with_xattrs(rec, &sub, &rel)?;
+                let record_idx = self.records.len();
+                self.records.push(rec);
+                self.stats.dirs += 1;
+                stack.push(Frame {
+                    dir: sub,
+                    rel,
+                    children,
+                    next: 0,
+                    record_idx,
+                });
+            } else {
+                let frame = stack.last().expect("non-empty stack");
+                self.entry(&frame.dir, &name, &rel, st).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn base_record(&self, rel: &RelPath, kind: EntryKind, st: &Stat) -> EntryRecord {
+        let mut r = EntryRecord::new(rel, kind, st.mode, st.mtime);
+        if self.tier >= PreservationTier::Extended {
+            r.uid = Some(st.uid);
+            r.gid = Some(st.gid);
+            r.atime = Some(st.atime);
+        }
+        r
+    }
+
+    /// Adds xattrs read through `fd` at tier full.
+    fn with_xattrs(
+        &mut self,
+        mut rec: EntryRecord,
+        f: &impl std::os::fd::AsFd,
+        rel: &RelPath,
+    ) -> Result<EntryRecord> {
+        if self.tier < PreservationTier::Full {
+            return Ok(rec);
+        }
+        let (ok, failed) = match fd::xattrs(f) {
+            Ok(x) => x,
+            Err(e) => {
+                self.warn(rel, "listxattr", e.to_string(), false)?;
+                return Ok(rec);
+            }
+        };
+        for (name, e) in failed {
+            self.warn(
+                rel,
+                &format!("getxattr {}", String::from_utf8_lossy(&name)),
+                e.to_string(),
+                false,
+            )?;
+        }
+        let mut map = std::collections::BTreeMap::new();
+        for (name, value) in ok {
+            match String::from_utf8(name) {
+                Ok(n) => {
+                    map.insert(n, base64::engine::general_purpose::STANDARD.encode(value));
+                }
+                Err(n) => self.warn(
+                    rel,
+                    &format!("getxattr {}", String::from_utf8_lossy(n.as_bytes())),
+                    "xattr name is not UTF-8; not stored".into(),
+                    false,
+                )?,
+            }
+        }
+        rec.xattrs = Some(map);
+        Ok(rec)
+    }
+
+    /// Records one non-directory entry found in `dir`.
+    async fn entry(&mut self, dir: &Dir, name: &Name, rel: &RelPath, st: Stat) -> Result<()> {
+        let extended = self.tier >= PreservationTier::Extended;
+        if extended
+            && st.nlink > 1
+            && matches!(st.kind, FileKind::File | FileKind::Symlink | FileKind::Fifo)
+        {
+            if let Some(leader) = self.hardlinks.get(&(st.dev, st.ino)) {
+                let mut rec = self.base_record(rel, EntryKind::Hardlink, &st);
+                rec.set_link(&leader.clone());
+                self.records.push(rec);
+                self.stats.hardlinks += 1;
+                return Ok(());
+            }
+        }
+        let rec = match st.kind {
+            FileKind::File => match self.file(dir, name, rel, &st).await? {
+                Some(r) => r,
+                None => return Ok(()),
+            },
+            FileKind::Symlink if extended => {
+                let target = match dir.read_link(name) {
+                    Ok(t) => t,
+                    Err(e) => return self.warn(rel, "readlink", e.to_string(), true),
+                };
+                let mut r = self.base_record(rel, EntryKind::Symlink, &st);
+                r.set_target(&target);
+                self.stats.symlinks += 1;
+                r
+            }
+            FileKind::Fifo if extended => {
+                self.stats.special += 1;
+                self.base_record(rel, EntryKind::Fifo, &st)
+            }
+            FileKind::Char | FileKind::Block | FileKind::Socket
+                if self.tier == PreservationTier::Full =>
+            {
+                let kind = match st.kind {
+                    FileKind::Char => EntryKind::Char,
+                    FileKind::Block => EntryKind::Block,
+                    _ => EntryKind::Socket,
+                };
+                let mut r = self.base_record(rel, kind, &st);
+                if kind != EntryKind::Socket {
+                    r.rdev = Some(DevNum {
+                        major: st.rdev.0,
+                        minor: st.rdev.1,
+                    });
+                }
+                self.stats.special += 1;
+                r
+            }
+            _ => {
+                // Not kept by this tier.
+                self.stats.skipped += 1;
+                return Ok(());
+            }
+        };
+        if extended && st.nlink > 1 {
+            self.hardlinks.insert((st.dev, st.ino), rel.clone());
+        }
+        self.records.push(rec);
+        Ok(())
+    }
+
+    /// Reads, chunks and stores one regular file. `Ok(None)` when it could
+    /// not be read (reported as a warning).
+    async fn file(
+        &mut self,
+        dir: &Dir,
+        name: &Name,
+        rel: &RelPath,
+        st: &Stat,
+    ) -> Result<Option<EntryRecord>> {
+        let fd = match dir.open_file_read(name) {
+            Ok(fd) => fd,
+            Err(e) => {
+                self.warn(rel, "open", e.to_string(), true)?;
+                return Ok(None);
+            }
+        };
+        let f = DataFile::new(fd);
+        let mut rec = self.base_record(rel, EntryKind::File, st);
+        rec = self.with_xattrs(rec, &f.as_fd(), rel)?;
+        let max = self.chunker.max as usize;
+        let segment = 2 * max;
+        let mut buf: Vec<u8> = Vec::new();
+        let mut offset = 0u64;
+        let mut eof = false;
+        let mut chunks = Vec::new();
+        let mut whole = blake3::Hasher::new();
+        let mut single: Option<blake3::Hash> = None;
+        while !eof || !buf.is_empty() {
+            while !eof && buf.len() < segment {
+                let want = READ_SIZE.min(segment - buf.len()).max(
+                    // Small files: one read of the whole file (+1 to see EOF).
+                    ((st.size.saturating_sub(offset)) as usize + 1).min(READ_SIZE),
+                );
+                match f.read_at(offset, want).await {
+                    Ok(data) if data.is_empty() => eof = true,
+                    Ok(data) => {
+                        offset += data.len() as u64;
+                        if buf.is_empty() {
+                            buf = data;
+                        } else {
+                            buf.extend_from_slice(&data);
+                        }
+                    }
+                    Err(e) => {
+                        self.warn(rel, "read", e.to_string(), true)?;
+                        return Ok(None);
+                    }
+                }
+            }
+            if buf.is_empty() {
+                break;
+            }
+            let cuts: Vec<(usize, usize)> = fastcdc::v2020::FastCDC::new(
+                &buf,
+                self.chunker.min,
+                self.chunker.avg,
+                self.chunker.max,
+            )
+            .map(|c| (c.offset, c.length))
+            .collect();
+            let take = if eof {
+                cuts.len()
+            } else {
+                cuts.len().saturating_sub(1).max(1)
+            };
+            let mut consumed = 0;
+            for &(off, len) in &cuts[..take] {
+                let chunk = &buf[off..off + len];
+                let id = blake3::hash(chunk);
+                if chunks.is_empty() && eof && take == cuts.len() && cuts.len() == 1 {
+                    single = Some(id);
+                } else {
+                    whole.update(chunk);
+                }
+                self.store_blob(id, chunk).await?;
+                chunks.push(id.to_hex().to_string());
+                consumed = off + len;
+            }
+            if consumed == buf.len() {
+                buf.clear();
+            } else {
+                buf.drain(..consumed);
+            }
+        }
+        let hash = match single {
+            Some(h) => h,
+            None if chunks.is_empty() => blake3::hash(b""),
+            None => whole.finalize(),
+        };
+        f.close()
+            .await
+            .map_err(|e| Error::io("close", rel.to_string(), e))?;
+        rec.size = Some(offset);
+        rec.chunks = Some(chunks);
+        rec.hash = Some(hash.to_hex().to_string());
+        self.stats.files += 1;
+        self.stats.bytes += offset;
+        self.progress.inc(offset);
+        self.progress
+            .set_message(format!("{} files", self.stats.files));
+        Ok(Some(rec))
+    }
+
+    async fn store_blob(&mut self, id: blake3::Hash, bytes: &[u8]) -> Result<()> {
+        if self.known.contains_key(&id) || !self.new_blobs.insert(id) {
+            return Ok(());
+        }
+        self.pack.add(id, bytes);
+        self.stats.new_blobs += 1;
+        self.stats.new_blob_bytes += bytes.len() as u64;
+        if self.pack.data_len() >= PACK_TARGET {
+            self.flush_pack().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the pack being assembled: tmp -> fsync -> rename into
+    /// `packs/xx/` -> fsync `packs/xx/`.
+    async fn flush_pack(&mut self) -> Result<()> {
+        if self.pack.is_empty() {
+            return Ok(());
+        }
+        let pack = std::mem::replace(&mut self.pack, PackBuilder::with_capacity(PACK_TARGET));
+        let (bytes, id, blobs) = pack.finish();
+        let hex = id.to_hex().to_string();
+        let dir = self.repo.fanout_dir("packs", &hex, &mut self.syncs)?;
+        let fname =
+            Name::new(format!("{hex}.pack").as_bytes()).map_err(|e| Error::Usage(e.to_string()))?;
+        self.stats.bytes_added += self
+            .repo
+            .write_atomic(&dir, &fname, bytes, &mut self.syncs)
+            .await?;
+        self.stats.packs += 1;
+        self.index.packs.push(IndexPack {
+            id: hex,
+            blobs: blobs
+                .into_iter()
+                .map(|(id, offset, length)| IndexBlob {
+                    id: id.to_hex().to_string(),
+                    offset,
+                    length,
+                })
+                .collect(),
+        });
+        Ok(())
+    }
+
+    /// Steps 3-6 of the commit protocol: last pack, index, entries file,
+    /// then the snapshot record (the commit point).
+    async fn commit(
+        &mut self,
+        time: String,
+        host: String,
+        source: &Path,
+        opts: &BackupOptions,
+        parent: Option<String>,
+        started: Instant,
+    ) -> Result<BackupOutcome> {
+        self.flush_pack().await?;
+        let ser = |what: &str, e: serde_json::Error| Error::Integrity {
+            path: what.to_owned(),
+            detail: format!("cannot serialise: {e}"),
+        };
+        if !self.index.packs.is_empty() {
+            let bytes = serde_json::to_vec(&self.index).map_err(|e| ser("index", e))?;
+            let id = blake3::hash(&bytes).to_hex().to_string();
+            let fname = Name::new(format!("{id}.idx").as_bytes())
+                .map_err(|e| Error::Usage(e.to_string()))?;
+            let dir = RelPath::parse(b"index").map_err(|e| Error::Usage(e.to_string()))?;
+            self.stats.bytes_added += self
+                .repo
+                .write_atomic(&dir, &fname, bytes, &mut self.syncs)
+                .await?;
+        }
+        let mut entries = Vec::with_capacity(self.records.len() * 200);
+        for r in &self.records {
+            serde_json::to_writer(&mut entries, r).map_err(|e| ser("entries", e))?;
+            entries.push(b'\n');
+        }
+        let entries_id = blake3::hash(&entries).to_hex().to_string();
+        let dir = self
+            .repo
+            .fanout_dir("entries", &entries_id, &mut self.syncs)?;
+        let fname = Name::new(format!("{entries_id}.jsonl").as_bytes())
+            .map_err(|e| Error::Usage(e.to_string()))?;
+        self.stats.bytes_added += self
+            .repo
+            .write_atomic(&dir, &fname, entries, &mut self.syncs)
+            .await?;
+        self.stats.duration_ms = started.elapsed().as_millis() as u64;
+        use std::os::unix::ffi::OsStrExt;
+        let (src_text, src_b64) = crate::fs::bytes_to_stored(source.as_os_str().as_bytes());
+        let record = SnapshotRecord {
+            v: 1,
+            time,
+            host,
+            source: src_text,
+            source_b64: src_b64,
+            tier: opts.policy.tier,
+            tags: opts.tags.clone(),
+            policy: opts.policy.clone(),
+            parent,
+            entries: EntriesRef {
+                id: entries_id,
+                count: self.records.len() as u64,
+            },
+            stats: self.stats.clone(),
+            durable: self.syncs.enabled,
+        };
+        let bytes = serde_json::to_vec_pretty(&record).map_err(|e| ser("snapshot", e))?;
+        let snapshot_id = blake3::hash(&bytes).to_hex().to_string();
+        let fname = Name::new(format!("{snapshot_id}.json").as_bytes())
+            .map_err(|e| Error::Usage(e.to_string()))?;
+        let dir = RelPath::parse(b"snapshots").map_err(|e| Error::Usage(e.to_string()))?;
+        // The commit point: rename into snapshots/, then fsync snapshots/.
+        self.repo
+            .write_atomic(&dir, &fname, bytes, &mut self.syncs)
+            .await?;
+        Ok(BackupOutcome {
+            snapshot_id,
+            record,
+            syncs: self.syncs,
+        })
+    }
+}

@@ -1,0 +1,550 @@
+//! Command line: clap definitions, human output (progress bar, tables,
+//! summary lines) and the mapping from errors to facts and exit codes.
+//!
+//! Side effects: runs the requested command; writes human text to stdout
+//! (stderr under `--json`, where stdout carries the facts).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::{Error, ErrorId, Result};
+use crate::facts::{BackupSummary, Decision, Emitter, Event};
+use crate::fs::RelPath;
+use crate::policy::{Policy, PreservationTier};
+use crate::repo::Repo;
+
+/// snap: transactional backups of Linux directory trees.
+#[derive(Debug, Parser)]
+#[command(name = "snap", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Repository location [default: $XDG_DATA_HOME/snap, else ~/.local/share/snap].
+    #[arg(long, global = true, env = "SNAP_REPO", value_name = "PATH")]
+    pub repo: Option<PathBuf>,
+    /// Append facts (JSON Lines) to FILE.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub facts: Option<PathBuf>,
+    /// Write facts to stdout; human text goes to stderr.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Take a snapshot of SRC (a directory or a single file).
+    Backup {
+        /// Preservation tier.
+        #[arg(long, value_enum, default_value = "extended")]
+        tier: PreservationTier,
+        /// Tag the snapshot (repeatable).
+        #[arg(long = "tag", value_name = "T")]
+        tags: Vec<String>,
+        /// Leave out entries matching GLOB (repeatable). Without `/` it
+        /// matches names at any depth; with `/` the path relative to SRC.
+        #[arg(long = "exclude", value_name = "GLOB")]
+        excludes: Vec<String>,
+        /// Skip the fsyncs of the commit protocol (faster, not crash-safe);
+        /// sets the policy's require_backup_durability to false.
+        #[arg(long)]
+        no_durability: bool,
+        /// Milliseconds to wait for the repository lock.
+        #[arg(long, value_name = "MS", default_value_t = 5000)]
+        lock_wait: u64,
+        /// Source directory or file.
+        src: PathBuf,
+    },
+    /// Restore a snapshot into a new directory.
+    Restore {
+        /// Snapshot: full id, unique id prefix, or `latest`.
+        snapshot: String,
+        /// Directory to create (must not exist).
+        #[arg(long, value_name = "DIR")]
+        target: PathBuf,
+        /// Restore only this path of the snapshot.
+        #[arg(long, value_name = "SUBPATH")]
+        path: Option<String>,
+        /// Milliseconds to wait for the repository lock.
+        #[arg(long, value_name = "MS", default_value_t = 5000)]
+        lock_wait: u64,
+    },
+    /// List snapshots.
+    List,
+    /// List the entries of a snapshot.
+    Ls {
+        /// Snapshot: full id, unique id prefix, or `latest`.
+        snapshot: String,
+        /// Only entries at or under this path.
+        path: Option<String>,
+    },
+    /// Create an empty repository.
+    Init,
+    /// Print the fact JSON Schema, or write every schema to DIR.
+    Schema {
+        /// Write all schema files here.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+}
+
+impl Command {
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Backup { .. } => "backup",
+            Command::Restore { .. } => "restore",
+            Command::List => "list",
+            Command::Ls { .. } => "ls",
+            Command::Init => "init",
+            Command::Schema { .. } => "schema",
+        }
+    }
+}
+
+/// Parses the command line, runs it, and returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() {
+                ErrorId::E_USAGE.exit_code()
+            } else {
+                0
+            };
+            // clap prints help/version/usage errors itself.
+            if let Err(io) = e.print() {
+                eprintln!("snap: {io}");
+            }
+            return code;
+        }
+    };
+    let run_id = match crate::repo::random_hex(16) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("snap: error [{}]: {e}", e.id().as_str());
+            return e.id().exit_code();
+        }
+    };
+    let mut facts = match Emitter::new(run_id, cli.facts.as_deref(), cli.json) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("snap: error [{}]: {e}", e.id().as_str());
+            return e.id().exit_code();
+        }
+    };
+    let out = Out { json: cli.json };
+    match run(&cli, &mut facts, &out) {
+        Ok(code) => code,
+        Err(e) => fail(&cli, &mut facts, &e),
+    }
+}
+
+/// The one place an error becomes a message, a fact and an exit code.
+fn fail(cli: &Cli, facts: &mut Emitter, e: &Error) -> i32 {
+    let id = e.id();
+    eprintln!("snap: error [{}]: {e}", id.as_str());
+    let fact = facts.emit(
+        Decision::Failure,
+        Some(id),
+        Event::CommandFailed {
+            command: cli.command.name().to_owned(),
+            path: e.path().map(str::to_owned),
+            message: e.to_string(),
+        },
+    );
+    if let Err(fe) = fact {
+        eprintln!("snap: error [{}]: {fe}", fe.id().as_str());
+    }
+    id.exit_code()
+}
+
+/// Human output: stdout normally, stderr under `--json`.
+struct Out {
+    json: bool,
+}
+
+impl Out {
+    fn line(&self, s: &str) {
+        if self.json {
+            eprintln!("{s}");
+        } else {
+            println!("{s}");
+        }
+    }
+}
+
+fn repo_path(cli: &Cli) -> Result<PathBuf> {
+    match &cli.repo {
+        Some(p) => Ok(p.clone()),
+        None => crate::repo::default_location(),
+    }
+}
+
+fn progress_bar(total: Option<u64>) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb =
+        indicatif::ProgressBar::with_draw_target(total, indicatif::ProgressDrawTarget::stderr());
+    let style = indicatif::ProgressStyle::with_template(
+        "{spinner} {elapsed_precise} {bytes}/{total_bytes} {bytes_per_sec} {msg}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    pb.set_style(style);
+    pb.enable_steady_tick(std::time::Duration::from_millis(200));
+    pb
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
+}
+
+fn parse_subpath(p: &str) -> Result<RelPath> {
+    let trimmed = p.trim_matches('/');
+    RelPath::parse(trimmed.as_bytes())
+        .map_err(|e| Error::Usage(format!("invalid snapshot path {p:?}: {e}")))
+}
+
+fn lock_fact(facts: &mut Emitter, repo: &Repo, lock: &crate::repo::RepoLock) -> Result<()> {
+    facts.emit(
+        Decision::Success,
+        None,
+        Event::LockAcquired {
+            repo: repo.path.display().to_string(),
+            mode: if lock.exclusive {
+                "exclusive"
+            } else {
+                "shared"
+            }
+            .into(),
+            lock_attempts: lock.attempts,
+            lock_wait_ms: lock.waited_ms,
+        },
+    )
+}
+
+fn open_repo_for_write(path: &std::path::Path, facts: &mut Emitter) -> Result<Repo> {
+    match Repo::open(path) {
+        Err(Error::RepoMissing { .. }) => {
+            let repo = Repo::open_or_init(path)?;
+            facts.emit(
+                Decision::Success,
+                None,
+                Event::RepoInit {
+                    repo: path.display().to_string(),
+                    repo_id: repo.config.id.clone(),
+                },
+            )?;
+            Ok(repo)
+        }
+        other => other,
+    }
+}
+
+fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
+    match &cli.command {
+        Command::Backup {
+            tier,
+            tags,
+            excludes,
+            no_durability,
+            lock_wait,
+            src,
+        } => {
+            let policy = Policy {
+                tier: *tier,
+                require_backup_durability: !no_durability,
+                excludes: excludes.clone(),
+                lock_wait_ms: *lock_wait,
+            };
+            let path = repo_path(cli)?;
+            let repo = open_repo_for_write(&path, facts)?;
+            let lock = repo.lock(true, policy.lock_wait_ms)?;
+            lock_fact(facts, &repo, &lock)?;
+            repo.clean_tmp()?;
+            let pb = progress_bar(None);
+            let opts = crate::backup::BackupOptions {
+                source: src.clone(),
+                policy,
+                tags: tags.clone(),
+            };
+            let outcome = crate::backup::run(&repo, &opts, facts, &pb);
+            pb.finish_and_clear();
+            let outcome = outcome?;
+            let st = &outcome.record.stats;
+            let partial = st.unreadable > 0;
+            facts.emit(
+                if partial {
+                    Decision::Warn
+                } else {
+                    Decision::Success
+                },
+                partial.then_some(ErrorId::E_PARTIAL),
+                Event::BackupSummary(BackupSummary {
+                    repo: repo.path.display().to_string(),
+                    snapshot_id: outcome.snapshot_id.clone(),
+                    source: outcome.record.source.clone(),
+                    parent: outcome.record.parent.clone(),
+                    tags: outcome.record.tags.clone(),
+                    policy: outcome.record.policy.clone(),
+                    backup_durable: outcome.record.durable,
+                    fsync_count: outcome.syncs.count,
+                    fsync_ms: outcome.syncs.elapsed.as_millis() as u64,
+                    stats: st.clone(),
+                }),
+            )?;
+            out.line(&format!(
+                "snapshot {} saved: {} files, {} dirs, {} ({} new), {} added to {}, {:.2} s{}",
+                &outcome.snapshot_id[..12],
+                st.files,
+                st.dirs,
+                mib(st.bytes),
+                mib(st.new_blob_bytes),
+                mib(st.bytes_added),
+                repo.path.display(),
+                st.duration_ms as f64 / 1000.0,
+                if outcome.record.durable {
+                    ""
+                } else {
+                    " (not durable: syncs skipped)"
+                }
+            ));
+            if partial {
+                eprintln!(
+                    "snap: error [{}]: {} entries could not be read and are not in the snapshot",
+                    ErrorId::E_PARTIAL.as_str(),
+                    st.unreadable
+                );
+                return Ok(ErrorId::E_PARTIAL.exit_code());
+            }
+            Ok(0)
+        }
+        Command::Restore {
+            snapshot,
+            target,
+            path,
+            lock_wait,
+        } => {
+            let repo = Repo::open(&repo_path(cli)?)?;
+            let lock = repo.lock(false, *lock_wait)?;
+            lock_fact(facts, &repo, &lock)?;
+            let subpath = path.as_deref().map(parse_subpath).transpose()?;
+            let pb = progress_bar(Some(0));
+            let opts = crate::restore::RestoreOptions {
+                snapshot: snapshot.clone(),
+                target: target.clone(),
+                subpath,
+                run_id: facts.run_id().to_owned(),
+            };
+            let res = crate::restore::run(&repo, &opts, &pb);
+            pb.finish_and_clear();
+            let (summary, warnings) = res?;
+            for w in &warnings {
+                eprintln!("snap: warning: {w}");
+            }
+            let line = format!(
+                "restored {} into {}: {} files, {} dirs, {} symlinks, {} hard links, {}, {} blobs verified, {:.2} s",
+                &summary.snapshot_id[..12],
+                summary.target,
+                summary.files,
+                summary.dirs,
+                summary.symlinks,
+                summary.hardlinks,
+                mib(summary.bytes),
+                summary.blobs_verified,
+                summary.duration_ms as f64 / 1000.0
+            );
+            facts.emit(
+                if warnings.is_empty() {
+                    Decision::Success
+                } else {
+                    Decision::Warn
+                },
+                None,
+                Event::RestoreSummary(summary),
+            )?;
+            out.line(&line);
+            Ok(0)
+        }
+        Command::List => {
+            let repo = Repo::open(&repo_path(cli)?)?;
+            let lock = repo.lock(false, 5_000)?;
+            lock_fact(facts, &repo, &lock)?;
+            let snaps = repo.snapshots()?;
+            out.line(&format!(
+                "{:<12}  {:<20}  {:<12}  {:<8}  {:>8}  {:>10}  {:<12}  source",
+                "id", "time", "host", "tier", "files", "size", "tags"
+            ));
+            for (id, r) in &snaps {
+                out.line(&format!(
+                    "{:<12}  {:<20}  {:<12}  {:<8}  {:>8}  {:>10}  {:<12}  {}",
+                    &id[..12],
+                    r.time.get(..19).unwrap_or(&r.time).replace('T', " "),
+                    r.host,
+                    r.tier.as_str(),
+                    r.stats.files,
+                    mib(r.stats.bytes),
+                    r.tags.join(","),
+                    r.source
+                ));
+            }
+            facts.emit(
+                Decision::Success,
+                None,
+                Event::ListResult {
+                    repo: repo.path.display().to_string(),
+                    snapshots: snaps.len() as u64,
+                },
+            )?;
+            Ok(0)
+        }
+        Command::Ls { snapshot, path } => {
+            let repo = Repo::open(&repo_path(cli)?)?;
+            let lock = repo.lock(false, 5_000)?;
+            lock_fact(facts, &repo, &lock)?;
+            let (id, rec) = repo.resolve(snapshot)?;
+            let records = repo.read_entries(&rec.entries.id)?;
+            let prefix = path
+                .as_deref()
+                .map(parse_subpath)
+                .transpose()?
+                .unwrap_or_default();
+            let mut n = 0u64;
+            for r in &records {
+                let rel = r.rel_path().map_err(|e| Error::Integrity {
+                    path: repo.display(&format!("entries/{}", rec.entries.id)),
+                    detail: format!("invalid path {:?}: {e}", r.path),
+                })?;
+                if !rel.starts_with(&prefix) {
+                    continue;
+                }
+                n += 1;
+                out.line(&ls_line(r, &rel));
+            }
+            facts.emit(
+                Decision::Success,
+                None,
+                Event::LsResult {
+                    snapshot_id: id,
+                    path: if prefix.is_root() {
+                        String::new()
+                    } else {
+                        prefix.to_string()
+                    },
+                    entries: n,
+                },
+            )?;
+            Ok(0)
+        }
+        Command::Init => {
+            let path = repo_path(cli)?;
+            let repo = Repo::init(&path)?;
+            facts.emit(
+                Decision::Success,
+                None,
+                Event::RepoInit {
+                    repo: path.display().to_string(),
+                    repo_id: repo.config.id.clone(),
+                },
+            )?;
+            out.line(&format!(
+                "created repository {} at {}",
+                repo.config.id,
+                path.display()
+            ));
+            Ok(0)
+        }
+        Command::Schema { out: dir } => {
+            let schemas = crate::facts::schemas();
+            match dir {
+                None => {
+                    let fact = &schemas[0].1;
+                    let text = serde_json::to_string_pretty(fact)
+                        .map_err(|e| Error::Usage(e.to_string()))?;
+                    println!("{text}");
+                }
+                Some(d) => {
+                    std::fs::create_dir_all(d).map_err(|e| Error::io("create", d.display(), e))?;
+                    let mut files = Vec::new();
+                    for (name, schema) in &schemas {
+                        let mut text = serde_json::to_string_pretty(schema)
+                            .map_err(|e| Error::Usage(e.to_string()))?;
+                        text.push('\n');
+                        let p = d.join(name);
+                        std::fs::write(&p, text).map_err(|e| Error::io("write", p.display(), e))?;
+                        files.push((*name).to_owned());
+                    }
+                    facts.emit(
+                        Decision::Success,
+                        None,
+                        Event::SchemaWritten {
+                            dir: d.display().to_string(),
+                            files,
+                        },
+                    )?;
+                    out.line(&format!(
+                        "wrote {} schemas to {}",
+                        schemas.len(),
+                        d.display()
+                    ));
+                }
+            }
+            Ok(0)
+        }
+    }
+}
+
+/// One `ls -l`-style line: mode, owner, size, mtime, path (`-> target`).
+fn ls_line(r: &crate::repo::sidecar::EntryRecord, rel: &RelPath) -> String {
+    use crate::repo::sidecar::EntryKind;
+    let t = match r.kind {
+        EntryKind::File => '-',
+        EntryKind::Dir => 'd',
+        EntryKind::Symlink => 'l',
+        EntryKind::Hardlink => 'h',
+        EntryKind::Fifo => 'p',
+        EntryKind::Char => 'c',
+        EntryKind::Block => 'b',
+        EntryKind::Socket => 's',
+    };
+    let mut m = String::from(t);
+    for (shift, special, sch) in [(6, 0o4000, 's'), (3, 0o2000, 's'), (0, 0o1000, 't')] {
+        let bits = (r.mode >> shift) & 7;
+        m.push(if bits & 4 != 0 { 'r' } else { '-' });
+        m.push(if bits & 2 != 0 { 'w' } else { '-' });
+        let x = bits & 1 != 0;
+        m.push(match (r.mode & special != 0, x) {
+            (true, true) => sch,
+            (true, false) => sch.to_ascii_uppercase(),
+            (false, true) => 'x',
+            (false, false) => '-',
+        });
+    }
+    let owner = match (r.uid, r.gid) {
+        (Some(u), Some(g)) => format!("{u}/{g}"),
+        _ => "-".into(),
+    };
+    let when = std::time::UNIX_EPOCH
+        .checked_add(std::time::Duration::new(
+            r.mtime.sec.max(0) as u64,
+            r.mtime.nsec,
+        ))
+        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+        .unwrap_or_default();
+    let shown = String::from_utf8_lossy(&rel.to_bytes()).into_owned();
+    let mut line = format!(
+        "{m} {owner:>11} {:>12} {when} {}",
+        r.size.unwrap_or(0),
+        if shown.is_empty() { "." } else { &shown }
+    );
+    if let Some(t) = &r.target {
+        line.push_str(&format!(" -> {t}"));
+    }
+    if let Some(l) = &r.link {
+        line.push_str(&format!(" => {l}"));
+    }
+    line
+}

@@ -1,0 +1,293 @@
+//! Errors, error ids and exit codes: the one table shared by the CLI, the
+//! facts and the README.
+//!
+//! Every [`Error`] variant names the path and operation that failed; its id
+//! comes from [`Error::id`], a single match on the variant (never on message
+//! text). No side effects.
+
+use std::io;
+
+use serde::{Deserialize, Serialize};
+
+/// A stable error id, carried by failure facts and mapped to an exit code.
+///
+/// The table (also in README.md):
+///
+/// | id | exit | meaning |
+/// | --- | --- | --- |
+/// | `E_GENERIC` | 1 | unexpected I/O or internal error |
+/// | `E_USAGE` | 2 | invalid command line or argument |
+/// | `E_PARTIAL` | 3 | snapshot committed, some source entries unreadable |
+/// | `E_POLICY` | 10 | preflight STOP |
+/// | `E_SOURCE_MISSING` | 11 | backup source does not exist |
+/// | `E_OWNERSHIP` | 20 | cannot apply ownership the policy requires |
+/// | `E_LOCKING` | 30 | repository lock not acquired within the wait |
+/// | `E_ATOMIC_SWAP` | 40 | the final rename into place failed |
+/// | `E_TARGET_EXISTS` | 41 | restore target exists (and no replace was asked) |
+/// | `E_EXDEV` | 50 | staging and target on different filesystems |
+/// | `E_BACKUP_MISSING` | 60 | no such snapshot |
+/// | `E_REPO_MISSING` | 61 | no repository at the given location |
+/// | `E_RESTORE_FAILED` | 70 | restore could not create or apply an entry |
+/// | `E_NO_SPACE` | 80 | a write failed with ENOSPC/EDQUOT |
+/// | `E_INTEGRITY` | 90 | hash mismatch, corrupt or unknown-format repository data |
+/// | `E_INTERRUPTED` | 130 | stopped by SIGINT/SIGTERM |
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[allow(missing_docs, non_camel_case_types)]
+pub enum ErrorId {
+    E_GENERIC,
+    E_USAGE,
+    E_PARTIAL,
+    E_POLICY,
+    E_SOURCE_MISSING,
+    E_OWNERSHIP,
+    E_LOCKING,
+    E_ATOMIC_SWAP,
+    E_TARGET_EXISTS,
+    E_EXDEV,
+    E_BACKUP_MISSING,
+    E_REPO_MISSING,
+    E_RESTORE_FAILED,
+    E_NO_SPACE,
+    E_INTEGRITY,
+    E_INTERRUPTED,
+}
+
+impl ErrorId {
+    /// Every id, in table order.
+    pub const ALL: [ErrorId; 16] = [
+        ErrorId::E_GENERIC,
+        ErrorId::E_USAGE,
+        ErrorId::E_PARTIAL,
+        ErrorId::E_POLICY,
+        ErrorId::E_SOURCE_MISSING,
+        ErrorId::E_OWNERSHIP,
+        ErrorId::E_LOCKING,
+        ErrorId::E_ATOMIC_SWAP,
+        ErrorId::E_TARGET_EXISTS,
+        ErrorId::E_EXDEV,
+        ErrorId::E_BACKUP_MISSING,
+        ErrorId::E_REPO_MISSING,
+        ErrorId::E_RESTORE_FAILED,
+        ErrorId::E_NO_SPACE,
+        ErrorId::E_INTEGRITY,
+        ErrorId::E_INTERRUPTED,
+    ];
+
+    /// The process exit code for this id.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            ErrorId::E_GENERIC => 1,
+            ErrorId::E_USAGE => 2,
+            ErrorId::E_PARTIAL => 3,
+            ErrorId::E_POLICY => 10,
+            ErrorId::E_SOURCE_MISSING => 11,
+            ErrorId::E_OWNERSHIP => 20,
+            ErrorId::E_LOCKING => 30,
+            ErrorId::E_ATOMIC_SWAP => 40,
+            ErrorId::E_TARGET_EXISTS => 41,
+            ErrorId::E_EXDEV => 50,
+            ErrorId::E_BACKUP_MISSING => 60,
+            ErrorId::E_REPO_MISSING => 61,
+            ErrorId::E_RESTORE_FAILED => 70,
+            ErrorId::E_NO_SPACE => 80,
+            ErrorId::E_INTEGRITY => 90,
+            ErrorId::E_INTERRUPTED => 130,
+        }
+    }
+
+    /// The id as it appears in facts and messages, e.g. `"E_INTEGRITY"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorId::E_GENERIC => "E_GENERIC",
+            ErrorId::E_USAGE => "E_USAGE",
+            ErrorId::E_PARTIAL => "E_PARTIAL",
+            ErrorId::E_POLICY => "E_POLICY",
+            ErrorId::E_SOURCE_MISSING => "E_SOURCE_MISSING",
+            ErrorId::E_OWNERSHIP => "E_OWNERSHIP",
+            ErrorId::E_LOCKING => "E_LOCKING",
+            ErrorId::E_ATOMIC_SWAP => "E_ATOMIC_SWAP",
+            ErrorId::E_TARGET_EXISTS => "E_TARGET_EXISTS",
+            ErrorId::E_EXDEV => "E_EXDEV",
+            ErrorId::E_BACKUP_MISSING => "E_BACKUP_MISSING",
+            ErrorId::E_REPO_MISSING => "E_REPO_MISSING",
+            ErrorId::E_RESTORE_FAILED => "E_RESTORE_FAILED",
+            ErrorId::E_NO_SPACE => "E_NO_SPACE",
+            ErrorId::E_INTEGRITY => "E_INTEGRITY",
+            ErrorId::E_INTERRUPTED => "E_INTERRUPTED",
+        }
+    }
+}
+
+/// Everything that ends a snap command with a failure.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A syscall failed on `path` during `op`.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done (`"open"`, `"write pack"`, ...).
+        op: &'static str,
+        /// The path concerned, as the user would write it.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The backup source does not exist.
+    #[error("source {path} does not exist")]
+    SourceMissing {
+        /// The source as given.
+        path: String,
+    },
+    /// The restore target already exists.
+    #[error("restore target {path} already exists; choose a new directory")]
+    TargetExists {
+        /// The target as given.
+        path: String,
+    },
+    /// No repository at `path`.
+    #[error("no snap repository at {path} (run `snap init` or a backup first)")]
+    RepoMissing {
+        /// The repository location.
+        path: String,
+    },
+    /// No snapshot matches `query`, or a prefix matches several.
+    #[error("snapshot {query:?}: {detail}")]
+    SnapshotNotFound {
+        /// What the user asked for (id, prefix, `latest`).
+        query: String,
+        /// Why it did not resolve.
+        detail: String,
+    },
+    /// Stored data does not match its hash, or is malformed.
+    #[error("integrity error in {path}: {detail}")]
+    Integrity {
+        /// The repository file concerned.
+        path: String,
+        /// What does not match.
+        detail: String,
+    },
+    /// The repository lock was not acquired within the wait.
+    #[error("repository lock {path} is held ({holder}); gave up after {attempts} attempts in {waited_ms} ms")]
+    Locked {
+        /// The lock file.
+        path: String,
+        /// Holder note read from the lock file.
+        holder: String,
+        /// Attempts made.
+        attempts: u32,
+        /// Time waited, in milliseconds.
+        waited_ms: u64,
+    },
+    /// Invalid arguments.
+    #[error("{0}")]
+    Usage(String),
+    /// Restore could not create or apply `path`.
+    #[error("restore {path}: {detail}")]
+    Restore {
+        /// The entry's path relative to the target.
+        path: String,
+        /// What failed.
+        detail: String,
+    },
+    /// The final rename of the staging directory failed.
+    #[error("rename {from} -> {to}: {source}")]
+    Swap {
+        /// Staging directory.
+        from: String,
+        /// Target.
+        to: String,
+        /// The `renameat2(2)` error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Error {
+    /// Builds [`Error::Io`] from an `op`, a path and the OS error.
+    pub fn io(op: &'static str, path: impl std::fmt::Display, source: io::Error) -> Self {
+        Error::Io {
+            op,
+            path: path.to_string(),
+            source,
+        }
+    }
+
+    /// The error id (and so the exit code) of this error.
+    pub fn id(&self) -> ErrorId {
+        match self {
+            Error::Io { source, .. } => io_error_id(source),
+            Error::SourceMissing { .. } => ErrorId::E_SOURCE_MISSING,
+            Error::TargetExists { .. } => ErrorId::E_TARGET_EXISTS,
+            Error::RepoMissing { .. } => ErrorId::E_REPO_MISSING,
+            Error::SnapshotNotFound { .. } => ErrorId::E_BACKUP_MISSING,
+            Error::Integrity { .. } => ErrorId::E_INTEGRITY,
+            Error::Locked { .. } => ErrorId::E_LOCKING,
+            Error::Usage(_) => ErrorId::E_USAGE,
+            Error::Restore { .. } => ErrorId::E_RESTORE_FAILED,
+            Error::Swap { source, .. } => match source.raw_os_error() {
+                Some(code) if code == rustix::io::Errno::XDEV.raw_os_error() => ErrorId::E_EXDEV,
+                Some(code) if code == rustix::io::Errno::EXIST.raw_os_error() => {
+                    ErrorId::E_TARGET_EXISTS
+                }
+                _ => ErrorId::E_ATOMIC_SWAP,
+            },
+        }
+    }
+
+    /// The path this error concerns, when it has one.
+    pub fn path(&self) -> Option<&str> {
+        match self {
+            Error::Io { path, .. }
+            | Error::SourceMissing { path }
+            | Error::TargetExists { path }
+            | Error::RepoMissing { path }
+            | Error::Integrity { path, .. }
+            | Error::Locked { path, .. }
+            | Error::Restore { path, .. } => Some(path),
+            Error::Swap { to, .. } => Some(to),
+            Error::SnapshotNotFound { .. } | Error::Usage(_) => None,
+        }
+    }
+}
+
+/// The id for a bare OS error: `ENOSPC`/`EDQUOT` are [`ErrorId::E_NO_SPACE`],
+/// `EXDEV` is [`ErrorId::E_EXDEV`], anything else [`ErrorId::E_GENERIC`].
+pub fn io_error_id(e: &io::Error) -> ErrorId {
+    use rustix::io::Errno;
+    match e.raw_os_error() {
+        Some(c) if c == Errno::NOSPC.raw_os_error() || c == Errno::DQUOT.raw_os_error() => {
+            ErrorId::E_NO_SPACE
+        }
+        Some(c) if c == Errno::XDEV.raw_os_error() => ErrorId::E_EXDEV,
+        _ => ErrorId::E_GENERIC,
+    }
+}
+
+/// Result alias for snap operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_and_exit_codes_are_unique() {
+        let mut codes: Vec<i32> = ErrorId::ALL.iter().map(|i| i.exit_code()).collect();
+        codes.sort();
+        codes.dedup();
+        assert_eq!(codes.len(), ErrorId::ALL.len());
+        for id in ErrorId::ALL {
+            let json = serde_json::to_string(&id).unwrap();
+            assert_eq!(json, format!("\"{}\"", id.as_str()));
+        }
+    }
+
+    #[test]
+    fn readme_table_matches_code() {
+        let readme = include_str!("../README.md");
+        for id in ErrorId::ALL {
+            let row = format!("| `{}` | {} |", id.as_str(), id.exit_code());
+            assert!(readme.contains(&row), "README.md lacks the row {row}");
+        }
+    }
+}

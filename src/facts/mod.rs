@@ -1,0 +1,325 @@
+//! Facts: one JSON object per event, as JSON Lines, for audit pipelines.
+//!
+//! Every line carries the envelope ([`Fact`]) and one event payload
+//! ([`Event`], tagged by `event`). The shape is public API: the types here
+//! generate `schemas/fact.schema.json` (draft 2020-12), and a test fails when
+//! the committed schema drifts from them.
+//!
+//! Side effects: [`Emitter::emit`] appends to the `--facts` file and/or
+//! writes to stdout (`--json`).
+
+use std::io::Write;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::error::ErrorId;
+use crate::policy::Policy;
+use crate::repo::SnapshotStats;
+
+/// Version of the fact envelope and payload shapes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Outcome of the step a fact reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Decision {
+    /// The step did what was asked.
+    Success,
+    /// The step completed with something the auditor should see.
+    Warn,
+    /// The step failed; `error_id` and `exit_code` say how.
+    Failure,
+}
+
+/// The tool that wrote the fact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Tool {
+    /// Always `"snap"`.
+    pub name: String,
+    /// The crate version.
+    pub version: String,
+}
+
+/// One fact line: the envelope plus an event payload.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Fact {
+    /// Envelope/payload shape version ([`SCHEMA_VERSION`]).
+    pub schema_version: u32,
+    /// Emission time, RFC 3339 UTC with nanoseconds.
+    pub ts: String,
+    /// Random id shared by every fact of one snap invocation.
+    pub run_id: String,
+    /// 0-based position of this fact within the run.
+    pub seq: u64,
+    /// Who wrote it.
+    pub tool: Tool,
+    /// Outcome.
+    pub decision: Decision,
+    /// The error id, on failures and on warnings that have one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_id: Option<ErrorId>,
+    /// The process exit code, on facts that end a run with an error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The event and its payload.
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// Event payloads, tagged by the `event` field.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "event")]
+pub enum Event {
+    /// A repository was created.
+    #[serde(rename = "repo.init")]
+    RepoInit {
+        /// Repository location.
+        repo: String,
+        /// Its random id.
+        repo_id: String,
+    },
+    /// The repository lock was taken.
+    #[serde(rename = "lock.acquired")]
+    LockAcquired {
+        /// Repository location.
+        repo: String,
+        /// `"exclusive"` (writers) or `"shared"` (readers).
+        mode: String,
+        /// `flock` attempts, the successful one included.
+        lock_attempts: u32,
+        /// Time waited, in milliseconds.
+        lock_wait_ms: u64,
+    },
+    /// Something under the source could not be read. With
+    /// `entry_skipped` the entry is not in the snapshot (exit 3,
+    /// `E_PARTIAL`); without, the entry is stored but lacks what `op` names
+    /// (e.g. one xattr).
+    #[serde(rename = "backup.warning")]
+    BackupWarning {
+        /// Source-relative path (lossy UTF-8; `"."` is the source itself).
+        path: String,
+        /// What failed (`open`, `read`, `list`, `getxattr user.x`, ...).
+        op: String,
+        /// The OS error text.
+        detail: String,
+        /// True when the entry was left out of the snapshot.
+        entry_skipped: bool,
+    },
+    /// A backup committed a snapshot.
+    #[serde(rename = "backup.summary")]
+    BackupSummary(BackupSummary),
+    /// A restore put a tree in place.
+    #[serde(rename = "restore.summary")]
+    RestoreSummary(RestoreSummary),
+    /// `snap list` ran.
+    #[serde(rename = "list.result")]
+    ListResult {
+        /// Repository location.
+        repo: String,
+        /// Snapshots listed.
+        snapshots: u64,
+    },
+    /// `snap ls` ran.
+    #[serde(rename = "ls.result")]
+    LsResult {
+        /// Snapshot id.
+        snapshot_id: String,
+        /// Path listed (`""` for the root).
+        path: String,
+        /// Entries listed.
+        entries: u64,
+    },
+    /// `snap schema` wrote schema files.
+    #[serde(rename = "schema.written")]
+    SchemaWritten {
+        /// Output directory.
+        dir: String,
+        /// File names written.
+        files: Vec<String>,
+    },
+    /// A command failed; the envelope's `error_id`/`exit_code` say how.
+    #[serde(rename = "command.failed")]
+    CommandFailed {
+        /// The subcommand (`backup`, `restore`, ...).
+        command: String,
+        /// The path the error concerns, when it has one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path: Option<String>,
+        /// Human-readable message.
+        message: String,
+    },
+}
+
+/// Payload of `backup.summary`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct BackupSummary {
+    /// Repository location.
+    pub repo: String,
+    /// The committed snapshot's id.
+    pub snapshot_id: String,
+    /// Absolute source path (lossy UTF-8).
+    pub source: String,
+    /// The parent snapshot, if any.
+    pub parent: Option<String>,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// The policy in force.
+    pub policy: Policy,
+    /// True only when every pack, index, entries file, snapshot record and
+    /// every directory that gained a name was fsynced, in commit order.
+    pub backup_durable: bool,
+    /// fsync calls made.
+    pub fsync_count: u64,
+    /// Milliseconds spent in fsync.
+    pub fsync_ms: u64,
+    /// Counts and sizes.
+    pub stats: SnapshotStats,
+}
+
+/// Payload of `restore.summary`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct RestoreSummary {
+    /// Repository location.
+    pub repo: String,
+    /// The restored snapshot's id.
+    pub snapshot_id: String,
+    /// The target directory created.
+    pub target: String,
+    /// The snapshot path restored (`""` for all).
+    pub path: String,
+    /// Entries created (the target itself included).
+    pub entries: u64,
+    /// Regular files written.
+    pub files: u64,
+    /// Directories created.
+    pub dirs: u64,
+    /// Symlinks created.
+    pub symlinks: u64,
+    /// Hard links made.
+    pub hardlinks: u64,
+    /// FIFOs created.
+    pub special: u64,
+    /// Entries the snapshot holds that this restore does not create
+    /// (sockets, devices), each also reported on stderr.
+    pub skipped: u64,
+    /// Content bytes written.
+    pub bytes: u64,
+    /// Blobs read and verified against their BLAKE3 id.
+    pub blobs_verified: u64,
+    /// True when the tree was synced (`syncfs`) before the rename and the
+    /// parent directory after it.
+    pub durable: bool,
+    /// Wall time, in milliseconds.
+    pub duration_ms: u64,
+}
+
+/// Writes facts for one run.
+pub struct Emitter {
+    run_id: String,
+    seq: u64,
+    file: Option<(std::fs::File, String)>,
+    stdout: bool,
+}
+
+impl Emitter {
+    /// An emitter writing to `file` (appended) and/or stdout.
+    ///
+    /// # Errors
+    ///
+    /// The error opening `file`, with its path.
+    pub fn new(
+        run_id: String,
+        file: Option<&std::path::Path>,
+        stdout: bool,
+    ) -> crate::error::Result<Self> {
+        let file = match file {
+            None => None,
+            Some(p) => {
+                use std::os::unix::fs::OpenOptionsExt;
+                // The facts file is named by the user and opened before any
+                // tree work starts; it is not part of a tree snap works in.
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o600)
+                    .open(p)
+                    .map_err(|e| crate::error::Error::io("open facts file", p.display(), e))?;
+                Some((f, p.display().to_string()))
+            }
+        };
+        Ok(Self {
+            run_id,
+            seq: 0,
+            file,
+            stdout,
+        })
+    }
+
+    /// The run id.
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    /// Emits one fact.
+    ///
+    /// # Errors
+    ///
+    /// The write error, with the facts file's path.
+    pub fn emit(
+        &mut self,
+        decision: Decision,
+        error: Option<ErrorId>,
+        event: Event,
+    ) -> crate::error::Result<()> {
+        let fact = Fact {
+            schema_version: SCHEMA_VERSION,
+            ts: humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string(),
+            run_id: self.run_id.clone(),
+            seq: self.seq,
+            tool: Tool {
+                name: "snap".into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+            },
+            decision,
+            error_id: error,
+            exit_code: error
+                .filter(|_| decision == Decision::Failure)
+                .map(ErrorId::exit_code),
+            event,
+        };
+        self.seq += 1;
+        let mut line =
+            serde_json::to_vec(&fact).map_err(|e| crate::error::Error::Usage(e.to_string()))?;
+        line.push(b'\n');
+        if let Some((f, path)) = &mut self.file {
+            f.write_all(&line)
+                .map_err(|e| crate::error::Error::io("write facts", path.as_str(), e))?;
+        }
+        if self.stdout {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&line)
+                .and_then(|()| out.flush())
+                .map_err(|e| crate::error::Error::io("write facts", "<stdout>", e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Every committed schema: (file name, schema JSON).
+pub fn schemas() -> Vec<(&'static str, serde_json::Value)> {
+    fn s<T: JsonSchema>() -> serde_json::Value {
+        serde_json::to_value(schemars::schema_for!(T)).unwrap_or(serde_json::Value::Null)
+    }
+    vec![
+        ("fact.schema.json", s::<Fact>()),
+        (
+            "sidecar.schema.json",
+            s::<crate::repo::sidecar::EntryRecord>(),
+        ),
+        ("snapshot.schema.json", s::<crate::repo::SnapshotRecord>()),
+        ("policy.schema.json", s::<Policy>()),
+        ("config.schema.json", s::<crate::repo::Config>()),
+        ("index.schema.json", s::<crate::repo::IndexFile>()),
+    ]
+}

@@ -1,0 +1,5 @@
+//! The `snap` binary: see [`snap::cli`].
+
+fn main() {
+    std::process::exit(snap::cli::main());
+}

@@ -1,0 +1,801 @@
+//! The on-disk repository, format version 1 (see `docs/FORMAT.md`).
+//!
+//! ```text
+//! <repo>/config.json  lock  packs/<2 hex>/<id>.pack  index/<id>.idx
+//!        entries/<2 hex>/<id>.jsonl  snapshots/<id>.json  tmp/
+//! ```
+//!
+//! Side effects: creates and reads repository files through the dirfd
+//! layer ([`crate::fs`]); every file it creates is `0600`, every directory
+//! `0700`. Immutable files are written to `tmp/`, synced, and renamed into
+//! place with `RENAME_NOREPLACE` (content-addressed names make a collision
+//! mean "already stored").
+
+pub mod pack;
+pub mod sidecar;
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::fs::{fd, DataFile, Dir, Name, RelPath};
+use crate::policy::{Policy, PreservationTier};
+use sidecar::EntryRecord;
+
+/// The `format` value of `config.json`.
+pub const FORMAT_NAME: &str = "snap";
+/// The repository format version this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+/// Target size of a pack's blob data, in bytes.
+pub const PACK_TARGET: usize = 16 * 1024 * 1024;
+
+/// Content-defined chunking parameters (FastCDC 2020), in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ChunkerParams {
+    /// Always `"fastcdc-2020"`.
+    pub algorithm: ChunkerAlgorithm,
+    /// Minimum chunk size.
+    pub min: u32,
+    /// Average (target) chunk size.
+    pub avg: u32,
+    /// Maximum chunk size.
+    pub max: u32,
+}
+
+/// The chunking algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ChunkerAlgorithm {
+    /// FastCDC as in Xia et al. 2020, `fastcdc::v2020`.
+    #[serde(rename = "fastcdc-2020")]
+    FastCdc2020,
+}
+
+/// `config.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Config {
+    /// Always `"snap"`.
+    pub format: String,
+    /// Format version, 1.
+    pub version: u32,
+    /// Random repository id, 32 hex digits.
+    pub id: String,
+    /// Blob and file hash: `"blake3"` (BLAKE3-256).
+    pub hash: String,
+    /// Chunker parameters; fixed for the life of the repository so that
+    /// chunks deduplicate across snapshots.
+    pub chunker: ChunkerParams,
+}
+
+/// Where a blob lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobLocation {
+    /// Pack id.
+    pub pack: blake3::Hash,
+    /// Byte offset in the pack.
+    pub offset: u64,
+    /// Length in bytes.
+    pub length: u32,
+}
+
+/// One index file (`index/<id>.idx`): which blobs each pack holds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct IndexFile {
+    /// Index format version, 1.
+    pub v: u32,
+    /// Packs written by one backup.
+    pub packs: Vec<IndexPack>,
+}
+
+/// One pack in an [`IndexFile`].
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct IndexPack {
+    /// Pack id (BLAKE3-256 hex of the pack file).
+    pub id: String,
+    /// The pack's blobs.
+    pub blobs: Vec<IndexBlob>,
+}
+
+/// One blob in an [`IndexPack`].
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct IndexBlob {
+    /// Blob id (BLAKE3-256 hex of the blob bytes).
+    pub id: String,
+    /// Byte offset in the pack.
+    pub offset: u64,
+    /// Length in bytes.
+    pub length: u32,
+}
+
+/// Reference from a snapshot to its entries file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct EntriesRef {
+    /// Entries file id (BLAKE3-256 hex of the file).
+    pub id: String,
+    /// Number of records in it.
+    pub count: u64,
+}
+
+/// Counts kept in a snapshot record and in `backup.summary`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SnapshotStats {
+    /// Regular files stored (hard link leaders included).
+    pub files: u64,
+    /// Directories stored (the root included).
+    pub dirs: u64,
+    /// Symlinks stored.
+    pub symlinks: u64,
+    /// Extra names of hard-linked files.
+    pub hardlinks: u64,
+    /// FIFOs, devices and sockets stored.
+    pub special: u64,
+    /// Entries left out: excluded by pattern, not kept by the tier, or
+    /// unreadable.
+    pub skipped: u64,
+    /// Entries that could not be read (a subset of `skipped`).
+    pub unreadable: u64,
+    /// Content bytes of all stored files.
+    pub bytes: u64,
+    /// Blob bytes not already in the repository.
+    pub new_blob_bytes: u64,
+    /// Blobs not already in the repository.
+    pub new_blobs: u64,
+    /// Packs written.
+    pub packs: u64,
+    /// Bytes this backup added to the repository: packs, index, entries
+    /// file and snapshot record.
+    pub bytes_added: u64,
+    /// Wall time of the backup, in milliseconds.
+    pub duration_ms: u64,
+}
+
+/// `snapshots/<id>.json`: the commit record. Its id is the BLAKE3-256 of
+/// the file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SnapshotRecord {
+    /// Record version, 1.
+    pub v: u32,
+    /// Start of the backup, RFC 3339 UTC with nanoseconds.
+    pub time: String,
+    /// Host name (`uname -n`).
+    pub host: String,
+    /// Absolute path of the source, UTF-8 text.
+    pub source: String,
+    /// Base64 of the raw source path when it is not UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_b64: Option<String>,
+    /// Preservation tier used.
+    pub tier: PreservationTier,
+    /// User tags.
+    pub tags: Vec<String>,
+    /// The policy in force.
+    pub policy: Policy,
+    /// The previous snapshot of the same host and source, if any.
+    pub parent: Option<String>,
+    /// The entries file.
+    pub entries: EntriesRef,
+    /// Counts and sizes.
+    pub stats: SnapshotStats,
+    /// True when every file and directory of this snapshot was synced
+    /// before this record was committed.
+    pub durable: bool,
+}
+
+/// Sync accounting for one run: whether syncs are on, how many were made,
+/// how long they took.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Syncs {
+    /// Syncs are made (policy `require_backup_durability`).
+    pub enabled: bool,
+    /// `fsync` calls made.
+    pub count: u64,
+    /// Time spent in them.
+    pub elapsed: Duration,
+}
+
+impl Syncs {
+    /// `fsync` of a file through io_uring when enabled.
+    ///
+    /// # Errors
+    ///
+    /// The fsync error, with `path`.
+    pub async fn file(&mut self, f: &DataFile, path: impl std::fmt::Display) -> Result<()> {
+        if self.enabled {
+            let t = Instant::now();
+            f.sync_all()
+                .await
+                .map_err(|e| Error::io("fsync", path, e))?;
+            self.count += 1;
+            self.elapsed += t.elapsed();
+        }
+        Ok(())
+    }
+
+    /// `fsync` of a directory that gained a name, when enabled.
+    ///
+    /// # Errors
+    ///
+    /// The fsync error, with `path`.
+    pub fn dir(&mut self, d: &Dir, path: impl std::fmt::Display) -> Result<()> {
+        if self.enabled {
+            let t = Instant::now();
+            crate::fs::fsync_parent_dir(d).map_err(|e| Error::io("fsync directory", path, e))?;
+            self.count += 1;
+            self.elapsed += t.elapsed();
+        }
+        Ok(())
+    }
+}
+
+/// A held repository lock; released when dropped (the descriptor closes).
+#[derive(Debug)]
+pub struct RepoLock {
+    _fd: std::os::fd::OwnedFd,
+    /// `flock` attempts made, the successful one included.
+    pub attempts: u32,
+    /// Time spent waiting, in milliseconds.
+    pub waited_ms: u64,
+    /// Exclusive (writer) or shared (reader).
+    pub exclusive: bool,
+}
+
+/// An open repository.
+#[derive(Debug)]
+pub struct Repo {
+    /// The location as given.
+    pub path: PathBuf,
+    root: Dir,
+    /// Its `config.json`.
+    pub config: Config,
+}
+
+fn name(s: &str) -> Name {
+    // Internal constant names are always valid components.
+    Name::new(s.as_bytes()).expect("constant repository name")
+}
+
+const SUBDIRS: [&str; 5] = ["packs", "index", "entries", "snapshots", "tmp"];
+
+/// The repository location when neither `--repo` nor `SNAP_REPO` is given:
+/// `$XDG_DATA_HOME/snap`, else `$HOME/.local/share/snap` (XDG Base
+/// Directory Specification).
+///
+/// # Errors
+///
+/// [`Error::Usage`] when neither variable is set.
+pub fn default_location() -> Result<PathBuf> {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
+        return Ok(PathBuf::from(x).join("snap"));
+    }
+    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        Some(h) => Ok(PathBuf::from(h).join(".local/share/snap")),
+        None => Err(Error::Usage(
+            "no repository given: set --repo, SNAP_REPO, XDG_DATA_HOME or HOME".into(),
+        )),
+    }
+}
+
+/// Random hex string of `bytes` random bytes.
+///
+/// # Errors
+///
+/// The `getrandom(2)` error.
+pub fn random_hex(bytes: usize) -> Result<String> {
+    let mut b = vec![0u8; bytes];
+    crate::fs::random_bytes(&mut b).map_err(|e| Error::io("getrandom", "-", e))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+fn parse_hash(hex: &str, what: &str, path: &str) -> Result<blake3::Hash> {
+    blake3::Hash::from_hex(hex).map_err(|_| Error::Integrity {
+        path: path.to_owned(),
+        detail: format!("{what} {hex:?} is not a BLAKE3-256 hex id"),
+    })
+}
+
+impl Repo {
+    /// Creates a new repository at `path` (parents too, `0700`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Usage`] when a repository already exists there; I/O errors
+    /// with the path.
+    pub fn init(path: &Path) -> Result<Repo> {
+        use std::os::unix::fs::DirBuilderExt;
+        // Creating the root (and its parents) happens before the root is
+        // opened; everything after goes through the dirfd.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .map_err(|e| Error::io("create repository directory", path.display(), e))?;
+        let root =
+            Dir::open_root(path).map_err(|e| Error::io("open repository", path.display(), e))?;
+        if root
+            .stat_opt(&name("config.json"))
+            .map_err(|e| Error::io("stat", path.join("config.json").display(), e))?
+            .is_some()
+        {
+            return Err(Error::Usage(format!(
+                "a repository already exists at {}",
+                path.display()
+            )));
+        }
+        for d in SUBDIRS {
+            root.ensure_dir(&name(d), 0o700)
+                .map_err(|e| Error::io("mkdir", path.join(d).display(), e))?;
+        }
+        let lock = root
+            .open_or_create_rw(&name("lock"), 0o600)
+            .map_err(|e| Error::io("create", path.join("lock").display(), e))?;
+        drop(lock);
+        let config = Config {
+            format: FORMAT_NAME.into(),
+            version: FORMAT_VERSION,
+            id: random_hex(16)?,
+            hash: "blake3".into(),
+            chunker: ChunkerParams {
+                algorithm: ChunkerAlgorithm::FastCdc2020,
+                min: 512 * 1024,
+                avg: 1024 * 1024,
+                max: 8 * 1024 * 1024,
+            },
+        };
+        let repo = Repo {
+            path: path.to_owned(),
+            root,
+            config,
+        };
+        let bytes = serde_json::to_vec_pretty(&repo.config).map_err(|e| Error::Integrity {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })?;
+        let mut syncs = Syncs {
+            enabled: true,
+            ..Syncs::default()
+        };
+        crate::fs::block_on(repo.write_atomic(
+            &RelPath::root(),
+            &name("config.json"),
+            bytes,
+            &mut syncs,
+        ))
+        .map_err(|e| Error::io("start io_uring runtime", path.display(), e))??;
+        repo.root
+            .sync()
+            .map_err(|e| Error::io("fsync directory", path.display(), e))?;
+        Ok(repo)
+    }
+
+    /// Opens the repository at `path`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::RepoMissing`] when there is no directory or no
+    /// `config.json`; [`Error::Integrity`] for an unreadable config or an
+    /// unknown format/version.
+    pub fn open(path: &Path) -> Result<Repo> {
+        let missing = || Error::RepoMissing {
+            path: path.display().to_string(),
+        };
+        let root = match Dir::open_root(path) {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(missing()),
+            Err(e) => return Err(Error::io("open repository", path.display(), e)),
+        };
+        let cfg_path = path.join("config.json").display().to_string();
+        let bytes = match root.read_all(&name("config.json")) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(missing()),
+            Err(e) => return Err(Error::io("read", cfg_path, e)),
+        };
+        let config: Config = serde_json::from_slice(&bytes).map_err(|e| Error::Integrity {
+            path: cfg_path.clone(),
+            detail: format!("malformed config: {e}"),
+        })?;
+        if config.format != FORMAT_NAME || config.version != FORMAT_VERSION {
+            return Err(Error::Integrity {
+                path: cfg_path,
+                detail: format!(
+                    "repository format {:?} version {} is not supported (this snap reads {FORMAT_NAME:?} version {FORMAT_VERSION})",
+                    config.format, config.version
+                ),
+            });
+        }
+        Ok(Repo {
+            path: path.to_owned(),
+            root,
+            config,
+        })
+    }
+
+    /// Opens the repository at `path`, creating it when nothing is there.
+    ///
+    /// # Errors
+    ///
+    /// As [`Repo::open`] and [`Repo::init`].
+    pub fn open_or_init(path: &Path) -> Result<Repo> {
+        match Repo::open(path) {
+            Err(Error::RepoMissing { .. }) => match Repo::init(path) {
+                // Another process initialised it between our open and init.
+                Err(Error::Usage(_)) => Repo::open(path),
+                other => other,
+            },
+            other => other,
+        }
+    }
+
+    /// A path inside the repository, for messages.
+    pub fn display(&self, rel: &str) -> String {
+        self.path.join(rel).display().to_string()
+    }
+
+    /// Takes the repository lock: `flock(2)` on `lock`, exclusive for
+    /// writers, shared for readers, retrying with exponential backoff
+    /// (10 ms doubling to 500 ms, ±50 % jitter) for at most `wait_ms`.
+    /// An exclusive holder writes `pid=… host=… started=…` into the file.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Locked`] on time-out, with the holder note; I/O errors.
+    pub fn lock(&self, exclusive: bool, wait_ms: u64) -> Result<RepoLock> {
+        let lock_path = self.display("lock");
+        let lock_name = name("lock");
+        let fd = match self.root.open_or_create_rw(&lock_name, 0o600) {
+            Ok(fd) => fd,
+            // A read-only repository can still be locked shared.
+            Err(e) if !exclusive && e.kind() == io::ErrorKind::PermissionDenied => self
+                .root
+                .open_file(&lock_name)
+                .map_err(|e| Error::io("open", &lock_path, e))?,
+            Err(e) => return Err(Error::io("open", &lock_path, e)),
+        };
+        let start = Instant::now();
+        let mut attempts = 0u32;
+        let mut backoff_ms = 10u64;
+        loop {
+            attempts += 1;
+            if fd::try_flock(&fd, exclusive).map_err(|e| Error::io("flock", &lock_path, e))? {
+                break;
+            }
+            let waited = start.elapsed().as_millis() as u64;
+            if waited >= wait_ms {
+                let holder = self
+                    .root
+                    .read_all(&lock_name)
+                    .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+                    .unwrap_or_else(|e| format!("holder unknown: {e}"));
+                return Err(Error::Locked {
+                    path: lock_path,
+                    holder,
+                    attempts,
+                    waited_ms: waited,
+                });
+            }
+            let mut r = [0u8; 2];
+            crate::fs::random_bytes(&mut r).map_err(|e| Error::io("getrandom", "-", e))?;
+            let jitter = u64::from(u16::from_le_bytes(r)) % (backoff_ms + 1);
+            let sleep = (backoff_ms / 2 + jitter).min(wait_ms - waited);
+            std::thread::sleep(Duration::from_millis(sleep.max(1)));
+            backoff_ms = (backoff_ms * 2).min(500);
+        }
+        if exclusive {
+            let note = format!(
+                "pid={} host={} started={}\n",
+                std::process::id(),
+                crate::fs::hostname(),
+                humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+            );
+            fd::truncate(&fd, 0).map_err(|e| Error::io("truncate", &lock_path, e))?;
+            fd::write_all_at(&fd, note.as_bytes(), 0)
+                .map_err(|e| Error::io("write", &lock_path, e))?;
+        }
+        Ok(RepoLock {
+            _fd: fd,
+            attempts,
+            waited_ms: start.elapsed().as_millis() as u64,
+            exclusive,
+        })
+    }
+
+    /// Removes everything in `tmp/` (leftovers of a crashed run). Call with
+    /// the exclusive lock held.
+    ///
+    /// # Errors
+    ///
+    /// The first removal error, with its path.
+    pub fn clean_tmp(&self) -> Result<u64> {
+        let tmp = self.open_dir(&["tmp"])?;
+        let mut removed = 0;
+        for n in tmp
+            .list()
+            .map_err(|e| Error::io("list", self.display("tmp"), e))?
+        {
+            tmp.remove_tree(&n)
+                .map_err(|e| Error::io("remove", self.display(&format!("tmp/{n}")), e))?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    fn open_dir(&self, parts: &[&str]) -> Result<Dir> {
+        let mut rel = RelPath::root();
+        for p in parts {
+            rel = rel.join(Name::new(p.as_bytes()).map_err(|e| Error::Integrity {
+                path: self.display(p),
+                detail: e.to_string(),
+            })?);
+        }
+        self.root
+            .open_path(&rel)
+            .map_err(|e| Error::io("open directory", self.display(&parts.join("/")), e))
+    }
+
+    /// Writes `bytes` as the immutable file `dir/name`: into `tmp/`,
+    /// `fsync` (when `syncs` is enabled), `renameat2(RENAME_NOREPLACE)` into
+    /// `dir`, `fsync` of `dir`. Returns the bytes added, 0 when a file of
+    /// that (content-addressed) name already existed.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors with the path; `ENOSPC` maps to `E_NO_SPACE`.
+    pub async fn write_atomic(
+        &self,
+        dir: &RelPath,
+        file: &Name,
+        bytes: Vec<u8>,
+        syncs: &mut Syncs,
+    ) -> Result<u64> {
+        let tmp = self.open_dir(&["tmp"])?;
+        let tmp_name = Name::new(format!("{}.tmp", random_hex(12)?).as_bytes())
+            .map_err(|e| Error::Usage(e.to_string()))?;
+        let tmp_path = self.display(&format!("tmp/{tmp_name}"));
+        let len = bytes.len() as u64;
+        let fd = tmp
+            .create_file(&tmp_name, 0o600)
+            .map_err(|e| Error::io("create", &tmp_path, e))?;
+        let mut f = DataFile::new(fd);
+        f.write_all_at(bytes, 0)
+            .await
+            .map_err(|e| Error::io("write", &tmp_path, e))?;
+        syncs.file(&f, &tmp_path).await?;
+        f.close()
+            .await
+            .map_err(|e| Error::io("close", &tmp_path, e))?;
+        let dest = self
+            .root
+            .open_path(dir)
+            .map_err(|e| Error::io("open directory", self.display(&dir.to_string()), e))?;
+        let dest_path = self.display(&format!("{dir}/{file}"));
+        match tmp.rename(&tmp_name, &dest, file, true) {
+            Ok(()) => {
+                syncs.dir(&dest, self.display(&dir.to_string()))?;
+                Ok(len)
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                tmp.unlink(&tmp_name)
+                    .map_err(|e| Error::io("unlink", &tmp_path, e))?;
+                Ok(0)
+            }
+            Err(e) => Err(Error::io("rename", dest_path, e)),
+        }
+    }
+
+    /// Ensures `top/<2 hex>` exists for a content-addressed id and returns
+    /// its relative path; syncs `top` when the fan-out directory is new.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors with the path.
+    pub fn fanout_dir(&self, top: &str, id: &str, syncs: &mut Syncs) -> Result<RelPath> {
+        let parent = self.open_dir(&[top])?;
+        let sub = &id[..2];
+        let created = parent
+            .ensure_dir(&name(sub), 0o700)
+            .map_err(|e| Error::io("mkdir", self.display(&format!("{top}/{sub}")), e))?;
+        if created {
+            syncs.dir(&parent, self.display(top))?;
+        }
+        Ok(RelPath::root().join(name(top)).join(name(sub)))
+    }
+
+    /// Every snapshot, oldest first, each checked against its id.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Integrity`] when a record does not hash to its name or does
+    /// not parse; I/O errors.
+    pub fn snapshots(&self) -> Result<Vec<(String, SnapshotRecord)>> {
+        let dir = self.open_dir(&["snapshots"])?;
+        let mut out = Vec::new();
+        for n in dir
+            .list()
+            .map_err(|e| Error::io("list", self.display("snapshots"), e))?
+        {
+            let fname = n.to_string();
+            let Some(id) = fname.strip_suffix(".json") else {
+                continue;
+            };
+            let path = self.display(&format!("snapshots/{fname}"));
+            let bytes = dir.read_all(&n).map_err(|e| Error::io("read", &path, e))?;
+            if blake3::hash(&bytes).to_hex().as_str() != id {
+                return Err(Error::Integrity {
+                    path,
+                    detail: "snapshot record does not match its BLAKE3 id".into(),
+                });
+            }
+            let rec: SnapshotRecord =
+                serde_json::from_slice(&bytes).map_err(|e| Error::Integrity {
+                    path: path.clone(),
+                    detail: format!("malformed snapshot record: {e}"),
+                })?;
+            if rec.v != 1 {
+                return Err(Error::Integrity {
+                    path,
+                    detail: format!("snapshot record version {} is not supported", rec.v),
+                });
+            }
+            out.push((id.to_owned(), rec));
+        }
+        out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then_with(|| a.0.cmp(&b.0)));
+        Ok(out)
+    }
+
+    /// Resolves `latest`, a full id, or a unique id prefix.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::SnapshotNotFound`] when nothing or more than one matches.
+    pub fn resolve(&self, query: &str) -> Result<(String, SnapshotRecord)> {
+        let mut all = self.snapshots()?;
+        let not_found = |detail: &str| Error::SnapshotNotFound {
+            query: query.to_owned(),
+            detail: detail.to_owned(),
+        };
+        if query == "latest" {
+            return all
+                .pop()
+                .ok_or_else(|| not_found("the repository has no snapshots"));
+        }
+        if query.is_empty() {
+            return Err(not_found("empty snapshot id"));
+        }
+        let mut hits: Vec<_> = all
+            .into_iter()
+            .filter(|(id, _)| id.starts_with(query))
+            .collect();
+        match hits.len() {
+            0 => Err(not_found("no snapshot has this id or id prefix")),
+            1 => Ok(hits.remove(0)),
+            n => Err(not_found(&format!(
+                "{n} snapshots share this prefix; give more digits"
+            ))),
+        }
+    }
+
+    /// Reads every index file into a blob map, checking each file's id.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Integrity`] for a file that does not match its id or does
+    /// not parse; I/O errors.
+    pub fn load_index(&self) -> Result<HashMap<blake3::Hash, BlobLocation>> {
+        let dir = self.open_dir(&["index"])?;
+        let mut map = HashMap::new();
+        for n in dir
+            .list()
+            .map_err(|e| Error::io("list", self.display("index"), e))?
+        {
+            let fname = n.to_string();
+            let Some(id) = fname.strip_suffix(".idx") else {
+                continue;
+            };
+            let path = self.display(&format!("index/{fname}"));
+            let bytes = dir.read_all(&n).map_err(|e| Error::io("read", &path, e))?;
+            if blake3::hash(&bytes).to_hex().as_str() != id {
+                return Err(Error::Integrity {
+                    path,
+                    detail: "index file does not match its BLAKE3 id".into(),
+                });
+            }
+            let idx: IndexFile = serde_json::from_slice(&bytes).map_err(|e| Error::Integrity {
+                path: path.clone(),
+                detail: format!("malformed index: {e}"),
+            })?;
+            for p in &idx.packs {
+                let pack = parse_hash(&p.id, "pack id", &path)?;
+                for b in &p.blobs {
+                    map.insert(
+                        parse_hash(&b.id, "blob id", &path)?,
+                        BlobLocation {
+                            pack,
+                            offset: b.offset,
+                            length: b.length,
+                        },
+                    );
+                }
+            }
+        }
+        Ok(map)
+    }
+
+    /// Reads and parses the entries file `id`, checking it against its id.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Integrity`] for a missing, altered or malformed file (the
+    /// record's line number is named).
+    pub fn read_entries(&self, id: &str) -> Result<Vec<EntryRecord>> {
+        if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::Integrity {
+                path: self.display("entries"),
+                detail: format!("entries id {id:?} is not a BLAKE3-256 hex id"),
+            });
+        }
+        let rel = format!("entries/{}/{id}.jsonl", &id[..2]);
+        let path = self.display(&rel);
+        let dir = self.open_dir(&["entries", &id[..2]])?;
+        let bytes = dir
+            .read_all(&name(&format!("{id}.jsonl")))
+            .map_err(|e| Error::Integrity {
+                path: path.clone(),
+                detail: format!("cannot read entries file: {e}"),
+            })?;
+        if blake3::hash(&bytes).to_hex().as_str() != id {
+            return Err(Error::Integrity {
+                path,
+                detail: "entries file does not match its BLAKE3 id".into(),
+            });
+        }
+        bytes
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .enumerate()
+            .map(|(i, line)| {
+                EntryRecord::from_line(line).map_err(|detail| Error::Integrity {
+                    path: format!("{path}:{}", i + 1),
+                    detail,
+                })
+            })
+            .collect()
+    }
+
+    /// Opens pack `id` for reading through io_uring.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Integrity`] when the pack is missing; other I/O errors.
+    pub fn open_pack(&self, id: &blake3::Hash) -> Result<DataFile> {
+        let hex = id.to_hex();
+        let rel = format!("packs/{}/{hex}.pack", &hex[..2]);
+        let dir = self
+            .open_dir(&["packs", &hex[..2]])
+            .map_err(|_| Error::Integrity {
+                path: self.display(&rel),
+                detail: "pack directory missing".into(),
+            })?;
+        match dir.open_file(&name(&format!("{hex}.pack"))) {
+            Ok(fd) => Ok(DataFile::new(fd)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::Integrity {
+                path: self.display(&rel),
+                detail: "pack listed in the index is missing".into(),
+            }),
+            Err(e) => Err(Error::io("open", self.display(&rel), e)),
+        }
+    }
+
+    /// Free bytes on the repository's filesystem.
+    ///
+    /// # Errors
+    ///
+    /// The `fstatvfs` error.
+    pub fn available_bytes(&self) -> Result<u64> {
+        self.root
+            .available_bytes()
+            .map_err(|e| Error::io("statvfs", self.path.display(), e))
+    }
+}

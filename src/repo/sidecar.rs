@@ -1,0 +1,201 @@
+//! Sidecar v2 records: one line of an entries file per entry.
+//!
+//! Pure data and (de)serialisation; no I/O. Fields a tier does not capture
+//! are absent (`None`), never zero. Readers refuse records whose `v` is not
+//! [`SIDECAR_VERSION`].
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::fs::{bytes_to_stored, stored_to_bytes, NameError, RelPath, Time};
+
+/// The sidecar record version this build reads and writes.
+pub const SIDECAR_VERSION: u32 = 2;
+
+/// What an entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    /// Regular file with content (`chunks`).
+    File,
+    /// Directory.
+    Dir,
+    /// Symbolic link (`target`).
+    Symlink,
+    /// Another name of an earlier file entry (`link`): restored with
+    /// `linkat(2)` to that entry.
+    Hardlink,
+    /// Named pipe.
+    Fifo,
+    /// Character device (`rdev`).
+    Char,
+    /// Block device (`rdev`).
+    Block,
+    /// Unix domain socket (recorded only).
+    Socket,
+}
+
+/// A device number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DevNum {
+    /// Major number.
+    pub major: u32,
+    /// Minor number.
+    pub minor: u32,
+}
+
+/// One entry of a snapshot (sidecar record, version 2).
+///
+/// Paths and symlink targets are stored as UTF-8 `text` plus, when the raw
+/// bytes are not UTF-8, a standard-base64 `*_b64` field holding them
+/// losslessly; readers take the `*_b64` field when present.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct EntryRecord {
+    /// Record version, always 2.
+    pub v: u32,
+    /// Path relative to the snapshot root, components joined by `/`; `""`
+    /// is the root directory itself.
+    pub path: String,
+    /// Base64 of the raw path bytes when they are not UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_b64: Option<String>,
+    /// Entry kind.
+    pub kind: EntryKind,
+    /// Permission bits `st_mode & 0o7777` (setuid, setgid, sticky included).
+    pub mode: u32,
+    /// Owner uid (tier extended and up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// Owner gid (tier extended and up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    /// Size in bytes (files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// Modification time.
+    pub mtime: Time,
+    /// Access time (tier extended and up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub atime: Option<Time>,
+    /// Symlink target text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Base64 of the raw symlink target when it is not UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_b64: Option<String>,
+    /// Hard link leader: path of the earlier entry this one is a name of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+    /// Base64 of the raw leader path when it is not UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_b64: Option<String>,
+    /// Device number (char/block devices).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rdev: Option<DevNum>,
+    /// Extended attributes (tier full): name -> standard base64 of the value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xattrs: Option<BTreeMap<String, String>>,
+    /// Blob ids (BLAKE3-256 hex) of the file's chunks, in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<Vec<String>>,
+    /// BLAKE3-256 hex of the whole file content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+}
+
+impl EntryRecord {
+    /// A record with the fields every tier has; the rest absent.
+    pub fn new(path: &RelPath, kind: EntryKind, mode: u32, mtime: Time) -> Self {
+        let (path, path_b64) = path.to_stored();
+        Self {
+            v: SIDECAR_VERSION,
+            path,
+            path_b64,
+            kind,
+            mode,
+            uid: None,
+            gid: None,
+            size: None,
+            mtime,
+            atime: None,
+            target: None,
+            target_b64: None,
+            link: None,
+            link_b64: None,
+            rdev: None,
+            xattrs: None,
+            chunks: None,
+            hash: None,
+        }
+    }
+
+    /// The validated relative path.
+    ///
+    /// # Errors
+    ///
+    /// [`NameError`] for an absolute path, `.`/`..`, empty components or NUL.
+    pub fn rel_path(&self) -> Result<RelPath, NameError> {
+        RelPath::from_stored(&self.path, self.path_b64.as_deref())
+    }
+
+    /// Sets the symlink target from raw bytes.
+    pub fn set_target(&mut self, raw: &[u8]) {
+        let (t, b) = bytes_to_stored(raw);
+        self.target = Some(t);
+        self.target_b64 = b;
+    }
+
+    /// The raw symlink target, `None` when absent.
+    ///
+    /// # Errors
+    ///
+    /// A message for invalid base64.
+    pub fn target_bytes(&self) -> Result<Option<Vec<u8>>, String> {
+        match &self.target {
+            None => Ok(None),
+            Some(t) => stored_to_bytes(t, self.target_b64.as_deref()).map(Some),
+        }
+    }
+
+    /// Sets the hard link leader path.
+    pub fn set_link(&mut self, leader: &RelPath) {
+        let (t, b) = leader.to_stored();
+        self.link = Some(t);
+        self.link_b64 = b;
+    }
+
+    /// The validated hard link leader path, `None` when absent.
+    ///
+    /// # Errors
+    ///
+    /// [`NameError`] as for [`EntryRecord::rel_path`].
+    pub fn link_path(&self) -> Result<Option<RelPath>, NameError> {
+        match &self.link {
+            None => Ok(None),
+            Some(t) => RelPath::from_stored(t, self.link_b64.as_deref()).map(Some),
+        }
+    }
+
+    /// Parses one line of an entries file.
+    ///
+    /// # Errors
+    ///
+    /// A message for malformed JSON or an unknown record version.
+    pub fn from_line(line: &[u8]) -> Result<Self, String> {
+        #[derive(Deserialize)]
+        struct Version {
+            v: u32,
+        }
+        let ver: Version =
+            serde_json::from_slice(line).map_err(|e| format!("malformed record: {e}"))?;
+        if ver.v != SIDECAR_VERSION {
+            return Err(format!(
+                "sidecar record version {} is not supported (this snap reads version {SIDECAR_VERSION})",
+                ver.v
+            ));
+        }
+        serde_json::from_slice(line).map_err(|e| format!("malformed record: {e}"))
+    }
+}
