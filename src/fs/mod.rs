@@ -151,8 +151,9 @@ impl AsFd for Dir {
 }
 
 /// Opens `path` as a directory without following a final symlink
-/// (`open(2)` with `O_DIRECTORY|O_NOFOLLOW|O_CLOEXEC`). Relative to `dir`
-/// when given, else to the current directory.
+/// (`open(2)` with `O_DIRECTORY|O_NOFOLLOW|O_CLOEXEC`), with `O_NOATIME`
+/// where permitted (owner or `CAP_FOWNER`) so listing it leaves its atime
+/// alone. Relative to `dir` when given, else to the current directory.
 ///
 /// # Errors
 ///
@@ -160,9 +161,13 @@ impl AsFd for Dir {
 /// symlink), `EACCES`.
 pub fn open_dir_nofollow(dir: Option<&Dir>, name: &OsStr) -> io::Result<Dir> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let fd = match dir {
-        Some(d) => rustix::fs::openat(d, name, flags, Mode::empty())?,
-        None => rustix::fs::openat(rustix::fs::CWD, name, flags, Mode::empty())?,
+    let base = match dir {
+        Some(d) => d.fd.as_fd(),
+        None => rustix::fs::CWD,
+    };
+    let fd = match rustix::fs::openat(base, name, flags | OFlags::NOATIME, Mode::empty()) {
+        Err(rustix::io::Errno::PERM) => rustix::fs::openat(base, name, flags, Mode::empty())?,
+        other => other?,
     };
     Ok(Dir { fd })
 }

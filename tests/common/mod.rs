@@ -1,0 +1,354 @@
+//! Helpers for integration tests: run the built `snap` binary, validate
+//! every fact it writes against the committed `schemas/fact.schema.json`,
+//! and take an independent `lstat` view of trees.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+pub fn snap_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_snap")
+}
+
+pub fn is_root() -> bool {
+    // SAFETY-free: read from /proc instead of calling geteuid.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+fn fact_validator() -> &'static jsonschema::Validator {
+    static V: OnceLock<jsonschema::Validator> = OnceLock::new();
+    V.get_or_init(|| {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/fact.schema.json");
+        let schema: Value =
+            serde_json::from_slice(&std::fs::read(&path).expect("read fact schema"))
+                .expect("fact schema is JSON");
+        jsonschema::validator_for(&schema).expect("fact schema compiles")
+    })
+}
+
+/// Asserts that `fact` validates against the committed fact schema.
+pub fn assert_valid_fact(fact: &Value) {
+    let v = fact_validator();
+    let errors: Vec<String> = v
+        .iter_errors(fact)
+        .map(|e| format!("{e} at {}", e.instance_path))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "fact does not validate: {errors:?}\n{fact}"
+    );
+}
+
+/// The result of one snap run.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub facts: Vec<Value>,
+}
+
+impl Run {
+    pub fn fact(&self, event: &str) -> &Value {
+        self.facts
+            .iter()
+            .find(|f| f["event"] == event)
+            .unwrap_or_else(|| {
+                panic!(
+                    "no {event} fact in {:#?}\nstderr: {}",
+                    self.facts, self.stderr
+                )
+            })
+    }
+
+    pub fn ok(self) -> Self {
+        assert_eq!(
+            self.code, 0,
+            "snap failed: {}\n{}",
+            self.stderr, self.stdout
+        );
+        self
+    }
+}
+
+/// A repository in a temp dir plus helpers to run snap against it.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub repo: PathBuf,
+    seq: std::cell::Cell<u32>,
+}
+
+impl Env {
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("snap-test")
+            .tempdir()
+            .expect("tempdir");
+        let repo = dir.path().join("repo");
+        Env {
+            dir,
+            repo,
+            seq: std::cell::Cell::new(0),
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Runs snap with `--repo` and `--facts`, validating every fact.
+    pub fn snap<I, S>(&self, args: I) -> Run
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = Command::new(snap_bin());
+        cmd.arg("--repo").arg(&self.repo);
+        self.run_cmd(cmd, args)
+    }
+
+    /// Runs snap with `--facts` but no `--repo` (for default-location tests).
+    pub fn run_cmd<I, S>(&self, mut cmd: Command, args: I) -> Run
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let n = self.seq.get();
+        self.seq.set(n + 1);
+        let facts_path = self.dir.path().join(format!("facts-{n}.jsonl"));
+        cmd.arg("--facts").arg(&facts_path).args(args);
+        let out = cmd.output().expect("run snap");
+        let facts = read_facts(&facts_path);
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            facts,
+        }
+    }
+}
+
+/// Reads a facts file, validating each line against the schema and the
+/// envelope's invariants.
+pub fn read_facts(path: &Path) -> Vec<Value> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let v: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("fact line {i} is not JSON: {e}: {line}"));
+        assert_valid_fact(&v);
+        assert_eq!(v["seq"], i as u64, "seq numbers are consecutive");
+        if v["decision"] == "failure" {
+            assert!(
+                v["error_id"].is_string() && v["exit_code"].is_number(),
+                "failure fact without id: {v}"
+            );
+        }
+        out.push(v);
+    }
+    out
+}
+
+/// What an independent `lstat` says about one entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub kind: &'static str,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime: (i64, i64),
+    pub atime: (i64, i64),
+    pub target: Option<Vec<u8>>,
+    pub ino: u64,
+    pub nlink: u64,
+}
+
+fn kind_of(ft: std::fs::FileType) -> &'static str {
+    if ft.is_symlink() {
+        "symlink"
+    } else if ft.is_dir() {
+        "dir"
+    } else if ft.is_file() {
+        "file"
+    } else if ft.is_fifo() {
+        "fifo"
+    } else if ft.is_char_device() {
+        "char"
+    } else if ft.is_block_device() {
+        "block"
+    } else {
+        "socket"
+    }
+}
+
+/// Walks `root` with `symlink_metadata` (lstat), keyed by relative path
+/// bytes (`""` for the root).
+pub fn lstat_tree(root: &Path) -> BTreeMap<Vec<u8>, Seen> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![(root.to_path_buf(), Vec::new())];
+    while let Some((p, rel)) = stack.pop() {
+        let md =
+            std::fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("lstat {}: {e}", p.display()));
+        let kind = kind_of(md.file_type());
+        let target = (kind == "symlink").then(|| {
+            std::fs::read_link(&p)
+                .expect("readlink")
+                .as_os_str()
+                .as_bytes()
+                .to_vec()
+        });
+        out.insert(
+            rel.clone(),
+            Seen {
+                kind,
+                mode: md.mode() & 0o7777,
+                uid: md.uid(),
+                gid: md.gid(),
+                size: if kind == "file" { md.size() } else { 0 },
+                mtime: (md.mtime(), md.mtime_nsec()),
+                // Listing a directory or reading a link updates its atime
+                // (relatime), so only file and FIFO atimes are comparable.
+                atime: if kind == "file" || kind == "fifo" {
+                    (md.atime(), md.atime_nsec())
+                } else {
+                    (0, 0)
+                },
+                target,
+                ino: md.ino(),
+                nlink: md.nlink(),
+            },
+        );
+        if kind == "dir" {
+            for e in std::fs::read_dir(&p).expect("read_dir") {
+                let e = e.expect("dirent");
+                let mut r = rel.clone();
+                if !r.is_empty() {
+                    r.push(b'/');
+                }
+                r.extend_from_slice(e.file_name().as_bytes());
+                stack.push((e.path(), r));
+            }
+        }
+    }
+    out
+}
+
+/// Groups of paths sharing an inode (hard link groups), as sorted lists.
+pub fn link_groups(tree: &BTreeMap<Vec<u8>, Seen>) -> Vec<Vec<Vec<u8>>> {
+    let mut by_ino: BTreeMap<u64, Vec<Vec<u8>>> = BTreeMap::new();
+    for (p, s) in tree {
+        if s.kind != "dir" && s.nlink > 1 {
+            by_ino.entry(s.ino).or_default().push(p.clone());
+        }
+    }
+    let mut groups: Vec<Vec<Vec<u8>>> = by_ino.into_values().filter(|g| g.len() > 1).collect();
+    groups.sort();
+    groups
+}
+
+/// Asserts two trees agree on kind, mode, uid/gid, size, mtime (ns),
+/// symlink targets, hard link groups and content (byte compare). With
+/// `check_atime`, atimes of non-directories too.
+pub fn assert_same_tree(src: &Path, dst: &Path, check_atime: bool) {
+    let a = lstat_tree(src);
+    let b = lstat_tree(dst);
+    let ak: Vec<_> = a
+        .keys()
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .collect();
+    let bk: Vec<_> = b
+        .keys()
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .collect();
+    assert_eq!(ak, bk, "the trees hold different paths");
+    for (p, sa) in &a {
+        let sb = &b[p];
+        let shown = String::from_utf8_lossy(p);
+        assert_eq!(sa.kind, sb.kind, "kind of {shown}");
+        assert_eq!(
+            sa.mode, sb.mode,
+            "mode of {shown}: {:o} vs {:o}",
+            sa.mode, sb.mode
+        );
+        assert_eq!((sa.uid, sa.gid), (sb.uid, sb.gid), "owner of {shown}");
+        assert_eq!(sa.size, sb.size, "size of {shown}");
+        assert_eq!(sa.mtime, sb.mtime, "mtime of {shown}");
+        assert_eq!(sa.target, sb.target, "symlink target of {shown}");
+        if check_atime && sa.kind != "dir" {
+            assert_eq!(sa.atime, sb.atime, "atime of {shown}");
+        }
+    }
+    let ga = link_groups(&a);
+    let gb = link_groups(&b);
+    assert_eq!(ga, gb, "hard link groups differ");
+    // Content, read last so the checks above saw undisturbed atimes.
+    for (p, sa) in &a {
+        if sa.kind == "file" {
+            let rel = Path::new(OsStr::from_bytes(p));
+            let x = std::fs::read(src.join(rel)).expect("read src");
+            let y = std::fs::read(dst.join(rel)).expect("read dst");
+            assert!(x == y, "content of {} differs", String::from_utf8_lossy(p));
+        }
+    }
+}
+
+/// Total bytes of the regular files under `root` (an independent measure
+/// of a repository's size).
+pub fn tree_bytes(root: &Path) -> u64 {
+    lstat_tree(root)
+        .values()
+        .filter(|s| s.kind == "file")
+        .map(|s| s.size)
+        .sum()
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*), incompressible enough
+/// to defeat accidental dedup.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Runs a shell command, panicking with its output on failure.
+pub fn sh(cmd: &str) {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn has_tool(name: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
