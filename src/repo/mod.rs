@@ -468,6 +468,13 @@ impl Repo {
                     .root
                     .read_all(&lock_name)
                     .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+                    .map(|n| {
+                        if n.is_empty() {
+                            "holder wrote no note".to_owned()
+                        } else {
+                            n
+                        }
+                    })
                     .unwrap_or_else(|e| format!("holder unknown: {e}"));
                 return Err(Error::Locked {
                     path: lock_path,

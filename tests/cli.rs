@@ -1,0 +1,554 @@
+//! The CLI's flags, tiers, default repository, schemas, locking and hostile
+//! repository contents, each run through the real binary.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+fn small_tree(root: &Path) {
+    fs::create_dir_all(root.join("keep/deep")).unwrap();
+    fs::create_dir_all(root.join("cache/x")).unwrap();
+    fs::create_dir(root.join("emptydir")).unwrap();
+    fs::write(root.join("keep/a.txt"), b"alpha").unwrap();
+    fs::write(root.join("keep/deep/b.log"), b"beta").unwrap();
+    fs::write(root.join("keep/deep/c.txt"), b"gamma").unwrap();
+    fs::write(root.join("cache/x/junk"), b"junk").unwrap();
+    fs::write(root.join("top.log"), b"log").unwrap();
+    symlink("keep/a.txt", root.join("link")).unwrap();
+}
+
+fn entries_of(env: &Env, snapshot: &str) -> Vec<serde_json::Value> {
+    let rec: serde_json::Value = serde_json::from_slice(
+        &fs::read(env.repo.join(format!("snapshots/{snapshot}.json"))).unwrap(),
+    )
+    .unwrap();
+    let id = rec["entries"]["id"].as_str().unwrap();
+    let text =
+        fs::read_to_string(env.repo.join(format!("entries/{}/{id}.jsonl", &id[..2]))).unwrap();
+    let validator = {
+        let schema: serde_json::Value = serde_json::from_slice(
+            &fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/sidecar.schema.json"))
+                .unwrap(),
+        )
+        .unwrap();
+        jsonschema::validator_for(&schema).unwrap()
+    };
+    text.lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert!(
+                validator.is_valid(&v),
+                "sidecar record does not validate: {v}"
+            );
+            assert_eq!(v["v"], 2);
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn committed_schemas_match_the_generated_ones() {
+    let env = Env::new();
+    let out = env.path("schemas");
+    let r = env
+        .snap([OsStr::new("schema"), OsStr::new("--out"), out.as_os_str()])
+        .ok();
+    let files = r.fact("schema.written")["files"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(files.len() >= 6);
+    let committed = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas");
+    for f in files {
+        let name = f.as_str().unwrap();
+        let generated = fs::read_to_string(out.join(name)).unwrap();
+        let stored = fs::read_to_string(committed.join(name)).unwrap_or_else(|_| {
+            panic!("schemas/{name} is not committed; run `snap schema --out schemas`")
+        });
+        assert!(
+            generated == stored,
+            "schemas/{name} drifted from the Rust types; run `snap schema --out schemas`"
+        );
+        let v: serde_json::Value = serde_json::from_str(&stored).unwrap();
+        assert_eq!(v["$schema"], "https://json-schema.org/draft/2020-12/schema");
+    }
+}
+
+#[test]
+fn tiers_keep_exactly_their_fields() {
+    let env = Env::new();
+    let src = env.path("src");
+    small_tree(&src);
+    let basic = env
+        .snap([
+            OsStr::new("backup"),
+            OsStr::new("--tier"),
+            OsStr::new("basic"),
+            src.as_os_str(),
+        ])
+        .ok();
+    let id = basic.fact("backup.summary")["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let recs = entries_of(&env, &id);
+    let paths: Vec<&str> = recs.iter().map(|r| r["path"].as_str().unwrap()).collect();
+    assert!(
+        !paths.contains(&"emptydir"),
+        "basic keeps no empty directories: {paths:?}"
+    );
+    assert!(
+        !paths.contains(&"link"),
+        "basic keeps no symlinks: {paths:?}"
+    );
+    for r in &recs {
+        assert!(
+            r.get("uid").is_none() && r.get("atime").is_none() && r.get("xattrs").is_none(),
+            "{r}"
+        );
+        assert!(r["mtime"]["nsec"].is_u64());
+    }
+
+    let ext = env
+        .snap([
+            OsStr::new("backup"),
+            OsStr::new("--tier"),
+            OsStr::new("extended"),
+            src.as_os_str(),
+        ])
+        .ok();
+    let id = ext.fact("backup.summary")["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let recs = entries_of(&env, &id);
+    let link = recs
+        .iter()
+        .find(|r| r["path"] == "link")
+        .expect("extended keeps symlinks");
+    assert_eq!(link["kind"], "symlink");
+    assert_eq!(link["target"], "keep/a.txt");
+    assert!(recs.iter().any(|r| r["path"] == "emptydir"));
+    assert!(recs
+        .iter()
+        .all(|r| r["uid"].is_u64() && r.get("xattrs").is_none()));
+}
+
+#[test]
+fn full_tier_round_trips_user_xattrs() {
+    if !has_tool("setfattr") || !has_tool("getfattr") {
+        eprintln!("skipped: setfattr/getfattr (package attr) not installed");
+        return;
+    }
+    let env = Env::new();
+    let src = env.path("src");
+    small_tree(&src);
+    let f = src.join("keep/a.txt");
+    sh(&format!("setfattr -n user.color -v blue '{}'", f.display()));
+    sh(&format!(
+        "setfattr -n user.bin -v 0x00ff10 '{}'",
+        src.join("keep").display()
+    ));
+    let r = env.snap([
+        OsStr::new("backup"),
+        OsStr::new("--tier"),
+        OsStr::new("full"),
+        src.as_os_str(),
+    ]);
+    if r.code != 0 && r.stderr.contains("Operation not supported") {
+        eprintln!("skipped: filesystem without user xattrs");
+        return;
+    }
+    let r = r.ok();
+    let id = r.fact("backup.summary")["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let recs = entries_of(&env, &id);
+    let a = recs.iter().find(|r| r["path"] == "keep/a.txt").unwrap();
+    assert_eq!(a["xattrs"]["user.color"], "Ymx1ZQ==");
+    let out = env.path("out");
+    env.snap([
+        OsStr::new("restore"),
+        OsStr::new("latest"),
+        OsStr::new("--target"),
+        out.as_os_str(),
+    ])
+    .ok();
+    let dump = |p: &Path| {
+        let o = Command::new("getfattr")
+            .args(["-d", "-e", "hex", "-m", "^user\\."])
+            .arg(p)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(dump(&out.join("keep/a.txt")), dump(&f));
+    assert!(
+        dump(&out.join("keep")).contains("user.bin=0x00ff10"),
+        "{}",
+        dump(&out.join("keep"))
+    );
+    assert_same_tree(&src, &out, false);
+}
+
+#[test]
+fn excludes_tags_and_subpath_restore() {
+    let env = Env::new();
+    let src = env.path("src");
+    small_tree(&src);
+    let r = env
+        .snap([
+            OsStr::new("backup"),
+            OsStr::new("--exclude"),
+            OsStr::new("*.log"),
+            OsStr::new("--exclude"),
+            OsStr::new("cache/**"),
+            OsStr::new("--tag"),
+            OsStr::new("nightly"),
+            OsStr::new("--tag"),
+            OsStr::new("etc"),
+            src.as_os_str(),
+        ])
+        .ok();
+    let s = r.fact("backup.summary");
+    assert_eq!(s["tags"], serde_json::json!(["nightly", "etc"]));
+    assert_eq!(
+        s["policy"]["excludes"],
+        serde_json::json!(["*.log", "cache/**"])
+    );
+    let id = s["snapshot_id"].as_str().unwrap().to_owned();
+    let paths: Vec<String> = entries_of(&env, &id)
+        .iter()
+        .map(|r| r["path"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(!paths.iter().any(|p| p.ends_with(".log")), "{paths:?}");
+    assert!(!paths.iter().any(|p| p.starts_with("cache/")), "{paths:?}");
+    assert!(paths.contains(&"cache".to_owned()) && paths.contains(&"keep/deep/c.txt".to_owned()));
+    let list = env.snap(["list"]).ok();
+    assert!(list.stdout.contains("nightly,etc"), "{}", list.stdout);
+
+    // --path: the subtree becomes the target.
+    let out = env.path("deep");
+    let prefix = &id[..10];
+    env.snap([
+        OsStr::new("restore"),
+        OsStr::new(prefix),
+        OsStr::new("--target"),
+        out.as_os_str(),
+        OsStr::new("--path"),
+        OsStr::new("keep/deep"),
+    ])
+    .ok();
+    let names: Vec<_> = fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("c.txt")]);
+    assert_eq!(fs::read(out.join("c.txt")).unwrap(), b"gamma");
+    let ls = env.snap(["ls", prefix, "keep"]).ok();
+    assert_eq!(ls.fact("ls.result")["entries"], 4, "{}", ls.stdout);
+    // A path the snapshot does not hold.
+    let bad = env.snap([
+        OsStr::new("restore"),
+        OsStr::new("latest"),
+        OsStr::new("--target"),
+        env.path("x").as_os_str(),
+        OsStr::new("--path"),
+        OsStr::new("nope"),
+    ]);
+    assert_eq!(bad.code, 60, "{}", bad.stderr);
+    assert!(!env.path("x").exists());
+}
+
+#[test]
+fn no_durability_skips_syncs_and_says_so() {
+    let env = Env::new();
+    let src = env.path("src");
+    small_tree(&src);
+    let r = env
+        .snap([
+            OsStr::new("backup"),
+            OsStr::new("--no-durability"),
+            src.as_os_str(),
+        ])
+        .ok();
+    let s = r.fact("backup.summary");
+    assert_eq!(s["backup_durable"], false);
+    assert_eq!(s["fsync_count"], 0);
+    assert_eq!(s["policy"]["require_backup_durability"], false);
+    let d = env.snap([OsStr::new("backup"), src.as_os_str()]).ok();
+    let s = d.fact("backup.summary");
+    assert_eq!(s["backup_durable"], true);
+    // The snapshot record, index or entries file and the dirs holding them.
+    assert!(s["fsync_count"].as_u64().unwrap() >= 4, "{s}");
+}
+
+#[test]
+fn default_repository_is_under_xdg_data_home() {
+    let env = Env::new();
+    let src = env.path("src");
+    small_tree(&src);
+    let data = env.path("xdg");
+    let mut cmd = Command::new(snap_bin());
+    cmd.env_remove("SNAP_REPO").env("XDG_DATA_HOME", &data);
+    let r = env
+        .run_cmd(cmd, [OsStr::new("backup"), src.as_os_str()])
+        .ok();
+    let repo = data.join("snap");
+    assert_eq!(r.fact("repo.init")["repo"], repo.display().to_string());
+    assert!(repo.join("config.json").is_file());
+    let md = fs::metadata(&repo).unwrap();
+    assert_eq!(md.permissions().mode() & 0o777, 0o700);
+    for e in lstat_tree(&repo).iter() {
+        let want = if e.1.kind == "dir" { 0o700 } else { 0o600 };
+        assert_eq!(
+            e.1.mode,
+            want,
+            "{} has mode {:o}",
+            String::from_utf8_lossy(e.0),
+            e.1.mode
+        );
+    }
+    let mut cmd = Command::new(snap_bin());
+    cmd.env_remove("SNAP_REPO").env("XDG_DATA_HOME", &data);
+    let out = env.path("out");
+    env.run_cmd(
+        cmd,
+        [
+            OsStr::new("restore"),
+            OsStr::new("latest"),
+            OsStr::new("--target"),
+            out.as_os_str(),
+        ],
+    )
+    .ok();
+    assert_same_tree(&src, &out, false);
+}
+
+#[test]
+fn held_lock_times_out_with_e_locking_and_writes_nothing() {
+    if !has_tool("flock") {
+        eprintln!("skipped: flock(1) not installed");
+        return;
+    }
+    let env = Env::new();
+    let src = env.path("src");
+    small_tree(&src);
+    env.snap(["init"]).ok();
+    // --no-fork: the process we kill is the one holding the lock.
+    let mut holder = Command::new("flock")
+        .arg("--no-fork")
+        .arg(env.repo.join("lock"))
+        .args(["sleep", "30"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let r = env.snap([
+        OsStr::new("backup"),
+        OsStr::new("--lock-wait"),
+        OsStr::new("400"),
+        src.as_os_str(),
+    ]);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert_eq!(r.code, 30, "{}", r.stderr);
+    assert!(r.stderr.contains("E_LOCKING"));
+    let f = r.fact("command.failed");
+    assert_eq!(f["error_id"], "E_LOCKING");
+    assert!(fs::read_dir(env.repo.join("snapshots"))
+        .unwrap()
+        .next()
+        .is_none());
+    assert!(fs::read_dir(env.repo.join("packs"))
+        .unwrap()
+        .next()
+        .is_none());
+    let ok = env.snap([OsStr::new("backup"), src.as_os_str()]).ok();
+    assert_eq!(ok.fact("lock.acquired")["lock_attempts"], 1);
+}
+
+#[test]
+fn unreadable_file_gives_partial_snapshot_exit_3() {
+    // Root reads everything, so run snap as an unprivileged user when root.
+    let env = Env::new();
+    let src = env.path("src");
+    small_tree(&src);
+    let secret = src.join("keep/secret");
+    fs::write(&secret, b"s3cret").unwrap();
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o000)).unwrap();
+    let mut cmd = Command::new(if is_root() { "setpriv" } else { snap_bin() });
+    if is_root() {
+        if !has_tool("setpriv") {
+            eprintln!("skipped: running as root without setpriv(1) to drop privileges");
+            return;
+        }
+        // The unprivileged user must reach the temp dir and write the repo.
+        fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        for p in [
+            "src",
+            "src/keep",
+            "src/keep/deep",
+            "src/cache",
+            "src/cache/x",
+            "src/emptydir",
+        ] {
+            fs::set_permissions(env.path(p), fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        cmd.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            snap_bin(),
+        ]);
+    }
+    cmd.arg("--repo").arg(&env.repo);
+    let r = env.run_cmd(cmd, [OsStr::new("backup"), src.as_os_str()]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("keep/secret") && r.stderr.contains("E_PARTIAL"),
+        "{}",
+        r.stderr
+    );
+    let w = r.fact("backup.warning");
+    assert_eq!(w["path"], "keep/secret");
+    assert_eq!(w["entry_skipped"], true);
+    let s = r.fact("backup.summary");
+    assert_eq!(s["error_id"], "E_PARTIAL");
+    assert_eq!(s["decision"], "warn");
+    assert_eq!(s["stats"]["unreadable"], 1);
+    assert!(
+        fs::read_dir(env.repo.join("snapshots")).unwrap().count() == 1,
+        "the snapshot committed"
+    );
+}
+
+/// Writes a content-addressed file and returns its id.
+fn put(dir: &Path, suffix: &str, bytes: &[u8]) -> String {
+    let id = blake3::hash(bytes).to_hex().to_string();
+    fs::write(dir.join(format!("{id}{suffix}")), bytes).unwrap();
+    id
+}
+
+#[test]
+fn hostile_entry_paths_are_refused_before_anything_is_created() {
+    let env = Env::new();
+    let src = env.path("src");
+    small_tree(&src);
+    let r = env.snap([OsStr::new("backup"), src.as_os_str()]).ok();
+    let id = r.fact("backup.summary")["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut rec: serde_json::Value =
+        serde_json::from_slice(&fs::read(env.repo.join(format!("snapshots/{id}.json"))).unwrap())
+            .unwrap();
+    let victim = env.path("victim");
+    for (n, hostile) in [
+        serde_json::json!({"path": "../victim", "path_b64": null}),
+        serde_json::json!({"path": "x", "path_b64": base64_of(b"a/../../victim")}),
+        serde_json::json!({"path": victim.display().to_string()}),
+        serde_json::json!({"path": "keep/./a.txt"}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut lines = vec![
+            serde_json::json!({"v":2,"path":"","kind":"dir","mode":0o755,"mtime":{"sec":0,"nsec":0}}),
+        ];
+        let mut bad = serde_json::json!({"v":2,"kind":"file","mode":0o644,"mtime":{"sec":0,"nsec":0},"size":0,"chunks":[]});
+        for (k, v) in hostile.as_object().unwrap() {
+            if !v.is_null() {
+                bad[k] = v.clone();
+            }
+        }
+        lines.push(bad);
+        let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        let eid = blake3::hash(text.as_bytes()).to_hex().to_string();
+        let edir = env.repo.join(format!("entries/{}", &eid[..2]));
+        fs::create_dir_all(&edir).unwrap();
+        put(&edir, ".jsonl", text.as_bytes());
+        rec["entries"]["id"] = eid.clone().into();
+        rec["time"] = format!("2999-01-01T00:00:0{n}Z").into();
+        let sid = put(
+            &env.repo.join("snapshots"),
+            ".json",
+            &serde_json::to_vec(&rec).unwrap(),
+        );
+        let target = env.path(&format!("t{n}"));
+        let out = env.snap([
+            OsStr::new("restore"),
+            OsStr::new(&sid),
+            OsStr::new("--target"),
+            target.as_os_str(),
+        ]);
+        assert_eq!(out.code, 90, "{hostile}: {}", out.stderr);
+        assert_eq!(out.fact("command.failed")["error_id"], "E_INTEGRITY");
+        assert!(
+            !target.exists() && !victim.exists(),
+            "{hostile} created something"
+        );
+    }
+    // An unknown record version is refused with a clear message.
+    let text =
+        "{\"v\":3,\"path\":\"\",\"kind\":\"dir\",\"mode\":493,\"mtime\":{\"sec\":0,\"nsec\":0}}\n";
+    let eid = blake3::hash(text.as_bytes()).to_hex().to_string();
+    let edir = env.repo.join(format!("entries/{}", &eid[..2]));
+    fs::create_dir_all(&edir).unwrap();
+    put(&edir, ".jsonl", text.as_bytes());
+    rec["entries"]["id"] = eid.into();
+    rec["time"] = "2999-02-01T00:00:00Z".into();
+    let sid = put(
+        &env.repo.join("snapshots"),
+        ".json",
+        &serde_json::to_vec(&rec).unwrap(),
+    );
+    let out = env.snap([
+        OsStr::new("restore"),
+        OsStr::new(&sid),
+        OsStr::new("--target"),
+        env.path("v3").as_os_str(),
+    ]);
+    assert_eq!(out.code, 90);
+    assert!(
+        out.stderr.contains("version 3 is not supported"),
+        "{}",
+        out.stderr
+    );
+}
+
+fn base64_of(b: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+#[test]
+fn unknown_snapshot_and_missing_repository_have_their_exit_codes() {
+    let env = Env::new();
+    let r = env.snap(["list"]);
+    assert_eq!(r.code, 61, "{}", r.stderr);
+    assert_eq!(r.fact("command.failed")["error_id"], "E_REPO_MISSING");
+    env.snap(["init"]).ok();
+    let again = env.snap(["init"]);
+    assert_eq!(again.code, 2);
+    let r = env.snap([
+        OsStr::new("restore"),
+        OsStr::new("deadbeef"),
+        OsStr::new("--target"),
+        env.path("t").as_os_str(),
+    ]);
+    assert_eq!(r.code, 60, "{}", r.stderr);
+    assert_eq!(r.fact("command.failed")["error_id"], "E_BACKUP_MISSING");
+    let usage = env.snap(["backup"]);
+    assert_eq!(usage.code, 2);
+}
