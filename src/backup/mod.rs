@@ -460,7 +460,7 @@ impl Writer<'_> {
         rel: &RelPath,
         st: &Stat,
     ) -> Result<Option<EntryRecord>> {
-        let fd = match dir.open_file_read(name) {
+        let fd = match dir.open_file_read_uring(name).await {
             Ok(fd) => fd,
             Err(e) => {
                 self.warn(rel, "open", e.to_string(), true)?;

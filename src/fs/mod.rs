@@ -16,6 +16,7 @@
 #![allow(unsafe_code)]
 
 mod name;
+mod uring;
 
 use std::ffi::OsStr;
 use std::io;
@@ -277,46 +278,6 @@ impl Dir {
         }
         out.sort_unstable();
         Ok(out)
-    }
-
-    /// Opens the regular file `name` for reading with
-    /// `O_NOFOLLOW|O_NOCTTY|O_NONBLOCK`, and `O_NOATIME` where permitted (the
-    /// owner or `CAP_FOWNER`; see `open(2)`), so a backup does not change
-    /// what it reads.
-    ///
-    /// `O_NONBLOCK` keeps a name that was swapped for a FIFO since the walk
-    /// from blocking the run.
-    ///
-    /// # Errors
-    ///
-    /// The `openat(2)` error: `EACCES`, `ELOOP` (now a symlink), `ENOENT`.
-    pub fn open_file_read(&self, name: &Name) -> io::Result<OwnedFd> {
-        let base =
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::NONBLOCK | OFlags::CLOEXEC;
-        match rustix::fs::openat(self, os(name), base | OFlags::NOATIME, Mode::empty()) {
-            Ok(fd) => Ok(fd),
-            Err(rustix::io::Errno::PERM) => {
-                Ok(rustix::fs::openat(self, os(name), base, Mode::empty())?)
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Creates the regular file `name` (`O_CREAT|O_EXCL|O_NOFOLLOW`) with
-    /// `mode` (before umask) and opens it read-write.
-    ///
-    /// # Errors
-    ///
-    /// The `openat(2)` error: `EEXIST` when the name exists, `ENOSPC`.
-    pub fn create_file(&self, name: &Name, mode: u32) -> io::Result<OwnedFd> {
-        let flags =
-            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        Ok(rustix::fs::openat(
-            self,
-            os(name),
-            flags,
-            Mode::from_raw_mode(mode),
-        )?)
     }
 
     /// Opens the existing regular file `name` read-only with `O_NOFOLLOW`.

@@ -563,7 +563,8 @@ impl Repo {
         let tmp_path = self.display(&format!("tmp/{tmp_name}"));
         let len = bytes.len() as u64;
         let fd = tmp
-            .create_file(&tmp_name, 0o600)
+            .create_file_uring(&tmp_name, 0o600)
+            .await
             .map_err(|e| Error::io("create", &tmp_path, e))?;
         let mut f = DataFile::new(fd);
         f.write_all_at(bytes, 0)

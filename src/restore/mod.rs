@@ -414,10 +414,13 @@ impl Restorer<'_> {
     /// Creates a regular file, writes its verified content, applies its
     /// metadata.
     async fn file(&mut self, dir: &Dir, name: &Name, rec: &EntryRecord, shown: &str) -> Result<()> {
-        let fd = dir.create_file(name, 0o600).map_err(|e| Error::Restore {
-            path: shown.to_owned(),
-            detail: format!("create: {e}"),
-        })?;
+        let fd = dir
+            .create_file_uring(name, 0o600)
+            .await
+            .map_err(|e| Error::Restore {
+                path: shown.to_owned(),
+                detail: format!("create: {e}"),
+            })?;
         let mut out = DataFile::new(fd);
         let mut offset = 0u64;
         let mut whole = blake3::Hasher::new();
