@@ -551,4 +551,52 @@ fn unknown_snapshot_and_missing_repository_have_their_exit_codes() {
     assert_eq!(r.fact("command.failed")["error_id"], "E_BACKUP_MISSING");
     let usage = env.snap(["backup"]);
     assert_eq!(usage.code, 2);
+    let f = usage.fact("command.failed");
+    assert_eq!(
+        (f["error_id"].as_str(), f["exit_code"].as_i64()),
+        (Some("E_USAGE"), Some(2))
+    );
+    assert_eq!(f["command"], "backup");
+    assert!(f["message"].as_str().unwrap().contains("<SRC>"), "{f}");
+}
+
+#[test]
+fn json_puts_facts_on_stdout_and_text_on_stderr() {
+    let env = Env::new();
+    let src = env.path("src");
+    small_tree(&src);
+    let out = Command::new(snap_bin())
+        .arg("--repo")
+        .arg(&env.repo)
+        .arg("--json")
+        .arg("backup")
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("stdout holds only facts"))
+        .collect();
+    lines.iter().for_each(assert_valid_fact);
+    let events: Vec<&str> = lines.iter().map(|f| f["event"].as_str().unwrap()).collect();
+    assert_eq!(events, ["repo.init", "lock.acquired", "backup.summary"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("saved:"),
+        "summary line goes to stderr"
+    );
+    let list = Command::new(snap_bin())
+        .arg("--repo")
+        .arg(&env.repo)
+        .args(["--json", "list"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(list.stdout).unwrap();
+    assert_eq!(
+        text.lines().count(),
+        2,
+        "lock.acquired and list.result only: {text}"
+    );
+    assert!(String::from_utf8_lossy(&list.stderr).contains("source"));
 }

@@ -109,16 +109,15 @@ pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let code = if e.use_stderr() {
-                ErrorId::E_USAGE.exit_code()
-            } else {
-                0
-            };
             // clap prints help/version/usage errors itself.
             if let Err(io) = e.print() {
                 eprintln!("snap: {io}");
             }
-            return code;
+            if !e.use_stderr() {
+                return 0;
+            }
+            usage_fact(&e.to_string());
+            return ErrorId::E_USAGE.exit_code();
         }
     };
     let run_id = match crate::repo::random_hex(16) {
@@ -139,6 +138,50 @@ pub fn main() -> i32 {
     match run(&cli, &mut facts, &out) {
         Ok(code) => code,
         Err(e) => fail(&cli, &mut facts, &e),
+    }
+}
+
+/// Emits the failure fact of a command line clap refused, to the
+/// `--facts FILE` / `--json` found in the raw arguments (clap could not
+/// parse them for us).
+fn usage_fact(message: &str) {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let mut facts_file = None;
+    let mut json = false;
+    for (i, a) in args.iter().enumerate() {
+        let s = a.to_string_lossy();
+        if s == "--json" {
+            json = true;
+        } else if s == "--facts" {
+            facts_file = args.get(i + 1).map(PathBuf::from);
+        } else if let Some(v) = s.strip_prefix("--facts=") {
+            facts_file = Some(PathBuf::from(v));
+        }
+    }
+    if facts_file.is_none() && !json {
+        return;
+    }
+    let command = args
+        .iter()
+        .map(|a| a.to_string_lossy())
+        .find(|a| ["backup", "restore", "list", "ls", "init", "schema"].contains(&a.as_ref()))
+        .map(|a| a.into_owned())
+        .unwrap_or_default();
+    let emitted = crate::repo::random_hex(16)
+        .and_then(|run_id| Emitter::new(run_id, facts_file.as_deref(), json))
+        .and_then(|mut f| {
+            f.emit(
+                Decision::Failure,
+                Some(ErrorId::E_USAGE),
+                Event::CommandFailed {
+                    command,
+                    path: None,
+                    message: message.trim().to_owned(),
+                },
+            )
+        });
+    if let Err(e) = emitted {
+        eprintln!("snap: error [{}]: {e}", e.id().as_str());
     }
 }
 
