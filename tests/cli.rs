@@ -459,6 +459,11 @@ fn hostile_entry_paths_are_refused_before_anything_is_created() {
         serde_json::json!({"path": "x", "path_b64": base64_of(b"a/../../victim")}),
         serde_json::json!({"path": victim.display().to_string()}),
         serde_json::json!({"path": "keep/./a.txt"}),
+        // A second root record, and an entry whose directory never came.
+        serde_json::json!({"path": ""}),
+        serde_json::json!({"path": "nodir/f"}),
+        // A hard link to the root.
+        serde_json::json!({"path": "h", "kind": "hardlink", "link": ""}),
     ]
     .into_iter()
     .enumerate()

@@ -285,14 +285,16 @@ impl Restorer<'_> {
             }
             let Some(top) = stack.last() else {
                 return Err(integrity(
-                    format!("entries/{}", rec.path),
-                    format!("entry {} appears outside of its directory", rec.path),
+                    self.repo.display("entries"),
+                    format!("entry {:?} appears outside of its directory", rec.path),
                 ));
             };
-            let name = rel
-                .file_name()
-                .expect("selected entries are never the root")
-                .clone();
+            let Some(name) = rel.file_name().cloned() else {
+                return Err(integrity(
+                    self.repo.display("entries"),
+                    "a second record for the snapshot root",
+                ));
+            };
             let shown = rel.to_string();
             let ctx = |op: &str, e: std::io::Error| Error::Restore {
                 path: shown.clone(),
@@ -328,7 +330,9 @@ impl Restorer<'_> {
                                 .staging
                                 .open_path(&lrel.parent().unwrap_or_default())
                                 .map_err(|e| ctx("open leader directory", e))?;
-                            let lname = lrel.file_name().expect("leader is not the root");
+                            let lname = lrel.file_name().ok_or_else(|| {
+                                integrity(&shown, "hard link leader is the snapshot root")
+                            })?;
                             top.dir
                                 .hard_link(&lparent, lname, &name)
                                 .map_err(|e| ctx("link", e))?;
@@ -346,7 +350,15 @@ impl Restorer<'_> {
                             let lrec = &self.records[li];
                             match lrec.kind {
                                 EntryKind::File => self.file(&top.dir, &name, lrec, &shown).await?,
-                                _ => self.special(&top.dir, &name, lrec, &shown)?,
+                                EntryKind::Symlink | EntryKind::Fifo => {
+                                    self.special(&top.dir, &name, lrec, &shown)?
+                                }
+                                other => {
+                                    return Err(integrity(
+                                        &shown,
+                                        format!("hard link leader {leader} is a {other:?} entry"),
+                                    ))
+                                }
                             }
                         }
                     }
