@@ -269,18 +269,22 @@ fn lock_fact(facts: &mut Emitter, repo: &Repo, lock: &crate::repo::RepoLock) -> 
     )
 }
 
+fn init_fact(facts: &mut Emitter, repo: &Repo) -> Result<()> {
+    facts.emit(
+        Decision::Success,
+        None,
+        Event::RepoInit {
+            repo: repo.path.display().to_string(),
+            repo_id: repo.config.id.clone(),
+        },
+    )
+}
+
 fn open_repo_for_write(path: &std::path::Path, facts: &mut Emitter) -> Result<Repo> {
     match Repo::open(path) {
         Err(Error::RepoMissing { .. }) => {
             let repo = Repo::open_or_init(path)?;
-            facts.emit(
-                Decision::Success,
-                None,
-                Event::RepoInit {
-                    repo: path.display().to_string(),
-                    repo_id: repo.config.id.clone(),
-                },
-            )?;
+            init_fact(facts, &repo)?;
             Ok(repo)
         }
         other => other,
@@ -485,14 +489,7 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
         Command::Init => {
             let path = repo_path(cli)?;
             let repo = Repo::init(&path)?;
-            facts.emit(
-                Decision::Success,
-                None,
-                Event::RepoInit {
-                    repo: path.display().to_string(),
-                    repo_id: repo.config.id.clone(),
-                },
-            )?;
+            init_fact(facts, &repo)?;
             out.line(&format!(
                 "created repository {} at {}",
                 repo.config.id,

@@ -290,6 +290,18 @@ pub fn random_hex(bytes: usize) -> Result<String> {
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
+/// [`Error::Integrity`] unless `bytes` hash (BLAKE3-256) to the hex `id`.
+fn check_id(bytes: &[u8], id: &str, path: &str, what: &str) -> Result<()> {
+    if blake3::hash(bytes).to_hex().as_str() == id {
+        Ok(())
+    } else {
+        Err(Error::Integrity {
+            path: path.to_owned(),
+            detail: format!("{what} does not match its BLAKE3 id"),
+        })
+    }
+}
+
 fn parse_hash(hex: &str, what: &str, path: &str) -> Result<blake3::Hash> {
     blake3::Hash::from_hex(hex).map_err(|_| Error::Integrity {
         path: path.to_owned(),
@@ -611,6 +623,32 @@ impl Repo {
         Ok(RelPath::root().join(name(top)).join(name(sub)))
     }
 
+    /// Reads every `<id><suffix>` file in the directory `top`, each checked
+    /// against the BLAKE3 id in its name: (id, display path, bytes).
+    fn read_verified_dir(
+        &self,
+        top: &str,
+        suffix: &str,
+        what: &str,
+    ) -> Result<Vec<(String, String, Vec<u8>)>> {
+        let dir = self.open_dir(&[top])?;
+        let mut out = Vec::new();
+        for n in dir
+            .list()
+            .map_err(|e| Error::io("list", self.display(top), e))?
+        {
+            let fname = n.to_string();
+            let Some(id) = fname.strip_suffix(suffix) else {
+                continue;
+            };
+            let path = self.display(&format!("{top}/{fname}"));
+            let bytes = dir.read_all(&n).map_err(|e| Error::io("read", &path, e))?;
+            check_id(&bytes, id, &path, what)?;
+            out.push((id.to_owned(), path, bytes));
+        }
+        Ok(out)
+    }
+
     /// Every snapshot, oldest first, each checked against its id.
     ///
     /// # Errors
@@ -618,24 +656,8 @@ impl Repo {
     /// [`Error::Integrity`] when a record does not hash to its name or does
     /// not parse; I/O errors.
     pub fn snapshots(&self) -> Result<Vec<(String, SnapshotRecord)>> {
-        let dir = self.open_dir(&["snapshots"])?;
         let mut out = Vec::new();
-        for n in dir
-            .list()
-            .map_err(|e| Error::io("list", self.display("snapshots"), e))?
-        {
-            let fname = n.to_string();
-            let Some(id) = fname.strip_suffix(".json") else {
-                continue;
-            };
-            let path = self.display(&format!("snapshots/{fname}"));
-            let bytes = dir.read_all(&n).map_err(|e| Error::io("read", &path, e))?;
-            if blake3::hash(&bytes).to_hex().as_str() != id {
-                return Err(Error::Integrity {
-                    path,
-                    detail: "snapshot record does not match its BLAKE3 id".into(),
-                });
-            }
+        for (id, path, bytes) in self.read_verified_dir("snapshots", ".json", "snapshot record")? {
             let rec: SnapshotRecord =
                 serde_json::from_slice(&bytes).map_err(|e| Error::Integrity {
                     path: path.clone(),
@@ -647,7 +669,7 @@ impl Repo {
                     detail: format!("snapshot record version {} is not supported", rec.v),
                 });
             }
-            out.push((id.to_owned(), rec));
+            out.push((id, rec));
         }
         out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then_with(|| a.0.cmp(&b.0)));
         Ok(out)
@@ -692,24 +714,8 @@ impl Repo {
     /// [`Error::Integrity`] for a file that does not match its id or does
     /// not parse; I/O errors.
     pub fn load_index(&self) -> Result<HashMap<blake3::Hash, BlobLocation>> {
-        let dir = self.open_dir(&["index"])?;
         let mut map = HashMap::new();
-        for n in dir
-            .list()
-            .map_err(|e| Error::io("list", self.display("index"), e))?
-        {
-            let fname = n.to_string();
-            let Some(id) = fname.strip_suffix(".idx") else {
-                continue;
-            };
-            let path = self.display(&format!("index/{fname}"));
-            let bytes = dir.read_all(&n).map_err(|e| Error::io("read", &path, e))?;
-            if blake3::hash(&bytes).to_hex().as_str() != id {
-                return Err(Error::Integrity {
-                    path,
-                    detail: "index file does not match its BLAKE3 id".into(),
-                });
-            }
+        for (_, path, bytes) in self.read_verified_dir("index", ".idx", "index file")? {
             let idx: IndexFile = serde_json::from_slice(&bytes).map_err(|e| Error::Integrity {
                 path: path.clone(),
                 detail: format!("malformed index: {e}"),
@@ -753,12 +759,7 @@ impl Repo {
                 path: path.clone(),
                 detail: format!("cannot read entries file: {e}"),
             })?;
-        if blake3::hash(&bytes).to_hex().as_str() != id {
-            return Err(Error::Integrity {
-                path,
-                detail: "entries file does not match its BLAKE3 id".into(),
-            });
-        }
+        check_id(&bytes, id, &path, "entries file")?;
         bytes
             .split(|b| *b == b'\n')
             .filter(|l| !l.is_empty())
