@@ -605,3 +605,106 @@ fn json_puts_facts_on_stdout_and_text_on_stderr() {
     );
     assert!(String::from_utf8_lossy(&list.stderr).contains("source"));
 }
+
+/// Unmounts a test mount when dropped, even when the test panics.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let status = Command::new("umount").arg("-l").arg(&self.0).status();
+        if !matches!(status, Ok(s) if s.success()) {
+            eprintln!("could not unmount {}", self.0.display());
+        }
+    }
+}
+
+#[test]
+fn full_repository_filesystem_fails_with_e_no_space_and_commits_nothing() {
+    if !is_root() {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let env = Env::new();
+    let mnt = env.path("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        eprintln!("skipped: cannot mount tmpfs here");
+        return;
+    }
+    let _guard = Mount(mnt.clone());
+    let repo = mnt.join("repo");
+    let big = env.path("big");
+    fs::create_dir(&big).unwrap();
+    fs::write(big.join("random"), pseudo_random(8 << 20, 11)).unwrap();
+    let mut cmd = Command::new(snap_bin());
+    cmd.arg("--repo").arg(&repo);
+    let r = env.run_cmd(cmd, [OsStr::new("backup"), big.as_os_str()]);
+    assert_eq!(r.code, 80, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("E_NO_SPACE") && r.stderr.contains(&repo.display().to_string()),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.fact("command.failed")["error_id"], "E_NO_SPACE");
+    assert_eq!(
+        fs::read_dir(repo.join("snapshots")).unwrap().count(),
+        0,
+        "a snapshot appeared"
+    );
+    assert_eq!(
+        fs::read_dir(repo.join("tmp")).unwrap().count(),
+        0,
+        "the partial pack was left in tmp/"
+    );
+    // The repository still works: a small backup commits and restores.
+    let small = env.path("small");
+    small_tree(&small);
+    let mut cmd = Command::new(snap_bin());
+    cmd.arg("--repo").arg(&repo);
+    env.run_cmd(cmd, [OsStr::new("backup"), small.as_os_str()])
+        .ok();
+    let out = env.path("out");
+    let mut cmd = Command::new(snap_bin());
+    cmd.arg("--repo").arg(&repo);
+    env.run_cmd(
+        cmd,
+        [
+            OsStr::new("restore"),
+            OsStr::new("latest"),
+            OsStr::new("--target"),
+            out.as_os_str(),
+        ],
+    )
+    .ok();
+    assert_same_tree(&small, &out, false);
+}
+
+#[test]
+fn single_file_source_restores_inside_the_target() {
+    let env = Env::new();
+    let f = env.path("report.txt");
+    fs::write(&f, b"quarterly").unwrap();
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o640)).unwrap();
+    env.snap([OsStr::new("backup"), f.as_os_str()]).ok();
+    let out = env.path("out");
+    env.snap([
+        OsStr::new("restore"),
+        OsStr::new("latest"),
+        OsStr::new("--target"),
+        out.as_os_str(),
+    ])
+    .ok();
+    assert_eq!(fs::read(out.join("report.txt")).unwrap(), b"quarterly");
+    let md = fs::metadata(out.join("report.txt")).unwrap();
+    assert_eq!(md.permissions().mode() & 0o7777, 0o640);
+    assert_eq!(
+        fs::metadata(&f).unwrap().modified().unwrap(),
+        md.modified().unwrap()
+    );
+}

@@ -579,13 +579,24 @@ impl Repo {
             .await
             .map_err(|e| Error::io("create", &tmp_path, e))?;
         let mut f = DataFile::new(fd);
-        f.write_all_at(bytes, 0)
-            .await
-            .map_err(|e| Error::io("write", &tmp_path, e))?;
-        syncs.file(&f, &tmp_path).await?;
-        f.close()
-            .await
-            .map_err(|e| Error::io("close", &tmp_path, e))?;
+        let written = async {
+            f.write_all_at(bytes, 0)
+                .await
+                .map_err(|e| Error::io("write", &tmp_path, e))?;
+            syncs.file(&f, &tmp_path).await?;
+            f.close()
+                .await
+                .map_err(|e| Error::io("close", &tmp_path, e))
+        }
+        .await;
+        if let Err(e) = written {
+            // Give the space back now (a full disk is the usual cause); the
+            // next writer's tmp/ cleanup is the fallback.
+            if let Err(u) = tmp.unlink(&tmp_name) {
+                eprintln!("snap: warning: could not remove {tmp_path}: {u}");
+            }
+            return Err(e);
+        }
         let dest = self
             .root
             .open_path(dir)
