@@ -146,8 +146,9 @@ pub struct SnapshotStats {
     pub new_blobs: u64,
     /// Packs written.
     pub packs: u64,
-    /// Bytes this backup added to the repository: packs, index, entries
-    /// file and snapshot record.
+    /// Bytes this backup added to the repository in packs, index and
+    /// entries files. The snapshot record (about 1 KiB) holds this count and
+    /// so is not part of it.
     pub bytes_added: u64,
     /// Wall time of the backup, in milliseconds.
     pub duration_ms: u64,
