@@ -110,6 +110,8 @@ struct Writer<'a> {
     stats: SnapshotStats,
     records: Vec<EntryRecord>,
     hardlinks: HashMap<((u32, u32), u64), RelPath>,
+    users: HashMap<u32, String>,
+    groups: HashMap<u32, String>,
     facts: &'a mut Emitter,
     progress: &'a indicatif::ProgressBar,
 }
@@ -173,6 +175,18 @@ pub fn run(
         .find(|(_, r)| r.host == host && r.source == src_display)
         .map(|(id, _)| id.clone());
     let known = repo.load_index()?;
+    // Owner names for tier full, from this host's /etc (first name wins).
+    let (mut users, mut groups) = (HashMap::new(), HashMap::new());
+    if opts.policy.tier == PreservationTier::Full {
+        let (u, g) = crate::fs::id_names(Path::new("/etc"))
+            .map_err(|e| Error::io("read", "/etc/passwd", e))?;
+        for (name, id) in u {
+            users.entry(id).or_insert(name);
+        }
+        for (name, id) in g {
+            groups.entry(id).or_insert(name);
+        }
+    }
 
     let mut w = Writer {
         repo,
@@ -192,6 +206,8 @@ pub fn run(
         stats: SnapshotStats::default(),
         records: Vec::new(),
         hardlinks: HashMap::new(),
+        users,
+        groups,
         facts,
         progress,
     };
@@ -256,7 +272,7 @@ impl Writer<'_> {
             .open_path(&rel)
             .map_err(|e| Error::io("open", "source", e))?;
         let rec = self.base_record(&rel, EntryKind::Dir, &st);
-        let rec = self.with_xattrs(rec, &dup, &rel)?;
+        let rec = self.with_fd_meta(rec, &dup, &rel)?;
         self.records.push(rec);
         self.stats.dirs += 1;
         let children = match dup.list() {
@@ -314,7 +330,7 @@ impl Writer<'_> {
                     }
                 };
                 let rec = self.base_record(&rel, EntryKind::Dir, &st);
-                let rec = self.with_xattrs(rec, &sub, &rel)?;
+                let rec = self.with_fd_meta(rec, &sub, &rel)?;
                 let record_idx = self.records.len();
                 self.records.push(rec);
                 self.stats.dirs += 1;
@@ -340,11 +356,17 @@ impl Writer<'_> {
             r.gid = Some(st.gid);
             r.atime = Some(st.atime);
         }
+        if self.tier == PreservationTier::Full {
+            r.ctime = Some(st.ctime);
+            r.user = self.users.get(&st.uid).cloned();
+            r.group = self.groups.get(&st.gid).cloned();
+        }
         r
     }
 
-    /// Adds xattrs read through `fd` at tier full.
-    fn with_xattrs(
+    /// Adds what tier full reads through an open descriptor: xattrs
+    /// (`flistxattr`) and inode flags (`FS_IOC_GETFLAGS`).
+    fn with_fd_meta(
         &mut self,
         mut rec: EntryRecord,
         f: &impl std::os::fd::AsFd,
@@ -353,12 +375,41 @@ impl Writer<'_> {
         if self.tier < PreservationTier::Full {
             return Ok(rec);
         }
-        let (ok, failed) = match fd::xattrs(f) {
+        self.store_xattrs(&mut rec, fd::xattrs(f), rel)?;
+        match fd::flags(f) {
+            Ok(flags) => rec.flags = Some(flags),
+            // No inode flags on this filesystem: the field stays absent.
+            Err(e) if is_unsupported(&e) => {}
+            Err(e) => self.warn(rel, "FS_IOC_GETFLAGS", e.to_string(), false)?,
+        }
+        Ok(rec)
+    }
+
+    /// Adds the xattrs of an entry that cannot be opened (symlink, FIFO,
+    /// device, socket), read by name without following it.
+    fn with_name_meta(
+        &mut self,
+        mut rec: EntryRecord,
+        dir: &Dir,
+        name: &Name,
+        rel: &RelPath,
+    ) -> Result<EntryRecord> {
+        if self.tier == PreservationTier::Full {
+            self.store_xattrs(&mut rec, dir.xattrs_nofollow(name), rel)?;
+        }
+        Ok(rec)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn store_xattrs(
+        &mut self,
+        rec: &mut EntryRecord,
+        read: std::io::Result<(Vec<(Vec<u8>, Vec<u8>)>, Vec<(Vec<u8>, std::io::Error)>)>,
+        rel: &RelPath,
+    ) -> Result<()> {
+        let (ok, failed) = match read {
             Ok(x) => x,
-            Err(e) => {
-                self.warn(rel, "listxattr", e.to_string(), false)?;
-                return Ok(rec);
-            }
+            Err(e) => return self.warn(rel, "listxattr", e.to_string(), false),
         };
         for (name, e) in failed {
             self.warn(
@@ -383,7 +434,7 @@ impl Writer<'_> {
             }
         }
         rec.xattrs = Some(map);
-        Ok(rec)
+        Ok(())
     }
 
     /// Records one non-directory entry found in `dir`.
@@ -414,11 +465,12 @@ impl Writer<'_> {
                 let mut r = self.base_record(rel, EntryKind::Symlink, &st);
                 r.set_target(&target);
                 self.stats.symlinks += 1;
-                r
+                self.with_name_meta(r, dir, name, rel)?
             }
             FileKind::Fifo if extended => {
                 self.stats.special += 1;
-                self.base_record(rel, EntryKind::Fifo, &st)
+                let r = self.base_record(rel, EntryKind::Fifo, &st);
+                self.with_name_meta(r, dir, name, rel)?
             }
             FileKind::Char | FileKind::Block | FileKind::Socket
                 if self.tier == PreservationTier::Full =>
@@ -436,7 +488,7 @@ impl Writer<'_> {
                     });
                 }
                 self.stats.special += 1;
-                r
+                self.with_name_meta(r, dir, name, rel)?
             }
             _ => {
                 // Not kept by this tier.
@@ -469,29 +521,64 @@ impl Writer<'_> {
         };
         let f = DataFile::new(fd);
         let mut rec = self.base_record(rel, EntryKind::File, st);
-        rec = self.with_xattrs(rec, &f.as_fd(), rel)?;
+        rec = self.with_fd_meta(rec, &f.as_fd(), rel)?;
         let max = self.chunker.max as usize;
         let segment = 2 * max;
         let mut buf: Vec<u8> = Vec::new();
-        let mut offset = 0u64;
+        // Sparse files (tier full): read only the data extents.
+        let sparse =
+            if self.tier == PreservationTier::Full && st.blocks.saturating_mul(512) < st.size {
+                match fd::data_extents(f.as_fd(), st.size) {
+                    Ok(e) => Some(e),
+                    Err(e) => {
+                        self.warn(rel, "SEEK_DATA", e.to_string(), false)?;
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+        let ranges: Vec<(u64, u64)> = match &sparse {
+            Some(e) => e.clone(),
+            None => vec![(0, u64::MAX)],
+        };
+        let mut ri = 0usize;
+        let mut pos = ranges.first().map_or(0, |r| r.0);
+        let mut offset = 0u64; // bytes of stored content read so far
         let mut eof = false;
         let mut chunks = Vec::new();
         let mut whole = blake3::Hasher::new();
         let mut single: Option<blake3::Hash> = None;
         while !eof || !buf.is_empty() {
             while !eof && buf.len() < segment {
-                let want = READ_SIZE.min(segment - buf.len()).max(
+                let Some(&(start, len)) = ranges.get(ri) else {
+                    eof = true;
+                    break;
+                };
+                let end = start.saturating_add(len);
+                let mut want = READ_SIZE.min(segment - buf.len());
+                if sparse.is_none() {
                     // Small files: one read of the whole file (+1 to see EOF).
-                    ((st.size.saturating_sub(offset)) as usize + 1).min(READ_SIZE),
-                );
-                match f.read_at(offset, want).await {
+                    want = want.max(((st.size.saturating_sub(pos)) as usize + 1).min(READ_SIZE));
+                } else {
+                    want = want.min((end - pos) as usize);
+                }
+                match f.read_at(pos, want).await {
+                    // End of file (or a sparse file that shrank).
                     Ok(data) if data.is_empty() => eof = true,
                     Ok(data) => {
+                        pos += data.len() as u64;
                         offset += data.len() as u64;
                         if buf.is_empty() {
                             buf = data;
                         } else {
                             buf.extend_from_slice(&data);
+                        }
+                        if pos >= end {
+                            ri += 1;
+                            if let Some(r) = ranges.get(ri) {
+                                pos = r.0;
+                            }
                         }
                     }
                     Err(e) => {
@@ -543,7 +630,8 @@ impl Writer<'_> {
         f.close()
             .await
             .map_err(|e| Error::io("close", rel.to_string(), e))?;
-        rec.size = Some(offset);
+        rec.size = Some(if sparse.is_some() { st.size } else { offset });
+        rec.sparse = sparse.map(|e| e.into_iter().map(|(o, l)| [o, l]).collect());
         rec.chunks = Some(chunks);
         rec.hash = Some(hash.to_hex().to_string());
         self.stats.files += 1;
@@ -675,4 +763,13 @@ impl Writer<'_> {
             syncs: self.syncs,
         })
     }
+}
+
+/// Errors meaning "this filesystem has no inode flags" (`ioctl_iflags(2)`).
+pub fn is_unsupported(e: &std::io::Error) -> bool {
+    use rustix::io::Errno;
+    matches!(e.raw_os_error(), Some(c) if c == Errno::NOTTY.raw_os_error()
+        || c == Errno::NOTSUP.raw_os_error()
+        || c == Errno::INVAL.raw_os_error()
+        || c == Errno::NOSYS.raw_os_error())
 }

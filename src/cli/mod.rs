@@ -68,6 +68,10 @@ pub enum Command {
         /// Restore only this path of the snapshot.
         #[arg(long, value_name = "SUBPATH")]
         path: Option<String>,
+        /// Map owners by the recorded user/group names through this host's
+        /// /etc/passwd and /etc/group (default: by recorded uid/gid).
+        #[arg(long)]
+        by_name: bool,
         /// Milliseconds to wait for the repository lock.
         #[arg(long, value_name = "MS", default_value_t = 5000)]
         lock_wait: u64,
@@ -373,6 +377,7 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
             snapshot,
             target,
             path,
+            by_name,
             lock_wait,
         } => {
             let repo = Repo::open(&repo_path(cli)?)?;
@@ -385,12 +390,22 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
                 target: target.clone(),
                 subpath,
                 run_id: facts.run_id().to_owned(),
+                by_name: *by_name,
             };
             let res = crate::restore::run(&repo, &opts, &pb);
             pb.finish_and_clear();
             let (summary, warnings) = res?;
             for w in &warnings {
-                eprintln!("snap: warning: {w}");
+                eprintln!("snap: warning: {} {}: {}", w.op, w.path, w.detail);
+                facts.emit(
+                    Decision::Warn,
+                    None,
+                    Event::RestoreWarning {
+                        path: w.path.clone(),
+                        op: w.op.clone(),
+                        detail: w.detail.clone(),
+                    },
+                )?;
             }
             let line = format!(
                 "restored {} into {}: {} files, {} dirs, {} symlinks, {} hard links, {}, {} blobs verified, {:.2} s",

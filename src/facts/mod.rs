@@ -109,6 +109,17 @@ pub enum Event {
     /// A backup committed a snapshot.
     #[serde(rename = "backup.summary")]
     BackupSummary(BackupSummary),
+    /// Restore created an entry but could not apply all of its metadata
+    /// (or, for sockets, did not create it).
+    #[serde(rename = "restore.warning")]
+    RestoreWarning {
+        /// Path relative to the target (`.` for the target itself).
+        path: String,
+        /// What was not applied (`setxattr user.x`, `FS_IOC_SETFLAGS`, ...).
+        op: String,
+        /// Why (the OS error text).
+        detail: String,
+    },
     /// A restore put a tree in place.
     #[serde(rename = "restore.summary")]
     RestoreSummary(RestoreSummary),

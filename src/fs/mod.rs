@@ -82,6 +82,9 @@ pub struct Stat {
     pub gid: u32,
     /// Size in bytes.
     pub size: u64,
+    /// 512-byte blocks allocated (`st_blocks`); fewer than `size / 512`
+    /// means the file has holes.
+    pub blocks: u64,
     /// Hard link count.
     pub nlink: u32,
     /// Inode number.
@@ -120,6 +123,7 @@ impl Stat {
             uid: s.stx_uid,
             gid: s.stx_gid,
             size: s.stx_size,
+            blocks: s.stx_blocks,
             nlink: s.stx_nlink,
             ino: s.stx_ino,
             dev: (s.stx_dev_major, s.stx_dev_minor),
@@ -143,6 +147,12 @@ const STATX_MASK: StatxFlags = StatxFlags::BASIC_STATS;
 #[derive(Debug)]
 pub struct Dir {
     fd: OwnedFd,
+}
+
+impl From<Dir> for OwnedFd {
+    fn from(d: Dir) -> OwnedFd {
+        d.fd
+    }
 }
 
 impl AsFd for Dir {
@@ -435,22 +445,43 @@ impl Dir {
     }
 
     /// Removes `name` and, when it is a directory, everything beneath it,
-    /// through dirfds only (symlinks are unlinked, never followed).
+    /// through dirfds only (symlinks are unlinked, never followed). Clears
+    /// immutable/append-only inode flags that stand in the way (a failed
+    /// restore may have set them; needs `CAP_LINUX_IMMUTABLE`).
     ///
     /// # Errors
     ///
-    /// The first `unlinkat(2)`/`openat(2)`/`getdents64(2)` error.
+    /// The first `unlinkat(2)`/`openat(2)`/`getdents64(2)`/`ioctl(2)` error.
     pub fn remove_tree(&self, name: &Name) -> io::Result<()> {
+        let perm = |e: &io::Error| e.raw_os_error() == Some(rustix::io::Errno::PERM.raw_os_error());
         match self.stat_opt(name)? {
             None => return Ok(()),
-            Some(st) if st.kind != FileKind::Dir => return self.unlink(name),
+            Some(st) if st.kind != FileKind::Dir => {
+                return match self.unlink(name) {
+                    Err(e) if perm(&e) => {
+                        fd::unprotect(self)?;
+                        if st.kind == FileKind::File {
+                            fd::unprotect(self.open_file(name)?)?;
+                        }
+                        self.unlink(name)
+                    }
+                    other => other,
+                };
+            }
             Some(_) => {}
         }
         let sub = self.open_dir(name)?;
+        fd::unprotect(&sub)?;
         for child in sub.list()? {
             sub.remove_tree(&child)?;
         }
-        rustix::fs::unlinkat(self, os(name), AtFlags::REMOVEDIR)?;
+        match rustix::fs::unlinkat(self, os(name), AtFlags::REMOVEDIR) {
+            Err(rustix::io::Errno::PERM) => {
+                fd::unprotect(self)?;
+                rustix::fs::unlinkat(self, os(name), AtFlags::REMOVEDIR)?;
+            }
+            other => other?,
+        }
         Ok(())
     }
 
@@ -521,6 +552,83 @@ impl Dir {
         Ok(())
     }
 
+    /// The `/proc/self/fd/<dirfd>/<name>` path: resolving it goes through
+    /// this open dirfd (the magic link) and then `name` only, so it reaches
+    /// exactly the entry this `Dir` holds, for the path-only `l*xattr(2)`
+    /// calls that do not follow a final symlink.
+    fn proc_path(&self, name: &Name) -> Vec<u8> {
+        use std::os::fd::AsRawFd;
+        let mut p = format!("/proc/self/fd/{}/", self.fd.as_raw_fd()).into_bytes();
+        p.extend_from_slice(name.as_bytes());
+        p
+    }
+
+    /// Every extended attribute of `name` itself, not following a symlink
+    /// (`llistxattr(2)`/`lgetxattr(2)` through [`Dir::proc_path`]); for
+    /// symlinks, FIFOs and devices, which cannot be opened for
+    /// `fgetxattr(2)`. Same shape as [`fd::xattrs`].
+    ///
+    /// # Errors
+    ///
+    /// The `llistxattr(2)` error; `EOPNOTSUPP` maps to an empty list.
+    #[allow(clippy::type_complexity)]
+    pub fn xattrs_nofollow(
+        &self,
+        name: &Name,
+    ) -> io::Result<(Vec<(Vec<u8>, Vec<u8>)>, Vec<(Vec<u8>, io::Error)>)> {
+        let path = self.proc_path(name);
+        let path = OsStr::from_bytes(&path);
+        read_xattrs(
+            |buf| rustix::fs::llistxattr(path, buf),
+            |n, buf| rustix::fs::lgetxattr(path, OsStr::from_bytes(n), buf),
+        )
+    }
+
+    /// `lsetxattr(2)` on `name` itself (a symlink is not followed).
+    ///
+    /// # Errors
+    ///
+    /// The `lsetxattr(2)` error: `EPERM` (`user.*` on a symlink, or a
+    /// namespace that needs a capability), `EOPNOTSUPP`.
+    pub fn set_xattr_nofollow(&self, name: &Name, xname: &[u8], value: &[u8]) -> io::Result<()> {
+        let path = self.proc_path(name);
+        rustix::fs::lsetxattr(
+            OsStr::from_bytes(&path),
+            OsStr::from_bytes(xname),
+            value,
+            rustix::fs::XattrFlags::empty(),
+        )?;
+        Ok(())
+    }
+
+    /// `mknodat(2)` of a character (`block == false`) or block device.
+    ///
+    /// # Errors
+    ///
+    /// The `mknodat(2)` error: `EPERM` without `CAP_MKNOD`.
+    pub fn mknod(
+        &self,
+        name: &Name,
+        block: bool,
+        mode: u32,
+        major: u32,
+        minor: u32,
+    ) -> io::Result<()> {
+        let kind = if block {
+            FileType::BlockDevice
+        } else {
+            FileType::CharacterDevice
+        };
+        rustix::fs::mknodat(
+            self,
+            os(name),
+            kind,
+            Mode::from_raw_mode(mode),
+            rustix::fs::makedev(major, minor),
+        )?;
+        Ok(())
+    }
+
     /// Free bytes available to this process on the filesystem holding this
     /// directory (`fstatvfs(3)`: `f_bavail * f_frsize`).
     ///
@@ -531,6 +639,51 @@ impl Dir {
         let s = rustix::fs::fstatvfs(self)?;
         Ok(s.f_bavail.saturating_mul(s.f_frsize))
     }
+}
+
+/// Lists then reads xattrs with the given `*listxattr`/`*getxattr` calls,
+/// growing buffers on `ERANGE`.
+#[allow(clippy::type_complexity)]
+fn read_xattrs(
+    list: impl Fn(&mut [u8]) -> rustix::io::Result<usize>,
+    get: impl Fn(&[u8], &mut [u8]) -> rustix::io::Result<usize>,
+) -> io::Result<(Vec<(Vec<u8>, Vec<u8>)>, Vec<(Vec<u8>, io::Error)>)> {
+    let mut names = vec![0u8; 4096];
+    let n = loop {
+        match list(&mut names) {
+            Ok(n) => break n,
+            Err(rustix::io::Errno::RANGE) => {
+                let need = list(&mut [])?;
+                names.resize(need.max(names.len() * 2), 0);
+            }
+            Err(rustix::io::Errno::NOTSUP) => return Ok((Vec::new(), Vec::new())),
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let mut ok = Vec::new();
+    let mut failed = Vec::new();
+    for name in names[..n].split(|b| *b == 0).filter(|s| !s.is_empty()) {
+        let mut buf = vec![0u8; 256];
+        let res = loop {
+            match get(name, &mut buf) {
+                Ok(len) => {
+                    buf.truncate(len);
+                    break Ok(buf);
+                }
+                Err(rustix::io::Errno::RANGE) => match get(name, &mut []) {
+                    Ok(need) => buf.resize(need.max(buf.len() * 2), 0),
+                    Err(e) => break Err(io::Error::from(e)),
+                },
+                Err(e) => break Err(io::Error::from(e)),
+            }
+        };
+        match res {
+            Ok(v) => ok.push((name.to_vec(), v)),
+            Err(e) => failed.push((name.to_vec(), e)),
+        }
+    }
+    ok.sort();
+    Ok((ok, failed))
 }
 
 fn timestamps(atime: Option<Time>, mtime: Time) -> Timestamps {
@@ -616,46 +769,10 @@ pub mod fd {
         fd: impl AsFd,
     ) -> io::Result<(Vec<(Vec<u8>, Vec<u8>)>, Vec<(Vec<u8>, io::Error)>)> {
         let fd = fd.as_fd();
-        let mut list = vec![0u8; 4096];
-        let n = loop {
-            match rustix::fs::flistxattr(fd, &mut list[..]) {
-                Ok(n) => break n,
-                Err(rustix::io::Errno::RANGE) => {
-                    let need = rustix::fs::flistxattr(fd, &mut [0u8; 0][..])?;
-                    list.resize(need.max(list.len() * 2), 0);
-                }
-                Err(rustix::io::Errno::NOTSUP) => return Ok((Vec::new(), Vec::new())),
-                Err(e) => return Err(e.into()),
-            }
-        };
-        let mut ok = Vec::new();
-        let mut failed = Vec::new();
-        for name in list[..n].split(|b| *b == 0).filter(|s| !s.is_empty()) {
-            match get_xattr(fd, name) {
-                Ok(v) => ok.push((name.to_vec(), v)),
-                Err(e) => failed.push((name.to_vec(), e)),
-            }
-        }
-        ok.sort();
-        Ok((ok, failed))
-    }
-
-    fn get_xattr(fd: BorrowedFd<'_>, name: &[u8]) -> io::Result<Vec<u8>> {
-        let name = OsStr::from_bytes(name);
-        let mut buf = vec![0u8; 256];
-        loop {
-            match rustix::fs::fgetxattr(fd, name, &mut buf[..]) {
-                Ok(n) => {
-                    buf.truncate(n);
-                    return Ok(buf);
-                }
-                Err(rustix::io::Errno::RANGE) => {
-                    let need = rustix::fs::fgetxattr(fd, name, &mut [0u8; 0][..])?;
-                    buf.resize(need.max(buf.len() * 2), 0);
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        read_xattrs(
+            |buf| rustix::fs::flistxattr(fd, buf),
+            |n, buf| rustix::fs::fgetxattr(fd, OsStr::from_bytes(n), buf),
+        )
     }
 
     /// `fsetxattr(2)` creating or replacing `name`.
@@ -672,6 +789,74 @@ pub mod fd {
             rustix::fs::XattrFlags::empty(),
         )?;
         Ok(())
+    }
+
+    /// Inode flags (`FS_IOC_GETFLAGS`, see `ioctl_iflags(2)`): the
+    /// `FS_*_FL` bits `lsattr(1)` shows.
+    ///
+    /// # Errors
+    ///
+    /// `ENOTTY`/`EOPNOTSUPP`/`EINVAL` where the filesystem has no inode
+    /// flags.
+    pub fn flags(fd: impl AsFd) -> io::Result<u32> {
+        Ok(rustix::fs::ioctl_getflags(fd)?.bits())
+    }
+
+    /// Sets inode flags (`FS_IOC_SETFLAGS`).
+    ///
+    /// # Errors
+    ///
+    /// `EPERM` (immutable/append-only need `CAP_LINUX_IMMUTABLE`; any flag
+    /// needs ownership or `CAP_FOWNER`), `EOPNOTSUPP`.
+    pub fn set_flags(fd: impl AsFd, flags: u32) -> io::Result<()> {
+        rustix::fs::ioctl_setflags(fd, rustix::fs::IFlags::from_bits_retain(flags))?;
+        Ok(())
+    }
+
+    /// Clears the immutable and append-only inode flags of `fd` if set;
+    /// nothing on a filesystem without inode flags.
+    ///
+    /// # Errors
+    ///
+    /// The `FS_IOC_SETFLAGS` error (`EPERM` without `CAP_LINUX_IMMUTABLE`).
+    pub fn unprotect(fd: impl AsFd) -> io::Result<()> {
+        const PROTECT: u32 = 0x10 | 0x20; // FS_IMMUTABLE_FL | FS_APPEND_FL
+        match flags(&fd) {
+            Ok(f) if f & PROTECT != 0 => set_flags(&fd, f & !PROTECT),
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(c) if c == rustix::io::Errno::NOTTY.raw_os_error() || c == rustix::io::Errno::NOTSUP.raw_os_error() || c == rustix::io::Errno::INVAL.raw_os_error()) => {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The data extents of a file of `size` bytes as (offset, length),
+    /// found with `lseek(2)` `SEEK_DATA`/`SEEK_HOLE`; everything between
+    /// them is a hole. A filesystem without hole support reports one extent.
+    ///
+    /// # Errors
+    ///
+    /// The `lseek(2)` error other than `ENXIO` (no data past the offset).
+    pub fn data_extents(fd: impl AsFd, size: u64) -> io::Result<Vec<(u64, u64)>> {
+        use rustix::fs::SeekFrom;
+        let fd = fd.as_fd();
+        let mut out = Vec::new();
+        let mut pos = 0u64;
+        while pos < size {
+            let start = match rustix::fs::seek(fd, SeekFrom::Data(pos)) {
+                Ok(s) => s,
+                Err(rustix::io::Errno::NXIO) => break,
+                Err(e) => return Err(e.into()),
+            };
+            if start >= size {
+                break;
+            }
+            let end = rustix::fs::seek(fd, SeekFrom::Hole(start))?.min(size);
+            out.push((start, end - start));
+            pos = end;
+        }
+        Ok(out)
     }
 
     /// `flock(2)`: `exclusive` takes `LOCK_EX`, else `LOCK_SH`; never blocks
@@ -844,6 +1029,37 @@ pub fn umask() -> u32 {
     let old = rustix::process::umask(Mode::from_raw_mode(0o022));
     rustix::process::umask(old);
     old.bits()
+}
+
+/// The (name, id) pairs of `passwd` and `group` in the directory `etc`
+/// (normally `/etc`), read through a dirfd. Only the files are consulted,
+/// not NSS (LDAP, sssd); a missing file gives an empty list.
+///
+/// # Errors
+///
+/// An error opening `etc` or reading an existing file.
+#[allow(clippy::type_complexity)]
+pub fn id_names(etc: &Path) -> io::Result<(Vec<(String, u32)>, Vec<(String, u32)>)> {
+    let dir = Dir::open_root(etc)?;
+    let read = |file: &str| -> io::Result<Vec<(String, u32)>> {
+        let name = Name::new(file.as_bytes())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let text = match dir.read_all(&name) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        Ok(String::from_utf8_lossy(&text)
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split(':');
+                let name = f.next()?;
+                let id = f.nth(1)?.parse().ok()?;
+                (!name.is_empty() && !name.starts_with('#')).then(|| (name.to_owned(), id))
+            })
+            .collect())
+    };
+    Ok((read("passwd")?, read("group")?))
 }
 
 /// The effective user id of this process.

@@ -79,6 +79,23 @@ pub struct EntryRecord {
     /// Access time (tier extended and up).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub atime: Option<Time>,
+    /// Status change time (tier full). Recorded for audit; the kernel sets
+    /// ctime itself, so restore cannot apply it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctime: Option<Time>,
+    /// Owner name from the backup host's `/etc/passwd` (tier full), when
+    /// the uid has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Group name from the backup host's `/etc/group` (tier full), when the
+    /// gid has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Inode flags (tier full): the `FS_*_FL` bits of `FS_IOC_GETFLAGS`
+    /// (`ioctl_iflags(2)`), e.g. 0x10 immutable, 0x20 append-only, 0x40
+    /// nodump, 0x80 noatime. Absent where the filesystem has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flags: Option<u32>,
     /// Symlink target text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
@@ -97,10 +114,16 @@ pub struct EntryRecord {
     /// Extended attributes (tier full): name -> standard base64 of the value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub xattrs: Option<BTreeMap<String, String>>,
+    /// Data extents of a sparse file (tier full) as `[offset, length]`
+    /// pairs, found with `SEEK_DATA`/`SEEK_HOLE`; the rest of `size` is
+    /// holes. The chunks then hold only the extents' bytes, back to back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sparse: Option<Vec<[u64; 2]>>,
     /// Blob ids (BLAKE3-256 hex) of the file's chunks, in order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunks: Option<Vec<String>>,
-    /// BLAKE3-256 hex of the whole file content.
+    /// BLAKE3-256 hex of the file's stored content: the whole file, or for
+    /// a sparse file its data extents back to back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash: Option<String>,
 }
@@ -120,12 +143,17 @@ impl EntryRecord {
             size: None,
             mtime,
             atime: None,
+            ctime: None,
+            user: None,
+            group: None,
+            flags: None,
             target: None,
             target_b64: None,
             link: None,
             link_b64: None,
             rdev: None,
             xattrs: None,
+            sparse: None,
             chunks: None,
             hash: None,
         }

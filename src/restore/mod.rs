@@ -34,7 +34,27 @@ pub struct RestoreOptions {
     pub subpath: Option<RelPath>,
     /// Run id, used to name the staging directory.
     pub run_id: String,
+    /// Map owners by the recorded user/group names through this host's
+    /// `/etc/passwd` and `/etc/group` (falling back to the recorded ids).
+    pub by_name: bool,
 }
+
+/// Something restore could not apply; the entry itself was created
+/// (or, for sockets, deliberately not).
+#[derive(Debug, Clone)]
+pub struct RestoreWarning {
+    /// Path relative to the target (`.` for the target itself).
+    pub path: String,
+    /// What was not applied (`setxattr user.x`, `FS_IOC_SETFLAGS`, ...).
+    pub op: String,
+    /// Why.
+    pub detail: String,
+}
+
+/// The inode flags bits a process may change (`FS_FL_USER_MODIFIABLE` in
+/// `include/uapi/linux/fs.h`); others (extents, inline data, ...) are the
+/// filesystem's own.
+const FLAGS_MODIFIABLE: u32 = 0x0003_80FF;
 
 struct Frame {
     rel: RelPath,
@@ -50,8 +70,14 @@ struct Restorer<'a> {
     staging: &'a Dir,
     chown: bool,
     summary: RestoreSummary,
-    warnings: Vec<String>,
+    warnings: Vec<RestoreWarning>,
     progress: &'a indicatif::ProgressBar,
+    /// Entries whose inode flags are set in a last pass, in creation order.
+    flags: Vec<(RelPath, u32, bool)>,
+    /// The target root's inode flags, set after the rename.
+    root_flags: Option<u32>,
+    /// `--by-name`: owner and group name -> id on this host.
+    names: Option<(HashMap<String, u32>, HashMap<String, u32>)>,
 }
 
 fn integrity(path: impl Into<String>, detail: impl Into<String>) -> Error {
@@ -75,7 +101,7 @@ pub fn run(
     repo: &Repo,
     opts: &RestoreOptions,
     progress: &indicatif::ProgressBar,
-) -> Result<(RestoreSummary, Vec<String>)> {
+) -> Result<(RestoreSummary, Vec<RestoreWarning>)> {
     let started = Instant::now();
     let (snapshot_id, record) = repo.resolve(&opts.snapshot)?;
     let records = repo.read_entries(&record.entries.id)?;
@@ -197,7 +223,15 @@ pub fn run(
             },
             warnings: Vec::new(),
             progress,
+            flags: Vec::new(),
+            root_flags: None,
+            names: None,
         };
+        if opts.by_name {
+            let (u, g) = crate::fs::id_names(Path::new("/etc"))
+                .map_err(|e| Error::io("read", "/etc/passwd", e))?;
+            r.names = Some((u.into_iter().collect(), g.into_iter().collect()));
+        }
         let by_path: HashMap<&RelPath, usize> =
             rels.iter().enumerate().map(|(i, r)| (r, i)).collect();
         crate::fs::block_on(r.build(&selected, root_record, &by_path))
@@ -205,9 +239,9 @@ pub fn run(
         staging
             .syncfs()
             .map_err(|e| Error::io("syncfs", &staging_display, e))?;
-        Ok((r.summary, r.warnings))
+        Ok((r.summary, r.warnings, r.root_flags))
     })();
-    let (mut summary, warnings) = match result {
+    let (mut summary, mut warnings, root_flags) = match result {
         Ok(x) => x,
         Err(e) => {
             remove_staging(&parent, &staging_name, &staging_display);
@@ -222,6 +256,20 @@ pub fn run(
                 from: staging_display,
                 to: target_display,
                 source: e,
+            });
+        }
+    }
+    if let Some(want) = root_flags {
+        // After the rename: an immutable directory cannot be renamed.
+        let res = parent.open_dir(&target_name).and_then(|d| {
+            set_flags(&d, want)?;
+            d.sync()
+        });
+        if let Err(e) = res {
+            warnings.push(RestoreWarning {
+                path: ".".into(),
+                op: "FS_IOC_SETFLAGS".into(),
+                detail: e.to_string(),
             });
         }
     }
@@ -254,6 +302,17 @@ fn split_target(target: &Path) -> Result<(PathBuf, Name)> {
     let name = Name::new(fname.as_bytes()).map_err(|_| bad())?;
     let parent = target.parent().ok_or_else(bad)?.to_path_buf();
     Ok((parent, name))
+}
+
+/// Sets the modifiable inode flags of `fd` to `want`'s, keeping the
+/// filesystem's own bits.
+fn set_flags(fd: &impl std::os::fd::AsFd, want: u32) -> std::io::Result<()> {
+    let current = fd::flags(fd)?;
+    let new = (current & !FLAGS_MODIFIABLE) | (want & FLAGS_MODIFIABLE);
+    if new != current {
+        fd::set_flags(fd, new)?;
+    }
+    Ok(())
 }
 
 impl Restorer<'_> {
@@ -315,7 +374,7 @@ impl Restorer<'_> {
                     });
                 }
                 EntryKind::File => {
-                    self.file(&top.dir, &name, rec, &shown).await?;
+                    self.file(&top.dir, &name, rec, rel, &shown).await?;
                     created.insert(rel.clone());
                 }
                 EntryKind::Hardlink => {
@@ -349,8 +408,13 @@ impl Restorer<'_> {
                             })?;
                             let lrec = &self.records[li];
                             match lrec.kind {
-                                EntryKind::File => self.file(&top.dir, &name, lrec, &shown).await?,
-                                EntryKind::Symlink | EntryKind::Fifo => {
+                                EntryKind::File => {
+                                    self.file(&top.dir, &name, lrec, rel, &shown).await?
+                                }
+                                EntryKind::Symlink
+                                | EntryKind::Fifo
+                                | EntryKind::Char
+                                | EntryKind::Block => {
                                     self.special(&top.dir, &name, lrec, &shown)?
                                 }
                                 other => {
@@ -380,6 +444,7 @@ impl Restorer<'_> {
             }
             self.finish_dir(&f)?;
         }
+        self.root_flags = self.apply_flags();
         Ok(())
     }
 
@@ -392,40 +457,127 @@ impl Restorer<'_> {
         } else {
             f.rel.to_string()
         };
-        self.apply_fd_metadata(&f.dir, rec, &shown)
+        let rel = f.rel.clone();
+        self.apply_fd_metadata(&f.dir, rec, &rel, &shown)
     }
 
+    fn warn(&mut self, path: &str, op: impl Into<String>, detail: impl ToString) {
+        self.warnings.push(RestoreWarning {
+            path: path.to_owned(),
+            op: op.into(),
+            detail: detail.to_string(),
+        });
+    }
+
+    /// The (uid, gid) to apply: by recorded name through this host's
+    /// databases with `--by-name` (falling back to the recorded id), else
+    /// the recorded ids. `None` when not root or the tier kept no owner.
+    fn owner(&self, rec: &EntryRecord) -> Option<(u32, u32)> {
+        let (uid, gid) = (rec.uid?, rec.gid?);
+        if !self.chown {
+            return None;
+        }
+        Some(match &self.names {
+            Some((users, groups)) => (
+                rec.user
+                    .as_ref()
+                    .and_then(|n| users.get(n))
+                    .copied()
+                    .unwrap_or(uid),
+                rec.group
+                    .as_ref()
+                    .and_then(|n| groups.get(n))
+                    .copied()
+                    .unwrap_or(gid),
+            ),
+            None => (uid, gid),
+        })
+    }
+
+    /// Sets every recorded xattr with `set`; failures become warnings.
+    /// Runs after chown, so `security.capability` survives (chown clears
+    /// it, `capabilities(7)`).
+    fn apply_xattrs(
+        &mut self,
+        rec: &EntryRecord,
+        shown: &str,
+        set: impl Fn(&[u8], &[u8]) -> std::io::Result<()>,
+    ) -> Result<()> {
+        let Some(x) = &rec.xattrs else { return Ok(()) };
+        for (name, value) in x {
+            let value = base64::engine::general_purpose::STANDARD
+                .decode(value)
+                .map_err(|e| integrity(shown, format!("xattr {name}: invalid base64: {e}")))?;
+            if let Err(e) = set(name.as_bytes(), &value) {
+                self.warn(shown, format!("setxattr {name}"), e);
+            }
+        }
+        Ok(())
+    }
+
+    /// chown -> chmod -> xattrs -> times on an open file or directory;
+    /// queues its inode flags for the last pass.
     fn apply_fd_metadata(
         &mut self,
         f: &impl std::os::fd::AsFd,
         rec: &EntryRecord,
+        rel: &RelPath,
         shown: &str,
     ) -> Result<()> {
         let ctx = |op: &str, e: std::io::Error| Error::Restore {
             path: shown.to_owned(),
             detail: format!("{op}: {e}"),
         };
-        if let (true, Some(uid), Some(gid)) = (self.chown, rec.uid, rec.gid) {
+        if let Some((uid, gid)) = self.owner(rec) {
             fd::chown(f, uid, gid).map_err(|e| ctx("chown", e))?;
         }
         fd::chmod(f, rec.mode).map_err(|e| ctx("chmod", e))?;
-        if let Some(x) = &rec.xattrs {
-            for (name, value) in x {
-                let value = base64::engine::general_purpose::STANDARD
-                    .decode(value)
-                    .map_err(|e| integrity(shown, format!("xattr {name}: invalid base64: {e}")))?;
-                if let Err(e) = fd::set_xattr(f, name.as_bytes(), &value) {
-                    self.warnings.push(format!("{shown}: setxattr {name}: {e}"));
-                }
-            }
-        }
+        self.apply_xattrs(rec, shown, |n, v| fd::set_xattr(f, n, v))?;
         fd::set_times(f, rec.atime, rec.mtime).map_err(|e| ctx("set times", e))?;
+        if let Some(flags) = rec.flags.filter(|fl| fl & FLAGS_MODIFIABLE != 0) {
+            self.flags
+                .push((rel.clone(), flags, rec.kind == EntryKind::Dir));
+        }
         Ok(())
     }
 
-    /// Creates a regular file, writes its verified content, applies its
+    /// Sets queued inode flags, last entries first (so a directory's come
+    /// after its children's). The root's are left for after the rename (an
+    /// immutable directory cannot be renamed) and returned.
+    fn apply_flags(&mut self) -> Option<u32> {
+        let mut root = None;
+        for (rel, want, is_dir) in std::mem::take(&mut self.flags).into_iter().rev() {
+            if rel.is_root() {
+                root = Some(want);
+                continue;
+            }
+            let shown = rel.to_string();
+            let opened = if is_dir {
+                self.staging.open_path(&rel).map(|d| d.into())
+            } else {
+                self.staging
+                    .open_path(&rel.parent().unwrap_or_default())
+                    .and_then(|p| p.open_file(rel.file_name().expect("non-root path")))
+            };
+            let res = opened.and_then(|fd: std::os::fd::OwnedFd| set_flags(&fd, want));
+            if let Err(e) = res {
+                self.warn(&shown, "FS_IOC_SETFLAGS", e);
+            }
+        }
+        root
+    }
+
+    /// Creates a regular file, writes its verified content (into its data
+    /// extents for a sparse file, leaving the holes unwritten), applies its
     /// metadata.
-    async fn file(&mut self, dir: &Dir, name: &Name, rec: &EntryRecord, shown: &str) -> Result<()> {
+    async fn file(
+        &mut self,
+        dir: &Dir,
+        name: &Name,
+        rec: &EntryRecord,
+        rel: &RelPath,
+        shown: &str,
+    ) -> Result<()> {
         let fd = dir
             .create_file_uring(name, 0o600)
             .await
@@ -434,6 +586,12 @@ impl Restorer<'_> {
                 detail: format!("create: {e}"),
             })?;
         let mut out = DataFile::new(fd);
+        // Where the stored bytes go: the data extents, or the whole file.
+        let extents: Vec<(u64, u64)> = match &rec.sparse {
+            Some(e) => e.iter().map(|[o, l]| (*o, *l)).collect(),
+            None => vec![(0, u64::MAX)],
+        };
+        let (mut ei, mut within) = (0usize, 0u64);
         let mut offset = 0u64;
         let mut whole = blake3::Hasher::new();
         let chunks = rec.chunks.as_deref().unwrap_or(&[]);
@@ -445,9 +603,28 @@ impl Restorer<'_> {
                 whole.update(&bytes);
             }
             let len = bytes.len() as u64;
-            out.write_all_at(bytes, offset)
-                .await
-                .map_err(|e| Error::io("write", shown, e))?;
+            if rec.sparse.is_none() {
+                out.write_all_at(bytes, offset)
+                    .await
+                    .map_err(|e| Error::io("write", shown, e))?;
+            } else {
+                let mut done = 0usize;
+                while done < bytes.len() {
+                    let Some(&(start, elen)) = extents.get(ei) else {
+                        return Err(integrity(shown, "more content than the sparse map holds"));
+                    };
+                    let n = ((elen - within) as usize).min(bytes.len() - done);
+                    out.write_all_at(bytes[done..done + n].to_vec(), start + within)
+                        .await
+                        .map_err(|e| Error::io("write", shown, e))?;
+                    done += n;
+                    within += n as u64;
+                    if within == elen {
+                        ei += 1;
+                        within = 0;
+                    }
+                }
+            }
             offset += len;
             self.progress.inc(len);
         }
@@ -464,13 +641,21 @@ impl Restorer<'_> {
                 ));
             }
         }
-        if rec.size.is_some_and(|s| s != offset) {
+        let stored: u64 = match &rec.sparse {
+            Some(e) => e.iter().map(|[_, l]| *l).sum(),
+            None => rec.size.unwrap_or(offset),
+        };
+        if stored != offset {
             return Err(integrity(
                 shown,
-                format!("restored {offset} bytes, record says {:?}", rec.size),
+                format!("restored {offset} bytes, record says {stored}"),
             ));
         }
-        self.apply_fd_metadata(&out.as_fd(), rec, shown)?;
+        if let (Some(_), Some(size)) = (&rec.sparse, rec.size) {
+            // Trailing holes: set the length without writing.
+            fd::truncate(out.as_fd(), size).map_err(|e| Error::io("truncate", shown, e))?;
+        }
+        self.apply_fd_metadata(&out.as_fd(), rec, rel, shown)?;
         out.close()
             .await
             .map_err(|e| Error::io("close", shown, e))?;
@@ -516,7 +701,10 @@ impl Restorer<'_> {
         Ok(bytes)
     }
 
-    /// Symlinks, FIFOs; devices and sockets are not created (counted).
+    /// Symlinks, FIFOs and devices: create, chown, chmod (not symlinks),
+    /// xattrs, times, all without following the name. Sockets are recorded
+    /// by backup but not created: a socket belongs to the process that
+    /// bound it.
     fn special(&mut self, dir: &Dir, name: &Name, rec: &EntryRecord, shown: &str) -> Result<()> {
         let ctx = |op: &str, e: std::io::Error| Error::Restore {
             path: shown.to_owned(),
@@ -535,22 +723,37 @@ impl Restorer<'_> {
                 dir.mkfifo(name, 0o600).map_err(|e| ctx("mkfifo", e))?;
                 self.summary.special += 1;
             }
+            EntryKind::Char | EntryKind::Block => {
+                let dev = rec
+                    .rdev
+                    .ok_or_else(|| integrity(shown, "device without rdev"))?;
+                if let Err(e) = dir.mknod(
+                    name,
+                    rec.kind == EntryKind::Block,
+                    0o600,
+                    dev.major,
+                    dev.minor,
+                ) {
+                    self.summary.skipped += 1;
+                    self.warn(shown, "mknod", e);
+                    return Ok(());
+                }
+                self.summary.special += 1;
+            }
             _ => {
                 self.summary.skipped += 1;
-                self.warnings.push(format!(
-                    "{shown}: {:?} entries are not restored by this version",
-                    rec.kind
-                ));
+                self.warn(shown, "create socket", "sockets are recorded, not restored");
                 return Ok(());
             }
         }
-        if let (true, Some(uid), Some(gid)) = (self.chown, rec.uid, rec.gid) {
+        if let Some((uid, gid)) = self.owner(rec) {
             dir.chown_nofollow(name, uid, gid)
                 .map_err(|e| ctx("chown", e))?;
         }
-        if rec.kind == EntryKind::Fifo {
+        if rec.kind != EntryKind::Symlink {
             dir.chmod_at(name, rec.mode).map_err(|e| ctx("chmod", e))?;
         }
+        self.apply_xattrs(rec, shown, |n, v| dir.set_xattr_nofollow(name, n, v))?;
         dir.set_times_nofollow(name, rec.atime, rec.mtime)
             .map_err(|e| ctx("set times", e))?;
         Ok(())
