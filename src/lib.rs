@@ -14,5 +14,6 @@ pub mod error;
 pub mod facts;
 pub mod fs;
 pub mod policy;
+pub mod preflight;
 pub mod repo;
 pub mod restore;

@@ -586,7 +586,17 @@ fn json_puts_facts_on_stdout_and_text_on_stderr() {
         .collect();
     lines.iter().for_each(assert_valid_fact);
     let events: Vec<&str> = lines.iter().map(|f| f["event"].as_str().unwrap()).collect();
-    assert_eq!(events, ["repo.init", "lock.acquired", "backup.summary"]);
+    let checks = events.iter().filter(|e| **e == "preflight.check").count();
+    assert!(checks >= 5, "{events:?}");
+    assert_eq!(
+        &events[checks..],
+        [
+            "preflight.summary",
+            "repo.init",
+            "lock.acquired",
+            "backup.summary"
+        ]
+    );
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("saved:"),
         "summary line goes to stderr"
@@ -618,8 +628,58 @@ impl Drop for Mount {
     }
 }
 
+fn mount(args: &[&str], at: &Path) -> bool {
+    Command::new("mount")
+        .args(args)
+        .arg(at)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
 #[test]
-fn full_repository_filesystem_fails_with_e_no_space_and_commits_nothing() {
+fn full_repository_filesystem_is_a_preflight_stop_and_creates_nothing() {
+    if !is_root() || !has_tool("mkfs.ext4") {
+        eprintln!("skipped: a loop-mounted ext4 image needs root and mkfs.ext4");
+        return;
+    }
+    let env = Env::new();
+    let img = env.path("repo.img");
+    fs::File::create(&img).unwrap().set_len(16 << 20).unwrap();
+    sh(&format!("mkfs.ext4 -q -F '{}'", img.display()));
+    let mnt = env.path("mnt");
+    fs::create_dir(&mnt).unwrap();
+    if !mount(&["-o", "loop", img.to_str().unwrap()], &mnt) {
+        eprintln!("skipped: cannot loop-mount here");
+        return;
+    }
+    let _guard = Mount(mnt.clone());
+    let repo = mnt.join("repo");
+    let big = env.path("big");
+    fs::create_dir(&big).unwrap();
+    fs::write(big.join("random"), pseudo_random(40 << 20, 11)).unwrap();
+    let mut cmd = Command::new(snap_bin());
+    cmd.arg("--repo").arg(&repo);
+    let r = env.run_cmd(cmd, [OsStr::new("backup"), big.as_os_str()]);
+    assert_eq!(r.code, 10, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("E_POLICY") && r.stderr.contains("space"),
+        "{}",
+        r.stderr
+    );
+    let space = r
+        .facts
+        .iter()
+        .find(|f| f["event"] == "preflight.check" && f["check"] == "space")
+        .unwrap();
+    assert_eq!(space["result"], "stop");
+    assert_eq!(r.fact("preflight.summary")["error_id"], "E_POLICY");
+    assert_eq!(r.fact("command.failed")["exit_code"], 10);
+    assert!(!repo.exists(), "nothing may be written on a preflight stop");
+}
+
+#[test]
+fn running_out_of_space_mid_backup_is_e_no_space_and_commits_nothing() {
     if !is_root() {
         eprintln!("skipped: mounting a small tmpfs needs root");
         return;
@@ -627,24 +687,26 @@ fn full_repository_filesystem_fails_with_e_no_space_and_commits_nothing() {
     let env = Env::new();
     let mnt = env.path("mnt");
     fs::create_dir(&mnt).unwrap();
-    let ok = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
+    // Bytes are plentiful (so preflight passes) but inodes run out while the
+    // backup commits: ENOSPC from mkdir/open, as on a full disk.
+    if !mount(
+        &["-t", "tmpfs", "-o", "size=64m,nr_inodes=12", "tmpfs"],
+        &mnt,
+    ) {
         eprintln!("skipped: cannot mount tmpfs here");
         return;
     }
     let _guard = Mount(mnt.clone());
     let repo = mnt.join("repo");
-    let big = env.path("big");
-    fs::create_dir(&big).unwrap();
-    fs::write(big.join("random"), pseudo_random(8 << 20, 11)).unwrap();
-    let mut cmd = Command::new(snap_bin());
-    cmd.arg("--repo").arg(&repo);
-    let r = env.run_cmd(cmd, [OsStr::new("backup"), big.as_os_str()]);
+    let snap = |args: &[&OsStr]| {
+        let mut cmd = Command::new(snap_bin());
+        cmd.arg("--repo").arg(&repo);
+        env.run_cmd(cmd, args.iter().copied())
+    };
+    snap(&[OsStr::new("init")]).ok();
+    let src = env.path("src");
+    small_tree(&src);
+    let r = snap(&[OsStr::new("backup"), src.as_os_str()]);
     assert_eq!(r.code, 80, "{}", r.stderr);
     assert!(
         r.stderr.contains("E_NO_SPACE") && r.stderr.contains(&repo.display().to_string()),
@@ -660,29 +722,20 @@ fn full_repository_filesystem_fails_with_e_no_space_and_commits_nothing() {
     assert_eq!(
         fs::read_dir(repo.join("tmp")).unwrap().count(),
         0,
-        "the partial pack was left in tmp/"
+        "a partial file was left in tmp/"
     );
-    // The repository still works: a small backup commits and restores.
-    let small = env.path("small");
-    small_tree(&small);
-    let mut cmd = Command::new(snap_bin());
-    cmd.arg("--repo").arg(&repo);
-    env.run_cmd(cmd, [OsStr::new("backup"), small.as_os_str()])
-        .ok();
+    // With room again, the same repository takes and restores a snapshot.
+    assert!(mount(&["-o", "remount,nr_inodes=1000"], &mnt));
+    snap(&[OsStr::new("backup"), src.as_os_str()]).ok();
     let out = env.path("out");
-    let mut cmd = Command::new(snap_bin());
-    cmd.arg("--repo").arg(&repo);
-    env.run_cmd(
-        cmd,
-        [
-            OsStr::new("restore"),
-            OsStr::new("latest"),
-            OsStr::new("--target"),
-            out.as_os_str(),
-        ],
-    )
+    snap(&[
+        OsStr::new("restore"),
+        OsStr::new("latest"),
+        OsStr::new("--target"),
+        out.as_os_str(),
+    ])
     .ok();
-    assert_same_tree(&small, &out, false);
+    assert_same_tree(&src, &out, false);
 }
 
 #[test]

@@ -252,16 +252,29 @@ fn missing_source_names_the_path_and_writes_no_snapshot() {
     let env = Env::new();
     let missing = env.path("no/such/dir");
     let r = env.snap([OsStr::new("backup"), missing.as_os_str()]);
-    assert_eq!(r.code, 11, "{}", r.stderr);
-    assert!(r.stderr.contains("E_SOURCE_MISSING"), "{}", r.stderr);
+    // A preflight STOP: exit 10, the check's fact names the path.
+    assert_eq!(r.code, 10, "{}", r.stderr);
+    assert!(r.stderr.contains("E_POLICY"), "{}", r.stderr);
     assert!(
         r.stderr.contains(&missing.display().to_string()),
         "{}",
         r.stderr
     );
-    let f = r.fact("command.failed");
-    assert_eq!(f["error_id"], "E_SOURCE_MISSING");
-    assert_eq!(f["path"], missing.display().to_string());
+    let check = r
+        .facts
+        .iter()
+        .find(|f| f["event"] == "preflight.check" && f["check"] == "source")
+        .expect("source check fact");
+    assert_eq!(check["result"], "stop");
+    assert_eq!(check["path"], missing.display().to_string());
+    assert_eq!(r.fact("command.failed")["error_id"], "E_POLICY");
+    assert!(
+        !env.repo.exists(),
+        "nothing may be written on a preflight stop"
+    );
+    env.snap(["init"]).ok();
+    let r = env.snap([OsStr::new("backup"), missing.as_os_str()]);
+    assert_eq!(r.code, 10, "{}", r.stderr);
     let snaps: Vec<_> = fs::read_dir(env.repo.join("snapshots")).unwrap().collect();
     assert!(snaps.is_empty(), "a snapshot appeared");
     let packs: Vec<_> = fs::read_dir(env.repo.join("packs")).unwrap().collect();

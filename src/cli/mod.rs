@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use crate::error::{Error, ErrorId, Result};
 use crate::facts::{BackupSummary, Decision, Emitter, Event};
 use crate::fs::RelPath;
-use crate::policy::{Policy, PreservationTier};
+use crate::policy::{OnDegraded, Overrides, Policy, PolicyFile, PreservationTier, Preset};
 use crate::repo::Repo;
 
 /// snap: transactional backups of Linux directory trees.
@@ -38,23 +38,12 @@ pub struct Cli {
 pub enum Command {
     /// Take a snapshot of SRC (a directory or a single file).
     Backup {
-        /// Preservation tier.
-        #[arg(long, value_enum, default_value = "extended")]
-        tier: PreservationTier,
         /// Tag the snapshot (repeatable).
         #[arg(long = "tag", value_name = "T")]
         tags: Vec<String>,
-        /// Leave out entries matching GLOB (repeatable). Without `/` it
-        /// matches names at any depth; with `/` the path relative to SRC.
-        #[arg(long = "exclude", value_name = "GLOB")]
-        excludes: Vec<String>,
-        /// Skip the fsyncs of the commit protocol (faster, not crash-safe);
-        /// sets the policy's require_backup_durability to false.
-        #[arg(long)]
-        no_durability: bool,
-        /// Milliseconds to wait for the repository lock.
-        #[arg(long, value_name = "MS", default_value_t = 5000)]
-        lock_wait: u64,
+        /// The policy.
+        #[command(flatten)]
+        policy: PolicyArgs,
         /// Source directory or file.
         src: PathBuf,
     },
@@ -72,9 +61,21 @@ pub enum Command {
         /// /etc/passwd and /etc/group (default: by recorded uid/gid).
         #[arg(long)]
         by_name: bool,
-        /// Milliseconds to wait for the repository lock.
-        #[arg(long, value_name = "MS", default_value_t = 5000)]
-        lock_wait: u64,
+        /// The policy (its tier defaults to the snapshot's).
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
+    /// Run the preflight checks alone.
+    Preflight {
+        /// What to check.
+        #[command(subcommand)]
+        what: PreflightCmd,
+    },
+    /// Show the effective policy.
+    Policy {
+        /// What to do.
+        #[command(subcommand)]
+        what: PolicyCmd,
     },
     /// List snapshots.
     List,
@@ -95,11 +96,102 @@ pub enum Command {
     },
 }
 
+/// `snap preflight` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PreflightCmd {
+    /// Checks before `snap backup SRC`.
+    Backup {
+        /// The policy.
+        #[command(flatten)]
+        policy: PolicyArgs,
+        /// Source directory or file.
+        src: PathBuf,
+    },
+    /// Checks before `snap restore SNAPSHOT --target DIR`.
+    Restore {
+        /// Snapshot: full id, unique id prefix, or `latest`.
+        snapshot: String,
+        /// Directory restore would create.
+        #[arg(long, value_name = "DIR")]
+        target: PathBuf,
+        /// The policy (its tier defaults to the snapshot's).
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
+}
+
+/// `snap policy` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCmd {
+    /// Print the effective policy as JSON (valid against
+    /// schemas/policy.schema.json).
+    Show {
+        /// The policy.
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
+}
+
+/// Policy selection: `--preset`, then `--policy FILE`, then the flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PolicyArgs {
+    /// Start from a preset.
+    #[arg(long, value_enum)]
+    pub preset: Option<Preset>,
+    /// Overlay a TOML policy file.
+    #[arg(long = "policy", value_name = "FILE")]
+    pub policy_file: Option<PathBuf>,
+    /// Preservation tier.
+    #[arg(long, value_enum)]
+    pub tier: Option<PreservationTier>,
+    /// Skip the fsyncs of the commit protocol (faster, not crash-safe).
+    #[arg(long)]
+    pub no_durability: bool,
+    /// Go on (with a warning) when the inode flags check cannot read flags.
+    #[arg(long)]
+    pub allow_unreliable_immutable_check: bool,
+    /// What to do when the process cannot honour the tier.
+    #[arg(long, value_enum)]
+    pub on_degraded: Option<OnDegraded>,
+    /// Leave out entries matching GLOB (repeatable). Without `/` it matches
+    /// names at any depth; with `/` the path relative to SRC.
+    #[arg(long = "exclude", value_name = "GLOB")]
+    pub excludes: Vec<String>,
+    /// Milliseconds to wait for the repository lock.
+    #[arg(long, value_name = "MS")]
+    pub lock_wait: Option<u64>,
+}
+
+impl PolicyArgs {
+    /// The effective policy, and whether a tier was chosen explicitly.
+    fn resolve(&self) -> Result<(Policy, bool)> {
+        let file = self
+            .policy_file
+            .as_deref()
+            .map(PolicyFile::load)
+            .transpose()?;
+        let explicit = self.tier.is_some()
+            || self.preset.is_some()
+            || file.as_ref().is_some_and(|f| f.tier.is_some());
+        let o = Overrides {
+            tier: self.tier,
+            no_durability: self.no_durability,
+            allow_unreliable_immutable_check: self.allow_unreliable_immutable_check,
+            on_degraded: self.on_degraded,
+            excludes: self.excludes.clone(),
+            lock_wait_ms: self.lock_wait,
+        };
+        Ok((Policy::resolve(self.preset, file.as_ref(), &o), explicit))
+    }
+}
+
 impl Command {
     fn name(&self) -> &'static str {
         match self {
             Command::Backup { .. } => "backup",
             Command::Restore { .. } => "restore",
+            Command::Preflight { .. } => "preflight",
+            Command::Policy { .. } => "policy",
             Command::List => "list",
             Command::Ls { .. } => "ls",
             Command::Init => "init",
@@ -168,7 +260,19 @@ fn usage_fact(message: &str) {
     let command = args
         .iter()
         .map(|a| a.to_string_lossy())
-        .find(|a| ["backup", "restore", "list", "ls", "init", "schema"].contains(&a.as_ref()))
+        .find(|a| {
+            [
+                "backup",
+                "restore",
+                "list",
+                "ls",
+                "init",
+                "schema",
+                "preflight",
+                "policy",
+            ]
+            .contains(&a.as_ref())
+        })
         .map(|a| a.into_owned())
         .unwrap_or_default();
     let emitted = crate::repo::random_hex(16)
@@ -273,6 +377,60 @@ fn lock_fact(facts: &mut Emitter, repo: &Repo, lock: &crate::repo::RepoLock) -> 
     )
 }
 
+/// Emits one `preflight.check` per check and the `preflight.summary`;
+/// any stop becomes [`Error::Policy`] (exit 10, `E_POLICY`).
+fn gate(
+    facts: &mut Emitter,
+    op: &str,
+    report: crate::preflight::Report,
+    policy: &Policy,
+) -> Result<()> {
+    use crate::preflight::CheckResult;
+    for c in &report.checks {
+        let decision = match c.result {
+            CheckResult::Pass => Decision::Success,
+            CheckResult::Warn => Decision::Warn,
+            CheckResult::Stop => Decision::Failure,
+        };
+        let id = (c.result == CheckResult::Stop).then_some(ErrorId::E_POLICY);
+        if c.result != CheckResult::Pass {
+            eprintln!(
+                "snap: preflight {:?}: {} {}: {}",
+                c.result, c.check, c.path, c.detail
+            );
+        }
+        facts.emit(decision, id, Event::PreflightCheck(c.clone()))?;
+    }
+    let stopped = report.count(CheckResult::Stop);
+    facts.emit(
+        if stopped > 0 {
+            Decision::Failure
+        } else if report.count(CheckResult::Warn) > 0 {
+            Decision::Warn
+        } else {
+            Decision::Success
+        },
+        (stopped > 0).then_some(ErrorId::E_POLICY),
+        Event::PreflightSummary {
+            operation: op.to_owned(),
+            passed: report.count(CheckResult::Pass) as u64,
+            warned: report.count(CheckResult::Warn) as u64,
+            stopped: stopped as u64,
+            policy: policy.clone(),
+        },
+    )?;
+    if stopped > 0 {
+        let why: Vec<String> = report
+            .checks
+            .iter()
+            .filter(|c| c.result == CheckResult::Stop)
+            .map(|c| format!("{} {}: {}", c.check, c.path, c.detail))
+            .collect();
+        return Err(Error::Policy(why.join("; ")));
+    }
+    Ok(())
+}
+
 fn init_fact(facts: &mut Emitter, repo: &Repo) -> Result<()> {
     facts.emit(
         Decision::Success,
@@ -297,24 +455,41 @@ fn open_repo_for_write(path: &std::path::Path, facts: &mut Emitter) -> Result<Re
 
 fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
     match &cli.command {
-        Command::Backup {
-            tier,
-            tags,
-            excludes,
-            no_durability,
-            lock_wait,
-            src,
-        } => {
-            let policy = Policy {
-                tier: *tier,
-                require_backup_durability: !no_durability,
-                excludes: excludes.clone(),
-                lock_wait_ms: *lock_wait,
-            };
+        Command::Backup { tags, policy, src } => {
+            let (policy, _) = policy.resolve()?;
             let path = repo_path(cli)?;
-            let repo = open_repo_for_write(&path, facts)?;
-            let lock = repo.lock(true, policy.lock_wait_ms)?;
-            lock_fact(facts, &repo, &lock)?;
+            // With a repository: lock (bounded wait), then preflight. Without
+            // one: preflight first, so a STOP creates nothing.
+            let existing = match Repo::open(&path) {
+                Ok(r) => Some(r),
+                Err(Error::RepoMissing { .. }) => None,
+                Err(e) => return Err(e),
+            };
+            let (repo, lock) = match existing {
+                Some(repo) => {
+                    let lock = repo.lock(true, policy.lock_wait_ms)?;
+                    lock_fact(facts, &repo, &lock)?;
+                    gate(
+                        facts,
+                        "backup",
+                        crate::preflight::backup(&path, src, &policy, true),
+                        &policy,
+                    )?;
+                    (repo, lock)
+                }
+                None => {
+                    gate(
+                        facts,
+                        "backup",
+                        crate::preflight::backup(&path, src, &policy, false),
+                        &policy,
+                    )?;
+                    let repo = open_repo_for_write(&path, facts)?;
+                    let lock = repo.lock(true, policy.lock_wait_ms)?;
+                    lock_fact(facts, &repo, &lock)?;
+                    (repo, lock)
+                }
+            };
             repo.clean_tmp()?;
             let pb = progress_bar(None);
             let opts = crate::backup::BackupOptions {
@@ -324,6 +499,7 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
             };
             let outcome = crate::backup::run(&repo, &opts, facts, &pb);
             pb.finish_and_clear();
+            drop(lock);
             let outcome = outcome?;
             let st = &outcome.record.stats;
             let partial = st.unreadable > 0;
@@ -378,11 +554,28 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
             target,
             path,
             by_name,
-            lock_wait,
+            policy,
         } => {
+            let (mut policy, explicit) = policy.resolve()?;
             let repo = Repo::open(&repo_path(cli)?)?;
-            let lock = repo.lock(false, *lock_wait)?;
+            let lock = repo.lock(false, policy.lock_wait_ms)?;
             lock_fact(facts, &repo, &lock)?;
+            if !explicit {
+                policy.tier = repo.resolve(snapshot)?.1.tier;
+            }
+            let loaded = crate::restore::load(&repo, snapshot, policy.tier)?;
+            let needs = crate::preflight::Needs::of(&loaded.records);
+            let abs_target = std::path::absolute(target)
+                .map_err(|e| Error::io("resolve", target.display(), e))?;
+            let report = crate::preflight::restore(
+                &repo.path,
+                &abs_target,
+                &needs,
+                &policy,
+                true,
+                loaded.record.stats.bytes,
+            );
+            gate(facts, "restore", report, &policy)?;
             let subpath = path.as_deref().map(parse_subpath).transpose()?;
             let pb = progress_bar(Some(0));
             let opts = crate::restore::RestoreOptions {
@@ -391,8 +584,9 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
                 subpath,
                 run_id: facts.run_id().to_owned(),
                 by_name: *by_name,
+                policy,
             };
-            let res = crate::restore::run(&repo, &opts, &pb);
+            let res = crate::restore::run(&repo, &opts, loaded, &pb);
             pb.finish_and_clear();
             let (summary, warnings) = res?;
             for w in &warnings {
@@ -429,6 +623,64 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
                 Event::RestoreSummary(summary),
             )?;
             out.line(&line);
+            Ok(0)
+        }
+        Command::Preflight { what } => {
+            let path = repo_path(cli)?;
+            let (op, report, policy) = match what {
+                PreflightCmd::Backup { policy, src } => {
+                    let (policy, _) = policy.resolve()?;
+                    (
+                        "backup",
+                        crate::preflight::backup(&path, src, &policy, false),
+                        policy,
+                    )
+                }
+                PreflightCmd::Restore {
+                    snapshot,
+                    target,
+                    policy,
+                } => {
+                    let (mut policy, explicit) = policy.resolve()?;
+                    let repo = Repo::open(&path)?;
+                    if !explicit {
+                        policy.tier = repo.resolve(snapshot)?.1.tier;
+                    }
+                    let loaded = crate::restore::load(&repo, snapshot, policy.tier)?;
+                    let needs = crate::preflight::Needs::of(&loaded.records);
+                    let abs = std::path::absolute(target)
+                        .map_err(|e| Error::io("resolve", target.display(), e))?;
+                    let report = crate::preflight::restore(
+                        &path,
+                        &abs,
+                        &needs,
+                        &policy,
+                        false,
+                        loaded.record.stats.bytes,
+                    );
+                    ("restore", report, policy)
+                }
+            };
+            for c in &report.checks {
+                out.line(&format!(
+                    "{:<5} {:<10} {} ({})",
+                    format!("{:?}", c.result).to_lowercase(),
+                    c.check,
+                    c.path,
+                    c.detail
+                ));
+            }
+            gate(facts, op, report, &policy)?;
+            Ok(0)
+        }
+        Command::Policy {
+            what: PolicyCmd::Show { policy },
+        } => {
+            let (policy, _) = policy.resolve()?;
+            let text =
+                serde_json::to_string_pretty(&policy).map_err(|e| Error::Usage(e.to_string()))?;
+            out.line(&text);
+            facts.emit(Decision::Success, None, Event::PolicyShow { policy })?;
             Ok(0)
         }
         Command::List => {

@@ -106,6 +106,30 @@ pub enum Event {
         /// True when the entry was left out of the snapshot.
         entry_skipped: bool,
     },
+    /// One preflight check.
+    #[serde(rename = "preflight.check")]
+    PreflightCheck(crate::preflight::Check),
+    /// All preflight checks of a run; `decision` is `failure` (with
+    /// `E_POLICY`) when any check stopped the run.
+    #[serde(rename = "preflight.summary")]
+    PreflightSummary {
+        /// `backup` or `restore`.
+        operation: String,
+        /// Checks that passed.
+        passed: u64,
+        /// Checks that warned.
+        warned: u64,
+        /// Checks that stopped the run.
+        stopped: u64,
+        /// The policy checked against.
+        policy: Policy,
+    },
+    /// The effective policy (`snap policy show`).
+    #[serde(rename = "policy.show")]
+    PolicyShow {
+        /// The policy.
+        policy: Policy,
+    },
     /// A backup committed a snapshot.
     #[serde(rename = "backup.summary")]
     BackupSummary(BackupSummary),
@@ -199,6 +223,8 @@ pub struct RestoreSummary {
     pub target: String,
     /// The snapshot path restored (`""` for all).
     pub path: String,
+    /// The policy in force.
+    pub policy: Policy,
     /// Entries created (the target itself included).
     pub entries: u64,
     /// Regular files written.

@@ -37,6 +37,8 @@ pub struct RestoreOptions {
     /// Map owners by the recorded user/group names through this host's
     /// `/etc/passwd` and `/etc/group` (falling back to the recorded ids).
     pub by_name: bool,
+    /// The policy in force (reported in `restore.summary`).
+    pub policy: crate::policy::Policy,
 }
 
 /// Something restore could not apply; the entry itself was created
@@ -100,11 +102,15 @@ fn integrity(path: impl Into<String>, detail: impl Into<String>) -> Error {
 pub fn run(
     repo: &Repo,
     opts: &RestoreOptions,
+    loaded: Loaded,
     progress: &indicatif::ProgressBar,
 ) -> Result<(RestoreSummary, Vec<RestoreWarning>)> {
     let started = Instant::now();
-    let (snapshot_id, record) = repo.resolve(&opts.snapshot)?;
-    let records = repo.read_entries(&record.entries.id)?;
+    let Loaded {
+        snapshot_id,
+        record,
+        records,
+    } = loaded;
     let entries_path = repo.display(&format!("entries/{}", record.entries.id));
     let mut rels = Vec::with_capacity(records.len());
     for (i, r) in records.iter().enumerate() {
@@ -204,6 +210,7 @@ pub fn run(
                 repo: repo.path.display().to_string(),
                 snapshot_id: snapshot_id.clone(),
                 target: target_display.clone(),
+                policy: opts.policy.clone(),
                 path: if sub.is_root() {
                     String::new()
                 } else {
@@ -278,6 +285,81 @@ pub fn run(
     summary.durable = true;
     summary.duration_ms = started.elapsed().as_millis() as u64;
     Ok((summary, warnings))
+}
+
+/// A snapshot resolved and its entries read and verified, ready for
+/// preflight and [`run`].
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// Snapshot id.
+    pub snapshot_id: String,
+    /// Its record.
+    pub record: crate::repo::SnapshotRecord,
+    /// Its entries, limited to the tier being applied.
+    pub records: Vec<EntryRecord>,
+}
+
+/// Resolves `query` and reads its entries, dropping every field the
+/// restore `tier` does not apply (so a full snapshot can be restored at
+/// tier extended or basic).
+///
+/// # Errors
+///
+/// As [`Repo::resolve`] and [`Repo::read_entries`].
+pub fn load(repo: &Repo, query: &str, tier: crate::policy::PreservationTier) -> Result<Loaded> {
+    use crate::policy::PreservationTier as T;
+    let (snapshot_id, record) = repo.resolve(query)?;
+    let mut records = repo.read_entries(&record.entries.id)?;
+    for r in &mut records {
+        if tier < T::Full {
+            r.xattrs = None;
+            r.flags = None;
+            r.sparse = None;
+            r.user = None;
+            r.group = None;
+        }
+        if tier < T::Extended {
+            r.uid = None;
+            r.gid = None;
+            r.atime = None;
+        }
+    }
+    if tier < T::Full {
+        records.retain(|r| {
+            !matches!(
+                r.kind,
+                EntryKind::Char | EntryKind::Block | EntryKind::Socket
+            )
+        });
+    }
+    if tier < T::Extended {
+        records.retain(|r| !matches!(r.kind, EntryKind::Symlink | EntryKind::Fifo));
+        // Without hard links, every name carries its leader's content.
+        let leaders: HashMap<(String, Option<String>), EntryRecord> = records
+            .iter()
+            .filter(|r| r.kind == EntryKind::File)
+            .map(|r| ((r.path.clone(), r.path_b64.clone()), r.clone()))
+            .collect();
+        for r in &mut records {
+            if r.kind != EntryKind::Hardlink {
+                continue;
+            }
+            let key = (r.link.clone().unwrap_or_default(), r.link_b64.clone());
+            if let Some(l) = leaders.get(&key) {
+                r.kind = EntryKind::File;
+                r.chunks = l.chunks.clone();
+                r.hash = l.hash.clone();
+                r.size = l.size;
+                r.link = None;
+                r.link_b64 = None;
+            }
+        }
+    }
+    Ok(Loaded {
+        snapshot_id,
+        record,
+        records,
+    })
 }
 
 /// Removes a staging directory after a failed restore; a failure to remove

@@ -1,0 +1,540 @@
+//! Preflight: checks that decide, before anything is written, whether a run
+//! can meet its [`Policy`]. Each check yields one `preflight.check` fact;
+//! any [`CheckResult::Stop`] ends the run with exit 10 (`E_POLICY`).
+//!
+//! Side effects: reads only — `statx`, `statvfs`, `access(2)`, the
+//! `FS_IOC_GETFLAGS` ioctl or `lsattr -d`, a non-blocking `flock` that is
+//! released at once, `/proc/self/status`, and (restore) one probe file
+//! created and removed in the target's parent to test xattr support.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::fs::{fd, Dir, FileKind, Name};
+use crate::policy::{OnDegraded, Policy, PreservationTier};
+use crate::repo::sidecar::{EntryKind, EntryRecord};
+
+/// The environment variable that switches the inode flags ioctl off, so
+/// tests can exercise the `lsattr` fallback: `SNAP_TEST_FLAGS_METHOD=lsattr`
+/// skips the ioctl; `=none` skips both (result `unknown`). Test-only.
+pub const FLAGS_METHOD_ENV: &str = "SNAP_TEST_FLAGS_METHOD";
+
+/// Outcome of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckResult {
+    /// Fine.
+    Pass,
+    /// The run goes on; the auditor should know.
+    Warn,
+    /// The run must not start.
+    Stop,
+}
+
+/// How the inode flags check read the flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FlagsMethod {
+    /// The `FS_IOC_GETFLAGS` ioctl.
+    Ioctl,
+    /// `lsattr -d` (the ioctl was unsupported).
+    Lsattr,
+    /// Neither worked.
+    Unknown,
+}
+
+/// One check's result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Check {
+    /// Check name: `source`, `repository`, `immutable`, `space`, `lock`,
+    /// `tier`, `target`.
+    pub check: String,
+    /// The path checked.
+    pub path: String,
+    /// Outcome.
+    pub result: CheckResult,
+    /// For the `immutable` check: how the flags were read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<FlagsMethod>,
+    /// What was found.
+    pub detail: String,
+}
+
+/// All checks of one preflight run.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// In the order they ran.
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    fn add(&mut self, check: &str, path: &Path, result: CheckResult, detail: impl Into<String>) {
+        self.checks.push(Check {
+            check: check.into(),
+            path: path.display().to_string(),
+            result,
+            method: None,
+            detail: detail.into(),
+        });
+    }
+
+    /// Number of checks with `result`.
+    pub fn count(&self, result: CheckResult) -> usize {
+        self.checks.iter().filter(|c| c.result == result).count()
+    }
+}
+
+/// Capabilities in the effective set (`capabilities(7)`), from
+/// `/proc/self/status` `CapEff`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Caps(u64);
+
+impl Caps {
+    /// `CAP_CHOWN`.
+    pub const CHOWN: u32 = 0;
+    /// `CAP_FOWNER`.
+    pub const FOWNER: u32 = 3;
+    /// `CAP_LINUX_IMMUTABLE`.
+    pub const LINUX_IMMUTABLE: u32 = 9;
+    /// `CAP_SYS_ADMIN` (needed for `trusted.*` xattrs).
+    pub const SYS_ADMIN: u32 = 21;
+    /// `CAP_MKNOD`.
+    pub const MKNOD: u32 = 27;
+    /// `CAP_SETFCAP`.
+    pub const SETFCAP: u32 = 31;
+
+    /// The effective set of this process (empty when unreadable).
+    pub fn current() -> Caps {
+        let hex = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("CapEff:"))
+                    .map(|l| l[7..].trim().to_owned())
+            });
+        Caps(
+            hex.and_then(|h| u64::from_str_radix(&h, 16).ok())
+                .unwrap_or(0),
+        )
+    }
+
+    /// Whether capability number `cap` is effective.
+    pub fn has(self, cap: u32) -> bool {
+        self.0 & (1u64 << cap) != 0
+    }
+}
+
+/// Reads inode flags of the directory `path`: ioctl first, `lsattr -d`
+/// where the ioctl is unsupported (`ENOTTY`, `EOPNOTSUPP`, `EINVAL`).
+fn read_flags(path: &Path) -> (FlagsMethod, Option<u32>, String) {
+    let mode = std::env::var(FLAGS_METHOD_ENV).unwrap_or_default();
+    if mode != "lsattr" && mode != "none" {
+        match Dir::open_root(path).and_then(|d| fd::flags(&d)) {
+            Ok(f) => return (FlagsMethod::Ioctl, Some(f), String::new()),
+            Err(e) if crate::backup::is_unsupported(&e) => {}
+            Err(e) => return (FlagsMethod::Unknown, None, format!("FS_IOC_GETFLAGS: {e}")),
+        }
+    }
+    if mode != "none" {
+        if let Some(f) = lsattr_flags(path) {
+            return (FlagsMethod::Lsattr, Some(f), String::new());
+        }
+    }
+    (
+        FlagsMethod::Unknown,
+        None,
+        "neither FS_IOC_GETFLAGS nor lsattr could read the flags".into(),
+    )
+}
+
+/// `lsattr -d PATH`, its letters mapped back to `FS_*_FL` bits (only the
+/// two that matter here: `i` immutable 0x10, `a` append-only 0x20).
+fn lsattr_flags(path: &Path) -> Option<u32> {
+    let out = Command::new("lsattr").arg("-d").arg(path).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let letters = text.split_whitespace().next()?;
+    let mut f = 0;
+    if letters.contains('i') {
+        f |= 0x10;
+    }
+    if letters.contains('a') {
+        f |= 0x20;
+    }
+    Some(f)
+}
+
+/// The `immutable` check on `path` (a directory snap will add names to).
+fn immutable_check(report: &mut Report, path: &Path, policy: &Policy) {
+    let (method, flags, detail) = read_flags(path);
+    let (result, detail) = match flags {
+        Some(f) if f & 0x10 != 0 => (
+            CheckResult::Stop,
+            "directory is immutable (chattr +i)".to_owned(),
+        ),
+        Some(f) if f & 0x20 != 0 => (
+            CheckResult::Stop,
+            "directory is append-only (chattr +a)".to_owned(),
+        ),
+        Some(_) => (
+            CheckResult::Pass,
+            "neither immutable nor append-only".to_owned(),
+        ),
+        None if policy.allow_unreliable_immutable_check => (
+            CheckResult::Warn,
+            format!("{detail}; allowed by allow_unreliable_immutable_check"),
+        ),
+        None => (
+            CheckResult::Stop,
+            format!("{detail}; set allow_unreliable_immutable_check to go on"),
+        ),
+    };
+    report.checks.push(Check {
+        check: "immutable".into(),
+        path: path.display().to_string(),
+        result,
+        method: Some(method),
+        detail,
+    });
+}
+
+/// The nearest existing ancestor of `path` (itself when it exists).
+fn existing_ancestor(path: &Path) -> PathBuf {
+    let mut p = path.to_path_buf();
+    while !p.as_os_str().is_empty() && std::fs::symlink_metadata(&p).is_err() {
+        if !p.pop() {
+            break;
+        }
+    }
+    if p.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        p
+    }
+}
+
+fn writable(path: &Path) -> io::Result<()> {
+    rustix::fs::access(
+        path,
+        rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
+    )?;
+    Ok(())
+}
+
+fn free_bytes(path: &Path) -> io::Result<u64> {
+    Dir::open_root(path)?.available_bytes()
+}
+
+fn degraded(policy: &Policy) -> CheckResult {
+    match policy.on_degraded {
+        OnDegraded::Stop => CheckResult::Stop,
+        OnDegraded::Warn => CheckResult::Warn,
+    }
+}
+
+/// Sums the sizes of the regular files under `root` (statx only): the
+/// estimate of what a first backup stores.
+fn tree_size(root: &Path) -> io::Result<u64> {
+    let dir = match Dir::open_root(root) {
+        Ok(d) => d,
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOTDIR.raw_os_error()) => {
+            return Ok(std::fs::symlink_metadata(root)?.len())
+        }
+        Err(e) => return Err(e),
+    };
+    let mut total = 0;
+    let mut stack = vec![dir];
+    while let Some(d) = stack.pop() {
+        for n in d.list()? {
+            let st = d.stat(&n)?;
+            match st.kind {
+                FileKind::Dir => stack.push(d.open_dir(&n)?),
+                FileKind::File => total += st.blocks.saturating_mul(512).min(st.size),
+                _ => {}
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// Checks before a backup of `source` into the repository at `repo`.
+/// `lock_held` is true when the caller already holds the repository lock.
+pub fn backup(repo: &Path, source: &Path, policy: &Policy, lock_held: bool) -> Report {
+    let mut r = Report::default();
+    match std::fs::symlink_metadata(source) {
+        Ok(_) => match Dir::open_root(source).and_then(|d| d.list().map(|_| ())) {
+            Ok(()) => r.add(
+                "source",
+                source,
+                CheckResult::Pass,
+                "directory exists and can be listed",
+            ),
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOTDIR.raw_os_error()) => {
+                r.add("source", source, CheckResult::Pass, "single entry exists")
+            }
+            Err(e) => r.add(
+                "source",
+                source,
+                CheckResult::Stop,
+                format!("cannot be read: {e}"),
+            ),
+        },
+        Err(e) => r.add("source", source, CheckResult::Stop, format!("{e}")),
+    }
+    let base = existing_ancestor(repo);
+    match writable(&base) {
+        Ok(()) => r.add("repository", &base, CheckResult::Pass, "writable"),
+        Err(e) => r.add(
+            "repository",
+            &base,
+            CheckResult::Stop,
+            format!("not writable: {e}"),
+        ),
+    }
+    immutable_check(&mut r, &base, policy);
+    // Space: cheap when the repository has more room than the source's
+    // whole filesystem uses; otherwise estimate by summing file sizes.
+    match free_bytes(&base) {
+        Ok(free) => {
+            let src_used = Dir::open_root(existing_ancestor(source).as_path())
+                .and_then(|d| rustix::fs::fstatvfs(&d).map_err(io::Error::from))
+                .map(|s| (s.f_blocks - s.f_bfree).saturating_mul(s.f_frsize))
+                .unwrap_or(u64::MAX);
+            if free >= src_used {
+                r.add(
+                    "space",
+                    &base,
+                    CheckResult::Pass,
+                    format!("{free} bytes free, source filesystem uses {src_used}"),
+                );
+            } else {
+                match tree_size(source) {
+                    Ok(need) if need > free => r.add(
+                        "space",
+                        &base,
+                        CheckResult::Stop,
+                        format!("{free} bytes free, the source holds {need} bytes of file data"),
+                    ),
+                    Ok(need) => r.add(
+                        "space",
+                        &base,
+                        CheckResult::Pass,
+                        format!("{free} bytes free, source holds {need}"),
+                    ),
+                    Err(e) => r.add(
+                        "space",
+                        &base,
+                        CheckResult::Warn,
+                        format!("{free} bytes free; source size unknown: {e}"),
+                    ),
+                }
+            }
+        }
+        Err(e) => r.add("space", &base, CheckResult::Warn, format!("statvfs: {e}")),
+    }
+    lock_check(&mut r, repo, true, lock_held);
+    let caps = Caps::current();
+    if policy.tier == PreservationTier::Full && !caps.has(Caps::SYS_ADMIN) {
+        r.add(
+            "tier",
+            source,
+            degraded(policy),
+            "tier full without CAP_SYS_ADMIN: trusted.* xattrs cannot be read",
+        );
+    } else {
+        r.add(
+            "tier",
+            source,
+            CheckResult::Pass,
+            format!("tier {} can be captured", policy.tier.as_str()),
+        );
+    }
+    r
+}
+
+fn lock_check(r: &mut Report, repo: &Path, exclusive: bool, held: bool) {
+    let lock = repo.join("lock");
+    if held {
+        r.add("lock", &lock, CheckResult::Pass, "held by this run");
+        return;
+    }
+    let Ok(dir) = Dir::open_root(repo) else {
+        r.add("lock", &lock, CheckResult::Pass, "no repository yet");
+        return;
+    };
+    let name = Name::new(b"lock").expect("constant name");
+    match dir
+        .open_file(&name)
+        .and_then(|f| fd::try_flock(&f, exclusive))
+    {
+        Ok(true) => r.add("lock", &lock, CheckResult::Pass, "available"),
+        Ok(false) => {
+            let holder = dir
+                .read_all(&name)
+                .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+                .unwrap_or_default();
+            r.add(
+                "lock",
+                &lock,
+                CheckResult::Stop,
+                format!("held by another process {holder}"),
+            )
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            r.add("lock", &lock, CheckResult::Pass, "no lock file yet")
+        }
+        Err(e) => r.add(
+            "lock",
+            &lock,
+            CheckResult::Warn,
+            format!("cannot test: {e}"),
+        ),
+    }
+}
+
+/// What a snapshot's records ask of a restore.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Needs {
+    /// Owners other than this process's euid.
+    pub foreign_owner: bool,
+    /// Immutable or append-only inode flags.
+    pub protect_flags: bool,
+    /// `trusted.*` xattrs.
+    pub trusted: bool,
+    /// `security.capability`.
+    pub caps: bool,
+    /// Any xattr (ACLs included).
+    pub xattrs: bool,
+    /// Char/block devices.
+    pub devices: bool,
+}
+
+impl Needs {
+    /// Scans the records (already limited to the tier restore applies).
+    pub fn of(records: &[EntryRecord]) -> Needs {
+        let euid = crate::fs::euid();
+        let mut n = Needs::default();
+        for r in records {
+            n.foreign_owner |= r.uid.is_some_and(|u| u != euid);
+            n.protect_flags |= r.flags.is_some_and(|f| f & 0x30 != 0);
+            n.devices |= matches!(r.kind, EntryKind::Char | EntryKind::Block);
+            if let Some(x) = &r.xattrs {
+                n.xattrs |= !x.is_empty();
+                n.trusted |= x.keys().any(|k| k.starts_with("trusted."));
+                n.caps |= x.contains_key("security.capability");
+            }
+        }
+        n
+    }
+}
+
+/// Checks before restoring into `target` from the repository at `repo`.
+pub fn restore(
+    repo: &Path,
+    target: &Path,
+    needs: &Needs,
+    policy: &Policy,
+    lock_held: bool,
+    bytes: u64,
+) -> Report {
+    let mut r = Report::default();
+    let parent = target
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    match writable(&parent) {
+        Ok(()) => r.add(
+            "target",
+            &parent,
+            CheckResult::Pass,
+            "parent exists and is writable; staging goes beside the target, on the same filesystem",
+        ),
+        Err(e) => r.add(
+            "target",
+            &parent,
+            CheckResult::Stop,
+            format!("parent not writable: {e}"),
+        ),
+    }
+    immutable_check(&mut r, &parent, policy);
+    match free_bytes(&parent) {
+        Ok(free) if free < bytes => r.add(
+            "space",
+            &parent,
+            CheckResult::Stop,
+            format!("{free} bytes free, the snapshot holds {bytes}"),
+        ),
+        Ok(free) => r.add(
+            "space",
+            &parent,
+            CheckResult::Pass,
+            format!("{free} bytes free, the snapshot holds {bytes}"),
+        ),
+        Err(e) => r.add("space", &parent, CheckResult::Warn, format!("statvfs: {e}")),
+    }
+    lock_check(&mut r, repo, false, lock_held);
+    let caps = Caps::current();
+    let mut missing = Vec::new();
+    if needs.foreign_owner && !caps.has(Caps::CHOWN) {
+        missing.push("owners (CAP_CHOWN)");
+    }
+    if needs.protect_flags && !caps.has(Caps::LINUX_IMMUTABLE) {
+        missing.push("immutable/append-only flags (CAP_LINUX_IMMUTABLE)");
+    }
+    if needs.trusted && !caps.has(Caps::SYS_ADMIN) {
+        missing.push("trusted.* xattrs (CAP_SYS_ADMIN)");
+    }
+    if needs.caps && !caps.has(Caps::SETFCAP) {
+        missing.push("file capabilities (CAP_SETFCAP)");
+    }
+    if needs.devices && !caps.has(Caps::MKNOD) {
+        missing.push("devices (CAP_MKNOD)");
+    }
+    if needs.xattrs && !probe_xattrs(&parent) {
+        missing.push("xattrs and ACLs (the target filesystem refuses user.* xattrs)");
+    }
+    if missing.is_empty() {
+        r.add(
+            "tier",
+            &parent,
+            CheckResult::Pass,
+            "everything the snapshot holds can be applied",
+        );
+    } else {
+        r.add(
+            "tier",
+            &parent,
+            degraded(policy),
+            format!("cannot apply: {}", missing.join(", ")),
+        );
+    }
+    r
+}
+
+/// Whether the filesystem of `dir` stores `user.*` xattrs: sets one on a
+/// probe file created and removed there.
+fn probe_xattrs(dir: &Path) -> bool {
+    let Ok(d) = Dir::open_root(dir) else {
+        return false;
+    };
+    let Ok(name) = Name::new(format!(".snap-xattr-probe-{}", std::process::id()).as_bytes()) else {
+        return false;
+    };
+    let ok = match crate::fs::block_on(d.create_file_uring(&name, 0o600)) {
+        Ok(Ok(f)) => fd::set_xattr(&f, b"user.snap.probe", b"1").is_ok(),
+        _ => return false,
+    };
+    if let Err(e) = d.unlink(&name) {
+        eprintln!(
+            "snap: warning: could not remove probe file in {}: {e}",
+            dir.display()
+        );
+    }
+    ok
+}
