@@ -157,7 +157,34 @@ fn full_tier_round_trips_every_metadata_kind() {
         "only the socket is not restored: {warnings:?}"
     );
     assert_eq!(warnings[0]["path"], "sock");
-    assert_eq!(r.fact("restore.summary")["decision"], "warn");
+    let rs = r.fact("restore.summary");
+    assert_eq!(rs["decision"], "warn");
+    let pa = &rs["preservation_applied"];
+    let n = |field: &str, k: &str| pa[field][k].as_u64().unwrap();
+    assert_eq!((n("acls", "applied"), n("acls", "skipped")), (2, 0), "{pa}");
+    assert_eq!((n("caps", "applied"), n("caps", "skipped")), (1, 0), "{pa}");
+    assert_eq!(
+        (n("flags", "applied"), n("flags", "skipped")),
+        (4, 0),
+        "{pa}"
+    );
+    assert_eq!(
+        (
+            n("sparse", "applied"),
+            n("devices", "applied"),
+            n("devices", "skipped")
+        ),
+        (1, 1, 1),
+        "{pa}"
+    );
+    assert!(
+        n("xattrs", "applied") >= 4 && n("xattrs", "skipped") == 0,
+        "{pa}"
+    );
+    assert!(
+        n("owner", "applied") > 10 && n("owner", "skipped") == 0,
+        "{pa}"
+    );
 
     // Kind, mode, owner, size, mtime ns, link targets, hard links, content.
     assert_same_tree(&src, &out, true);

@@ -212,6 +212,41 @@ pub struct BackupSummary {
     pub stats: SnapshotStats,
 }
 
+/// How often one kind of metadata was applied or had to be skipped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct FieldCount {
+    /// Entries (or, for xattr-like fields, attributes) it was applied to.
+    pub applied: u64,
+    /// Entries or attributes it could not be applied to (each also a
+    /// `restore.warning`, or skipped wholesale when not root for owners).
+    pub skipped: u64,
+}
+
+/// Per-field preservation counts of a restore.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PreservationApplied {
+    /// Permission bits (`fchmod`); symlinks have none.
+    pub mode: FieldCount,
+    /// uid/gid (`fchown`, as root only).
+    pub owner: FieldCount,
+    /// atime/mtime (`futimens`/`utimensat`).
+    pub timestamps: FieldCount,
+    /// xattrs other than the ones below, one count per attribute.
+    pub xattrs: FieldCount,
+    /// `system.posix_acl_access` / `system.posix_acl_default`.
+    pub acls: FieldCount,
+    /// `security.capability`.
+    pub caps: FieldCount,
+    /// `security.selinux`.
+    pub selinux: FieldCount,
+    /// Inode flags (`FS_IOC_SETFLAGS`).
+    pub flags: FieldCount,
+    /// Sparse files restored with their holes.
+    pub sparse: FieldCount,
+    /// Char/block devices (`mknodat`); sockets count as skipped.
+    pub devices: FieldCount,
+}
+
 /// Payload of `restore.summary`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct RestoreSummary {
@@ -249,6 +284,8 @@ pub struct RestoreSummary {
     pub durable: bool,
     /// Wall time, in milliseconds.
     pub duration_ms: u64,
+    /// What was applied and skipped, per kind of metadata.
+    pub preservation_applied: PreservationApplied,
 }
 
 /// Writes facts for one run.

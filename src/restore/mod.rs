@@ -17,7 +17,7 @@ use std::time::Instant;
 use base64::Engine as _;
 
 use crate::error::{Error, Result};
-use crate::facts::RestoreSummary;
+use crate::facts::{FieldCount, RestoreSummary};
 use crate::fs::{fd, DataFile, Dir, Name, RelPath};
 use crate::repo::sidecar::{EntryKind, EntryRecord};
 use crate::repo::{BlobLocation, Repo};
@@ -227,6 +227,7 @@ pub fn run(
                 blobs_verified: 0,
                 durable: false,
                 duration_ms: 0,
+                preservation_applied: Default::default(),
             },
             warnings: Vec::new(),
             progress,
@@ -272,6 +273,7 @@ pub fn run(
             set_flags(&d, want)?;
             d.sync()
         });
+        count(&mut summary.preservation_applied.flags, res.is_ok());
         if let Err(e) = res {
             warnings.push(RestoreWarning {
                 path: ".".into(),
@@ -384,6 +386,14 @@ fn split_target(target: &Path) -> Result<(PathBuf, Name)> {
     let name = Name::new(fname.as_bytes()).map_err(|_| bad())?;
     let parent = target.parent().ok_or_else(bad)?.to_path_buf();
     Ok((parent, name))
+}
+
+fn count(c: &mut FieldCount, ok: bool) {
+    if ok {
+        c.applied += 1;
+    } else {
+        c.skipped += 1;
+    }
 }
 
 /// Sets the modifiable inode flags of `fd` to `want`'s, keeping the
@@ -554,8 +564,9 @@ impl Restorer<'_> {
     /// The (uid, gid) to apply: by recorded name through this host's
     /// databases with `--by-name` (falling back to the recorded id), else
     /// the recorded ids. `None` when not root or the tier kept no owner.
-    fn owner(&self, rec: &EntryRecord) -> Option<(u32, u32)> {
+    fn owner(&mut self, rec: &EntryRecord) -> Option<(u32, u32)> {
         let (uid, gid) = (rec.uid?, rec.gid?);
+        count(&mut self.summary.preservation_applied.owner, self.chown);
         if !self.chown {
             return None;
         }
@@ -590,7 +601,16 @@ impl Restorer<'_> {
             let value = base64::engine::general_purpose::STANDARD
                 .decode(value)
                 .map_err(|e| integrity(shown, format!("xattr {name}: invalid base64: {e}")))?;
-            if let Err(e) = set(name.as_bytes(), &value) {
+            let res = set(name.as_bytes(), &value);
+            let p = &mut self.summary.preservation_applied;
+            let field = match name.as_str() {
+                "system.posix_acl_access" | "system.posix_acl_default" => &mut p.acls,
+                "security.capability" => &mut p.caps,
+                "security.selinux" => &mut p.selinux,
+                _ => &mut p.xattrs,
+            };
+            count(field, res.is_ok());
+            if let Err(e) = res {
                 self.warn(shown, format!("setxattr {name}"), e);
             }
         }
@@ -614,8 +634,10 @@ impl Restorer<'_> {
             fd::chown(f, uid, gid).map_err(|e| ctx("chown", e))?;
         }
         fd::chmod(f, rec.mode).map_err(|e| ctx("chmod", e))?;
+        self.summary.preservation_applied.mode.applied += 1;
         self.apply_xattrs(rec, shown, |n, v| fd::set_xattr(f, n, v))?;
         fd::set_times(f, rec.atime, rec.mtime).map_err(|e| ctx("set times", e))?;
+        self.summary.preservation_applied.timestamps.applied += 1;
         if let Some(flags) = rec.flags.filter(|fl| fl & FLAGS_MODIFIABLE != 0) {
             self.flags
                 .push((rel.clone(), flags, rec.kind == EntryKind::Dir));
@@ -642,6 +664,7 @@ impl Restorer<'_> {
                     .and_then(|p| p.open_file(rel.file_name().expect("non-root path")))
             };
             let res = opened.and_then(|fd: std::os::fd::OwnedFd| set_flags(&fd, want));
+            count(&mut self.summary.preservation_applied.flags, res.is_ok());
             if let Err(e) = res {
                 self.warn(&shown, "FS_IOC_SETFLAGS", e);
             }
@@ -736,6 +759,7 @@ impl Restorer<'_> {
         if let (Some(_), Some(size)) = (&rec.sparse, rec.size) {
             // Trailing holes: set the length without writing.
             fd::truncate(out.as_fd(), size).map_err(|e| Error::io("truncate", shown, e))?;
+            self.summary.preservation_applied.sparse.applied += 1;
         }
         self.apply_fd_metadata(&out.as_fd(), rec, rel, shown)?;
         out.close()
@@ -809,13 +833,15 @@ impl Restorer<'_> {
                 let dev = rec
                     .rdev
                     .ok_or_else(|| integrity(shown, "device without rdev"))?;
-                if let Err(e) = dir.mknod(
+                let made = dir.mknod(
                     name,
                     rec.kind == EntryKind::Block,
                     0o600,
                     dev.major,
                     dev.minor,
-                ) {
+                );
+                count(&mut self.summary.preservation_applied.devices, made.is_ok());
+                if let Err(e) = made {
                     self.summary.skipped += 1;
                     self.warn(shown, "mknod", e);
                     return Ok(());
@@ -824,6 +850,7 @@ impl Restorer<'_> {
             }
             _ => {
                 self.summary.skipped += 1;
+                self.summary.preservation_applied.devices.skipped += 1;
                 self.warn(shown, "create socket", "sockets are recorded, not restored");
                 return Ok(());
             }
@@ -834,10 +861,12 @@ impl Restorer<'_> {
         }
         if rec.kind != EntryKind::Symlink {
             dir.chmod_at(name, rec.mode).map_err(|e| ctx("chmod", e))?;
+            self.summary.preservation_applied.mode.applied += 1;
         }
         self.apply_xattrs(rec, shown, |n, v| dir.set_xattr_nofollow(name, n, v))?;
         dir.set_times_nofollow(name, rec.atime, rec.mtime)
             .map_err(|e| ctx("set times", e))?;
+        self.summary.preservation_applied.timestamps.applied += 1;
         Ok(())
     }
 }
