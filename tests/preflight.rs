@@ -300,3 +300,28 @@ fn on_degraded_stop_refuses_what_the_process_cannot_apply() {
     );
     assert_eq!(fs::read(warned.join("d/f")).unwrap(), b"content");
 }
+
+#[test]
+fn immutable_repository_directory_stops_backup() {
+    if !chattr_usable() {
+        return;
+    }
+    let env = Env::new();
+    let src = env.path("src");
+    tree(&src);
+    env.snap(["init"]).ok();
+    sh(&format!("chattr +i '{}'", env.repo.display()));
+    let _g = Chattr(env.repo.clone());
+    let r = env.snap([OsStr::new("backup"), src.as_os_str()]);
+    assert_eq!(r.code, 10, "{}", r.stderr);
+    let c = check(&r, "immutable");
+    assert_eq!(
+        (c["result"].as_str(), c["method"].as_str()),
+        (Some("stop"), Some("ioctl"))
+    );
+    assert_eq!(c["path"], env.repo.display().to_string());
+    assert!(fs::read_dir(env.repo.join("snapshots"))
+        .unwrap()
+        .next()
+        .is_none());
+}

@@ -106,6 +106,8 @@ impl Caps {
     pub const MKNOD: u32 = 27;
     /// `CAP_SETFCAP`.
     pub const SETFCAP: u32 = 31;
+    /// `CAP_MAC_ADMIN` (SELinux labels the loaded policy would refuse).
+    pub const MAC_ADMIN: u32 = 33;
 
     /// The effective set of this process (empty when unreadable).
     pub fn current() -> Caps {
@@ -409,6 +411,11 @@ pub struct Needs {
     pub trusted: bool,
     /// `security.capability`.
     pub caps: bool,
+    /// `security.selinux` labels.
+    pub selinux: bool,
+    /// Other `security.*` xattrs (need `CAP_SYS_ADMIN`, see
+    /// `cap_inode_setxattr` in `security/commoncap.c`).
+    pub security_other: bool,
     /// Any xattr (ACLs included).
     pub xattrs: bool,
     /// Char/block devices.
@@ -428,6 +435,12 @@ impl Needs {
                 n.xattrs |= !x.is_empty();
                 n.trusted |= x.keys().any(|k| k.starts_with("trusted."));
                 n.caps |= x.contains_key("security.capability");
+                n.selinux |= x.contains_key("security.selinux");
+                n.security_other |= x.keys().any(|k| {
+                    k.starts_with("security.")
+                        && k != "security.capability"
+                        && k != "security.selinux"
+                });
             }
         }
         n
@@ -492,6 +505,15 @@ pub fn restore(
     }
     if needs.caps && !caps.has(Caps::SETFCAP) {
         missing.push("file capabilities (CAP_SETFCAP)");
+    }
+    if needs.security_other && !caps.has(Caps::SYS_ADMIN) {
+        missing.push("security.* xattrs (CAP_SYS_ADMIN)");
+    }
+    let selinux_on = Path::new("/sys/fs/selinux/enforce").exists();
+    if needs.selinux && selinux_on && !caps.has(Caps::MAC_ADMIN) {
+        missing.push(
+            "SELinux labels the loaded policy may refuse (SELinux is enabled; CAP_MAC_ADMIN)",
+        );
     }
     if needs.devices && !caps.has(Caps::MKNOD) {
         missing.push("devices (CAP_MKNOD)");
