@@ -379,7 +379,7 @@ impl Writer<'_> {
         match fd::flags(f) {
             Ok(flags) => rec.flags = Some(flags),
             // No inode flags on this filesystem: the field stays absent.
-            Err(e) if is_unsupported(&e) => {}
+            Err(e) if crate::fs::flags_unsupported(&e) => {}
             Err(e) => self.warn(rel, "FS_IOC_GETFLAGS", e.to_string(), false)?,
         }
         Ok(rec)
@@ -763,13 +763,4 @@ impl Writer<'_> {
             syncs: self.syncs,
         })
     }
-}
-
-/// Errors meaning "this filesystem has no inode flags" (`ioctl_iflags(2)`).
-pub fn is_unsupported(e: &std::io::Error) -> bool {
-    use rustix::io::Errno;
-    matches!(e.raw_os_error(), Some(c) if c == Errno::NOTTY.raw_os_error()
-        || c == Errno::NOTSUP.raw_os_error()
-        || c == Errno::INVAL.raw_os_error()
-        || c == Errno::NOSYS.raw_os_error())
 }

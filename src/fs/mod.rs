@@ -629,6 +629,19 @@ impl Dir {
         Ok(())
     }
 
+    /// Bytes in use on the filesystem holding this directory
+    /// (`(f_blocks - f_bfree) * f_frsize`, `statvfs(3)`).
+    ///
+    /// # Errors
+    ///
+    /// The `fstatfs(2)` error.
+    pub fn used_bytes(&self) -> io::Result<u64> {
+        let s = rustix::fs::fstatvfs(self)?;
+        Ok(s.f_blocks
+            .saturating_sub(s.f_bfree)
+            .saturating_mul(s.f_frsize))
+    }
+
     /// Free bytes available to this process on the filesystem holding this
     /// directory (`fstatvfs(3)`: `f_bavail * f_frsize`).
     ///
@@ -1060,6 +1073,87 @@ pub fn id_names(etc: &Path) -> io::Result<(Vec<(String, u32)>, Vec<(String, u32)
             .collect())
     };
     Ok((read("passwd")?, read("group")?))
+}
+
+/// `lstat` of a path the user named (a source or repository location, not
+/// a name inside a tree): the parent is opened as a root and the last
+/// component stat'ed without following it. `Ok(None)` when it does not
+/// exist.
+///
+/// # Errors
+///
+/// The `openat(2)`/`statx(2)` error other than `ENOENT`/`ENOTDIR`.
+pub fn lstat_path(path: &Path) -> io::Result<Option<Stat>> {
+    use std::os::unix::ffi::OsStrExt;
+    let missing = |e: &io::Error| {
+        e.kind() == io::ErrorKind::NotFound
+            || e.raw_os_error() == Some(rustix::io::Errno::NOTDIR.raw_os_error())
+    };
+    let (parent, name) = match (path.parent(), path.file_name()) {
+        (Some(p), Some(n)) => (
+            if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            },
+            n,
+        ),
+        _ => return Dir::open_root(path).and_then(|d| d.stat_self()).map(Some),
+    };
+    let name =
+        Name::new(name.as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    match Dir::open_root(parent) {
+        Ok(d) => match d.stat(&name) {
+            Ok(s) => Ok(Some(s)),
+            Err(e) if missing(&e) => Ok(None),
+            Err(e) => Err(e),
+        },
+        Err(e) if missing(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether this process may create names in the directory `path`
+/// (`access(2)` with `W_OK|X_OK`, real ids as the kernel defines it).
+///
+/// # Errors
+///
+/// The `access(2)` error: `EACCES`, `EROFS`, `EPERM` (immutable).
+pub fn writable(path: &Path) -> io::Result<()> {
+    rustix::fs::access(
+        path,
+        rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
+    )?;
+    Ok(())
+}
+
+/// The effective capability set of this process (`CapEff` in
+/// `/proc/self/status`, see `proc_pid_status(5)`); 0 when unreadable.
+pub fn effective_caps() -> u64 {
+    let Ok(dir) = Dir::open_root(Path::new("/proc/self")) else {
+        return 0;
+    };
+    let Ok(name) = Name::new(b"status") else {
+        return 0;
+    };
+    let Ok(text) = dir.read_all(&name) else {
+        return 0;
+    };
+    String::from_utf8_lossy(&text)
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        .unwrap_or(0)
+}
+
+/// Errors meaning "this filesystem has no inode flags" (`ioctl_iflags(2)`):
+/// `ENOTTY`, `EOPNOTSUPP`, `EINVAL`, `ENOSYS`.
+pub fn flags_unsupported(e: &io::Error) -> bool {
+    use rustix::io::Errno;
+    matches!(e.raw_os_error(), Some(c) if c == Errno::NOTTY.raw_os_error()
+        || c == Errno::NOTSUP.raw_os_error()
+        || c == Errno::INVAL.raw_os_error()
+        || c == Errno::NOSYS.raw_os_error())
 }
 
 /// The effective user id of this process.

@@ -111,17 +111,7 @@ impl Caps {
 
     /// The effective set of this process (empty when unreadable).
     pub fn current() -> Caps {
-        let hex = std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("CapEff:"))
-                    .map(|l| l[7..].trim().to_owned())
-            });
-        Caps(
-            hex.and_then(|h| u64::from_str_radix(&h, 16).ok())
-                .unwrap_or(0),
-        )
+        Caps(crate::fs::effective_caps())
     }
 
     /// Whether capability number `cap` is effective.
@@ -137,7 +127,7 @@ fn read_flags(path: &Path) -> (FlagsMethod, Option<u32>, String) {
     if mode != "lsattr" && mode != "none" {
         match Dir::open_root(path).and_then(|d| fd::flags(&d)) {
             Ok(f) => return (FlagsMethod::Ioctl, Some(f), String::new()),
-            Err(e) if crate::backup::is_unsupported(&e) => {}
+            Err(e) if crate::fs::flags_unsupported(&e) => {}
             Err(e) => return (FlagsMethod::Unknown, None, format!("FS_IOC_GETFLAGS: {e}")),
         }
     }
@@ -209,7 +199,7 @@ fn immutable_check(report: &mut Report, path: &Path, policy: &Policy) {
 /// The nearest existing ancestor of `path` (itself when it exists).
 fn existing_ancestor(path: &Path) -> PathBuf {
     let mut p = path.to_path_buf();
-    while !p.as_os_str().is_empty() && std::fs::symlink_metadata(&p).is_err() {
+    while !p.as_os_str().is_empty() && !matches!(crate::fs::lstat_path(&p), Ok(Some(_))) {
         if !p.pop() {
             break;
         }
@@ -219,14 +209,6 @@ fn existing_ancestor(path: &Path) -> PathBuf {
     } else {
         p
     }
-}
-
-fn writable(path: &Path) -> io::Result<()> {
-    rustix::fs::access(
-        path,
-        rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
-    )?;
-    Ok(())
 }
 
 fn free_bytes(path: &Path) -> io::Result<u64> {
@@ -246,7 +228,7 @@ fn tree_size(root: &Path) -> io::Result<u64> {
     let dir = match Dir::open_root(root) {
         Ok(d) => d,
         Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOTDIR.raw_os_error()) => {
-            return Ok(std::fs::symlink_metadata(root)?.len())
+            return Ok(crate::fs::lstat_path(root)?.map_or(0, |s| s.size))
         }
         Err(e) => return Err(e),
     };
@@ -269,8 +251,14 @@ fn tree_size(root: &Path) -> io::Result<u64> {
 /// `lock_held` is true when the caller already holds the repository lock.
 pub fn backup(repo: &Path, source: &Path, policy: &Policy, lock_held: bool) -> Report {
     let mut r = Report::default();
-    match std::fs::symlink_metadata(source) {
-        Ok(_) => match Dir::open_root(source).and_then(|d| d.list().map(|_| ())) {
+    match crate::fs::lstat_path(source) {
+        Ok(None) => r.add(
+            "source",
+            source,
+            CheckResult::Stop,
+            "No such file or directory (os error 2)",
+        ),
+        Ok(Some(_)) => match Dir::open_root(source).and_then(|d| d.list().map(|_| ())) {
             Ok(()) => r.add(
                 "source",
                 source,
@@ -290,7 +278,7 @@ pub fn backup(repo: &Path, source: &Path, policy: &Policy, lock_held: bool) -> R
         Err(e) => r.add("source", source, CheckResult::Stop, format!("{e}")),
     }
     let base = existing_ancestor(repo);
-    match writable(&base) {
+    match crate::fs::writable(&base) {
         Ok(()) => r.add("repository", &base, CheckResult::Pass, "writable"),
         Err(e) => r.add(
             "repository",
@@ -305,8 +293,7 @@ pub fn backup(repo: &Path, source: &Path, policy: &Policy, lock_held: bool) -> R
     match free_bytes(&base) {
         Ok(free) => {
             let src_used = Dir::open_root(existing_ancestor(source).as_path())
-                .and_then(|d| rustix::fs::fstatvfs(&d).map_err(io::Error::from))
-                .map(|s| (s.f_blocks - s.f_bfree).saturating_mul(s.f_frsize))
+                .and_then(|d| d.used_bytes())
                 .unwrap_or(u64::MAX);
             if free >= src_used {
                 r.add(
@@ -461,7 +448,7 @@ pub fn restore(
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("/"));
-    match writable(&parent) {
+    match crate::fs::writable(&parent) {
         Ok(()) => r.add(
             "target",
             &parent,
