@@ -77,6 +77,18 @@ pub enum Command {
         #[command(subcommand)]
         what: PolicyCmd,
     },
+    /// Verify the repository: records and entries files against their
+    /// BLAKE3 ids, every referenced blob indexed, every indexed pack present
+    /// with a matching footer.
+    Check {
+        /// Also re-hash every pack and blob.
+        #[arg(long)]
+        read_data: bool,
+        /// Remove leftovers of interrupted runs from tmp/ (takes the
+        /// exclusive lock).
+        #[arg(long)]
+        repair_tmp: bool,
+    },
     /// List snapshots.
     List,
     /// List the entries of a snapshot.
@@ -193,6 +205,7 @@ impl Command {
             Command::Preflight { .. } => "preflight",
             Command::Policy { .. } => "policy",
             Command::List => "list",
+            Command::Check { .. } => "check",
             Command::Ls { .. } => "ls",
             Command::Init => "init",
             Command::Schema { .. } => "schema",
@@ -682,6 +695,50 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
             out.line(&text);
             facts.emit(Decision::Success, None, Event::PolicyShow { policy })?;
             Ok(0)
+        }
+        Command::Check {
+            read_data,
+            repair_tmp,
+        } => {
+            let repo = Repo::open(&repo_path(cli)?)?;
+            let lock = repo.lock(*repair_tmp, 5_000)?;
+            lock_fact(facts, &repo, &lock)?;
+            let report = crate::repo::check::run(&repo, *read_data, *repair_tmp)?;
+            for p in &report.problems {
+                eprintln!("snap: check: {}: {}", p.path, p.detail);
+            }
+            let ok = report.problem_count == 0;
+            out.line(&format!(
+                "checked {} snapshots, {} index files, {} packs, {} blobs, {} references{}: {}; {} garbage packs, {} unused blobs, {} entries in tmp/{}",
+                report.snapshots,
+                report.index_files,
+                report.packs,
+                report.blobs,
+                report.references,
+                if report.read_data { format!(", {} read", mib(report.bytes_read)) } else { String::new() },
+                if ok { "no problems".to_owned() } else { format!("{} problems", report.problem_count) },
+                report.garbage_packs,
+                report.unused_blobs,
+                report.tmp_entries,
+                if *repair_tmp { format!(" ({} removed)", report.tmp_removed) } else { String::new() },
+            ));
+            facts.emit(
+                if ok {
+                    Decision::Success
+                } else {
+                    Decision::Failure
+                },
+                (!ok).then_some(ErrorId::E_INTEGRITY),
+                Event::CheckResult {
+                    repo: repo.path.display().to_string(),
+                    report,
+                },
+            )?;
+            Ok(if ok {
+                0
+            } else {
+                ErrorId::E_INTEGRITY.exit_code()
+            })
         }
         Command::List => {
             let repo = Repo::open(&repo_path(cli)?)?;

@@ -147,6 +147,16 @@ pub enum Event {
     /// A restore put a tree in place.
     #[serde(rename = "restore.summary")]
     RestoreSummary(RestoreSummary),
+    /// `snap check` ran; `decision` is `failure` with `E_INTEGRITY` when it
+    /// found problems.
+    #[serde(rename = "check.result")]
+    CheckResult {
+        /// Repository location.
+        repo: String,
+        /// What was found.
+        #[serde(flatten)]
+        report: crate::repo::check::CheckReport,
+    },
     /// `snap list` ran.
     #[serde(rename = "list.result")]
     ListResult {

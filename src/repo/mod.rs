@@ -11,6 +11,7 @@
 //! place with `RENAME_NOREPLACE` (content-addressed names make a collision
 //! mean "already stored").
 
+pub mod check;
 pub mod pack;
 pub mod sidecar;
 
@@ -542,7 +543,7 @@ impl Repo {
         Ok(removed)
     }
 
-    fn open_dir(&self, parts: &[&str]) -> Result<Dir> {
+    pub(crate) fn open_dir(&self, parts: &[&str]) -> Result<Dir> {
         let mut rel = RelPath::root();
         for p in parts {
             rel = rel.join(Name::new(p.as_bytes()).map_err(|e| Error::Integrity {

@@ -70,40 +70,50 @@ impl PackBuilder {
     }
 }
 
-/// Parses a pack's footer from its complete bytes, checking the trailer and
-/// that every blob lies inside the data area.
+/// Parses the fixed trailer of a pack of `pack_len` bytes: returns the
+/// blob count and the footer offset, checked to fit.
 ///
 /// # Errors
 ///
 /// A message naming what is inconsistent.
-pub fn parse_footer(
-    pack: &[u8],
-    pack_id: blake3::Hash,
-) -> Result<Vec<(blake3::Hash, BlobLocation)>, String> {
-    if pack.len() < TRAILER_LEN {
+pub fn parse_trailer(trailer: &[u8], pack_len: u64) -> Result<(usize, u64), String> {
+    if pack_len < TRAILER_LEN as u64 || trailer.len() != TRAILER_LEN {
         return Err(format!(
-            "pack is {} bytes, shorter than its trailer",
-            pack.len()
+            "pack is {pack_len} bytes, shorter than its trailer"
         ));
     }
-    let t = &pack[pack.len() - TRAILER_LEN..];
-    if &t[16..24] != PACK_MAGIC {
+    if &trailer[16..24] != PACK_MAGIC {
         return Err("pack trailer magic missing".into());
     }
-    let count = u32::from_le_bytes(t[0..4].try_into().map_err(|_| "trailer")?) as usize;
-    let footer_offset = u64::from_le_bytes(t[8..16].try_into().map_err(|_| "trailer")?) as usize;
-    let footer_end = pack.len() - TRAILER_LEN;
-    if footer_offset > footer_end || footer_end - footer_offset != count * FOOTER_ROW_LEN {
+    let count = u32::from_le_bytes(trailer[0..4].try_into().map_err(|_| "trailer")?) as usize;
+    let footer_offset = u64::from_le_bytes(trailer[8..16].try_into().map_err(|_| "trailer")?);
+    let footer_end = pack_len - TRAILER_LEN as u64;
+    if footer_offset > footer_end || footer_end - footer_offset != (count * FOOTER_ROW_LEN) as u64 {
         return Err(format!(
             "pack footer of {count} blobs does not fit between offset {footer_offset} and {footer_end}"
         ));
     }
-    let mut out = Vec::with_capacity(count);
-    for row in pack[footer_offset..footer_end].chunks_exact(FOOTER_ROW_LEN) {
+    Ok((count, footer_offset))
+}
+
+/// Parses footer rows (the bytes between the footer offset and the
+/// trailer) into blob locations in pack `pack_id`, each checked to lie in
+/// the data area.
+///
+/// # Errors
+///
+/// A message naming the first blob that does not fit.
+pub fn parse_rows(
+    rows: &[u8],
+    footer_offset: u64,
+    pack_id: blake3::Hash,
+) -> Result<Vec<(blake3::Hash, BlobLocation)>, String> {
+    let mut out = Vec::with_capacity(rows.len() / FOOTER_ROW_LEN);
+    for row in rows.chunks_exact(FOOTER_ROW_LEN) {
         let id = blake3::Hash::from_bytes(row[0..32].try_into().map_err(|_| "row")?);
         let offset = u64::from_le_bytes(row[32..40].try_into().map_err(|_| "row")?);
         let length = u32::from_le_bytes(row[40..44].try_into().map_err(|_| "row")?);
-        if offset + u64::from(length) > footer_offset as u64 {
+        if offset + u64::from(length) > footer_offset {
             return Err(format!("blob {id} extends past the data area"));
         }
         out.push((
@@ -116,6 +126,27 @@ pub fn parse_footer(
         ));
     }
     Ok(out)
+}
+
+/// Parses a pack's footer from its complete bytes.
+///
+/// # Errors
+///
+/// A message naming what is inconsistent.
+pub fn parse_footer(
+    pack: &[u8],
+    pack_id: blake3::Hash,
+) -> Result<Vec<(blake3::Hash, BlobLocation)>, String> {
+    let len = pack.len() as u64;
+    if pack.len() < TRAILER_LEN {
+        return Err(format!("pack is {len} bytes, shorter than its trailer"));
+    }
+    let (_, footer_offset) = parse_trailer(&pack[pack.len() - TRAILER_LEN..], len)?;
+    parse_rows(
+        &pack[footer_offset as usize..pack.len() - TRAILER_LEN],
+        footer_offset,
+        pack_id,
+    )
 }
 
 #[cfg(test)]

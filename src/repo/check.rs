@@ -1,0 +1,349 @@
+//! `snap check`: verifies a repository's structure and, with `read_data`,
+//! every byte. Collects every problem instead of stopping at the first.
+//!
+//! Side effects: reads the repository; with `repair_tmp` (caller holds the
+//! exclusive lock) removes leftovers in `tmp/`.
+
+use std::collections::{HashMap, HashSet};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::pack::{parse_rows, parse_trailer, TRAILER_LEN};
+use super::{IndexFile, Repo, SnapshotRecord};
+use crate::error::Result;
+use crate::fs::fd;
+
+/// At most this many problems are listed; `problem_count` has them all.
+pub const MAX_LISTED: usize = 100;
+
+/// One thing found wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Problem {
+    /// The repository file concerned.
+    pub path: String,
+    /// What is wrong.
+    pub detail: String,
+}
+
+/// What `snap check` found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CheckReport {
+    /// Snapshot records read.
+    pub snapshots: u64,
+    /// Index files read.
+    pub index_files: u64,
+    /// Packs listed in the index.
+    pub packs: u64,
+    /// Blobs listed in the index.
+    pub blobs: u64,
+    /// Blob references in entries files checked against the index.
+    pub references: u64,
+    /// True when every pack and blob was re-hashed (`--read-data`).
+    pub read_data: bool,
+    /// Pack bytes read and hashed.
+    pub bytes_read: u64,
+    /// All problems found.
+    pub problem_count: u64,
+    /// The first [`MAX_LISTED`] problems.
+    pub problems: Vec<Problem>,
+    /// Packs on disk that no index lists: garbage (from an interrupted
+    /// backup), not an error; `prune` removes them.
+    pub garbage_packs: u64,
+    /// Indexed blobs no snapshot references: garbage, not an error.
+    pub unused_blobs: u64,
+    /// Entries in `tmp/` (leftovers of an interrupted run).
+    pub tmp_entries: u64,
+    /// Entries removed from `tmp/` (`--repair-tmp`).
+    pub tmp_removed: u64,
+}
+
+impl CheckReport {
+    fn problem(&mut self, path: impl Into<String>, detail: impl Into<String>) {
+        self.problem_count += 1;
+        if self.problems.len() < MAX_LISTED {
+            self.problems.push(Problem {
+                path: path.into(),
+                detail: detail.into(),
+            });
+        }
+    }
+}
+
+fn is_hex_id(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Checks `repo`.
+///
+/// # Errors
+///
+/// Only what prevents checking at all (a top-level directory that cannot
+/// be listed); everything else is a [`Problem`] in the report.
+pub fn run(repo: &Repo, read_data: bool, repair_tmp: bool) -> Result<CheckReport> {
+    let mut r = CheckReport {
+        read_data,
+        ..CheckReport::default()
+    };
+    // Snapshot records.
+    let mut snapshots: Vec<(String, SnapshotRecord)> = Vec::new();
+    let dir = repo.open_dir(&["snapshots"])?;
+    for n in dir
+        .list()
+        .map_err(|e| crate::error::Error::io("list", repo.display("snapshots"), e))?
+    {
+        let fname = n.to_string();
+        let path = repo.display(&format!("snapshots/{fname}"));
+        let Some(id) = fname.strip_suffix(".json").filter(|i| is_hex_id(i)) else {
+            r.problem(path, "unexpected file in snapshots/");
+            continue;
+        };
+        r.snapshots += 1;
+        match dir.read_all(&n) {
+            Err(e) => r.problem(path, format!("unreadable: {e}")),
+            Ok(b) if blake3::hash(&b).to_hex().as_str() != id => {
+                r.problem(path, "snapshot record does not match its BLAKE3 id")
+            }
+            Ok(b) => match serde_json::from_slice::<SnapshotRecord>(&b) {
+                Ok(rec) => snapshots.push((id.to_owned(), rec)),
+                Err(e) => r.problem(path, format!("malformed snapshot record: {e}")),
+            },
+        }
+    }
+    // Index files.
+    let mut index: HashMap<blake3::Hash, (blake3::Hash, u64, u32)> = HashMap::new();
+    let mut by_pack: HashMap<blake3::Hash, Vec<(blake3::Hash, u64, u32)>> = HashMap::new();
+    let dir = repo.open_dir(&["index"])?;
+    for n in dir
+        .list()
+        .map_err(|e| crate::error::Error::io("list", repo.display("index"), e))?
+    {
+        let fname = n.to_string();
+        let path = repo.display(&format!("index/{fname}"));
+        let Some(id) = fname.strip_suffix(".idx").filter(|i| is_hex_id(i)) else {
+            r.problem(path, "unexpected file in index/");
+            continue;
+        };
+        r.index_files += 1;
+        let idx: IndexFile = match dir.read_all(&n) {
+            Err(e) => {
+                r.problem(path, format!("unreadable: {e}"));
+                continue;
+            }
+            Ok(b) if blake3::hash(&b).to_hex().as_str() != id => {
+                r.problem(path, "index file does not match its BLAKE3 id");
+                continue;
+            }
+            Ok(b) => match serde_json::from_slice(&b) {
+                Ok(i) => i,
+                Err(e) => {
+                    r.problem(path, format!("malformed index: {e}"));
+                    continue;
+                }
+            },
+        };
+        for p in idx.packs {
+            let Ok(pack) = blake3::Hash::from_hex(&p.id) else {
+                r.problem(&path, format!("pack id {:?} is not BLAKE3 hex", p.id));
+                continue;
+            };
+            for b in p.blobs {
+                match blake3::Hash::from_hex(&b.id) {
+                    Ok(bid) => {
+                        index.insert(bid, (pack, b.offset, b.length));
+                        by_pack
+                            .entry(pack)
+                            .or_default()
+                            .push((bid, b.offset, b.length));
+                    }
+                    Err(_) => r.problem(&path, format!("blob id {:?} is not BLAKE3 hex", b.id)),
+                }
+            }
+        }
+    }
+    r.packs = by_pack.len() as u64;
+    r.blobs = index.len() as u64;
+    // Entries files and the blobs they reference.
+    let mut referenced: HashSet<blake3::Hash> = HashSet::new();
+    for (sid, rec) in &snapshots {
+        let records = match repo.read_entries(&rec.entries.id) {
+            Ok(x) => x,
+            Err(e) => {
+                r.problem(
+                    repo.display(&format!("entries/{}", rec.entries.id)),
+                    format!("entries file of snapshot {}: {e}", &sid[..12]),
+                );
+                continue;
+            }
+        };
+        if records.len() as u64 != rec.entries.count {
+            r.problem(
+                repo.display(&format!("snapshots/{sid}.json")),
+                format!(
+                    "record says {} entries, the entries file holds {}",
+                    rec.entries.count,
+                    records.len()
+                ),
+            );
+        }
+        for e in &records {
+            for hex in e.chunks.iter().flatten() {
+                r.references += 1;
+                match blake3::Hash::from_hex(hex) {
+                    Ok(id) if index.contains_key(&id) => {
+                        referenced.insert(id);
+                    }
+                    Ok(id) => r.problem(
+                        repo.display(&format!("entries/{}", rec.entries.id)),
+                        format!(
+                            "{}: blob {id} is in no index (snapshot {})",
+                            e.path,
+                            &sid[..12]
+                        ),
+                    ),
+                    Err(_) => r.problem(
+                        repo.display(&format!("entries/{}", rec.entries.id)),
+                        format!("{}: chunk id {hex:?} is not BLAKE3 hex", e.path),
+                    ),
+                }
+            }
+        }
+    }
+    r.unused_blobs = index.keys().filter(|b| !referenced.contains(b)).count() as u64;
+    // Packs: every indexed pack present with a consistent footer.
+    let on_disk = list_packs(repo, &mut r)?;
+    crate::fs::block_on(check_packs(repo, &by_pack, &on_disk, &mut r))
+        .map_err(|e| crate::error::Error::io("start io_uring runtime", repo.path.display(), e))??;
+    r.garbage_packs = on_disk.iter().filter(|p| !by_pack.contains_key(p)).count() as u64;
+    // tmp/ leftovers.
+    let tmp = repo.open_dir(&["tmp"])?;
+    r.tmp_entries = tmp
+        .list()
+        .map_err(|e| crate::error::Error::io("list", repo.display("tmp"), e))?
+        .len() as u64;
+    if repair_tmp {
+        r.tmp_removed = repo.clean_tmp()?;
+    }
+    Ok(r)
+}
+
+fn list_packs(repo: &Repo, r: &mut CheckReport) -> Result<HashSet<blake3::Hash>> {
+    let mut out = HashSet::new();
+    let packs = repo.open_dir(&["packs"])?;
+    for sub in packs
+        .list()
+        .map_err(|e| crate::error::Error::io("list", repo.display("packs"), e))?
+    {
+        let sub_name = sub.to_string();
+        let d = repo.open_dir(&["packs", &sub_name])?;
+        for n in d.list().map_err(|e| {
+            crate::error::Error::io("list", repo.display(&format!("packs/{sub_name}")), e)
+        })? {
+            let fname = n.to_string();
+            match fname
+                .strip_suffix(".pack")
+                .and_then(|i| blake3::Hash::from_hex(i).ok())
+            {
+                Some(id) if id.to_hex().starts_with(&sub_name) => {
+                    out.insert(id);
+                }
+                _ => r.problem(
+                    repo.display(&format!("packs/{sub_name}/{fname}")),
+                    "unexpected file in packs/",
+                ),
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn check_packs(
+    repo: &Repo,
+    by_pack: &HashMap<blake3::Hash, Vec<(blake3::Hash, u64, u32)>>,
+    on_disk: &HashSet<blake3::Hash>,
+    r: &mut CheckReport,
+) -> Result<()> {
+    let mut ids: Vec<_> = by_pack.keys().copied().collect();
+    ids.sort_by_key(|h| *h.as_bytes());
+    for id in ids {
+        let hex = id.to_hex();
+        let path = repo.display(&format!("packs/{}/{hex}.pack", &hex[..2]));
+        if !on_disk.contains(&id) {
+            r.problem(path, "pack listed in the index is missing");
+            continue;
+        }
+        let f = repo.open_pack(&id)?;
+        let len = match fd::stat(f.as_fd()) {
+            Ok(s) => s.size,
+            Err(e) => {
+                r.problem(path, format!("stat: {e}"));
+                continue;
+            }
+        };
+        let footer = async {
+            if len < TRAILER_LEN as u64 {
+                return Err(format!("pack is {len} bytes, shorter than its trailer"));
+            }
+            let t = f
+                .read_exact_at(len - TRAILER_LEN as u64, TRAILER_LEN)
+                .await
+                .map_err(|e| e.to_string())?;
+            let (_, footer_offset) = parse_trailer(&t, len)?;
+            let rows = f
+                .read_exact_at(
+                    footer_offset,
+                    (len - TRAILER_LEN as u64 - footer_offset) as usize,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            parse_rows(&rows, footer_offset, id)
+        }
+        .await;
+        let footer = match footer {
+            Ok(x) => x,
+            Err(e) => {
+                r.problem(path, e);
+                continue;
+            }
+        };
+        let in_footer: HashMap<blake3::Hash, (u64, u32)> = footer
+            .iter()
+            .map(|(b, l)| (*b, (l.offset, l.length)))
+            .collect();
+        for (blob, off, length) in &by_pack[&id] {
+            if in_footer.get(blob) != Some(&(*off, *length)) {
+                r.problem(
+                    &path,
+                    format!(
+                        "blob {blob} at {off}+{length} per the index is not in the pack footer"
+                    ),
+                );
+            }
+        }
+        if r.read_data {
+            match f.read_exact_at(0, len as usize).await {
+                Err(e) => r.problem(&path, format!("read: {e}")),
+                Ok(bytes) => {
+                    r.bytes_read += len;
+                    if blake3::hash(&bytes) != id {
+                        r.problem(&path, "pack does not match its BLAKE3 id");
+                    }
+                    for (blob, loc) in &footer {
+                        let s = &bytes
+                            [loc.offset as usize..(loc.offset + u64::from(loc.length)) as usize];
+                        if blake3::hash(s) != *blob {
+                            r.problem(
+                                &path,
+                                format!(
+                                    "blob {blob} at offset {} does not match its BLAKE3",
+                                    loc.offset
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,136 @@
+//! `snap check` on healthy and damaged repositories: each kind of damage is
+//! detected, named, and exits 90 with `E_INTEGRITY`.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+fn repo_with_snapshot() -> (Env, PathBuf) {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("d/big"), pseudo_random(3 << 20, 5)).unwrap();
+    fs::write(src.join("small"), b"small").unwrap();
+    env.snap([OsStr::new("backup"), src.as_os_str()]).ok();
+    (env, src)
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    lstat_tree(dir)
+        .into_iter()
+        .filter(|(_, s)| s.kind == "file")
+        .map(|(p, _)| dir.join(String::from_utf8(p).unwrap()))
+        .collect()
+}
+
+fn assert_detected(env: &Env, args: &[&str], needle: &str) {
+    let mut a = vec!["check"];
+    a.extend_from_slice(args);
+    let r = env.snap(a);
+    assert_eq!(r.code, 90, "{}\n{}", r.stdout, r.stderr);
+    let f = r.fact("check.result");
+    assert_eq!(
+        (f["decision"].as_str(), f["error_id"].as_str()),
+        (Some("failure"), Some("E_INTEGRITY"))
+    );
+    assert!(f["problem_count"].as_u64().unwrap() >= 1);
+    let listed = f["problems"].to_string();
+    assert!(
+        listed.contains(needle),
+        "problems do not name {needle}: {listed}"
+    );
+    assert!(r.stderr.contains(needle), "{}", r.stderr);
+}
+
+#[test]
+fn healthy_repository_passes_with_and_without_read_data() {
+    let (env, _) = repo_with_snapshot();
+    for args in [vec!["check"], vec!["check", "--read-data"]] {
+        let r = env.snap(args).ok();
+        let f = r.fact("check.result");
+        assert_eq!(f["problem_count"], 0);
+        assert_eq!(f["snapshots"], 1);
+        assert!(f["references"].as_u64().unwrap() >= 4);
+    }
+    let r = env.snap(["check", "--read-data"]).ok();
+    assert!(r.fact("check.result")["bytes_read"].as_u64().unwrap() > 3 << 20);
+}
+
+#[test]
+fn flipped_byte_in_a_pack_is_found_by_read_data() {
+    let (env, _) = repo_with_snapshot();
+    let pack = files_under(&env.repo.join("packs")).remove(0);
+    let mut b = fs::read(&pack).unwrap();
+    b[100] ^= 0x80;
+    fs::write(&pack, &b).unwrap();
+    env.snap(["check"]).ok(); // structure is intact
+    let name = pack.file_name().unwrap().to_str().unwrap().to_owned();
+    assert_detected(&env, &["--read-data"], &name);
+}
+
+#[test]
+fn deleted_pack_is_found() {
+    let (env, _) = repo_with_snapshot();
+    let pack = files_under(&env.repo.join("packs")).remove(0);
+    fs::remove_file(&pack).unwrap();
+    let name = pack.file_name().unwrap().to_str().unwrap().to_owned();
+    assert_detected(&env, &[], &name);
+}
+
+#[test]
+fn truncated_entries_file_is_found() {
+    let (env, _) = repo_with_snapshot();
+    let entries = files_under(&env.repo.join("entries")).remove(0);
+    let b = fs::read(&entries).unwrap();
+    fs::write(&entries, &b[..b.len() / 2]).unwrap();
+    let id = entries.file_stem().unwrap().to_str().unwrap().to_owned();
+    assert_detected(&env, &[], &id);
+}
+
+#[test]
+fn removed_index_file_is_found() {
+    let (env, _) = repo_with_snapshot();
+    let idx = files_under(&env.repo.join("index")).remove(0);
+    fs::remove_file(&idx).unwrap();
+    assert_detected(&env, &[], "is in no index");
+}
+
+#[test]
+fn garbage_is_reported_not_an_error_and_repair_tmp_cleans_tmp() {
+    let (env, src) = repo_with_snapshot();
+    // An unreferenced pack (as an interrupted backup leaves) and tmp/ files.
+    let pack = files_under(&env.repo.join("packs")).remove(0);
+    let bytes = fs::read(&pack).unwrap();
+    let fake = blake3::hash(b"not a real pack").to_hex().to_string();
+    fs::create_dir_all(env.repo.join(format!("packs/{}", &fake[..2]))).unwrap();
+    fs::write(
+        env.repo.join(format!("packs/{}/{fake}.pack", &fake[..2])),
+        &bytes,
+    )
+    .unwrap();
+    fs::write(env.repo.join("tmp/leftover.tmp"), b"partial").unwrap();
+    let r = env.snap(["check"]).ok();
+    let f = r.fact("check.result");
+    assert_eq!(
+        (f["garbage_packs"].as_u64(), f["tmp_entries"].as_u64()),
+        (Some(1), Some(1)),
+        "{f}"
+    );
+    let r = env.snap(["check", "--repair-tmp"]).ok();
+    assert_eq!(r.fact("check.result")["tmp_removed"], 1);
+    assert_eq!(r.fact("lock.acquired")["mode"], "exclusive");
+    assert_eq!(fs::read_dir(env.repo.join("tmp")).unwrap().count(), 0);
+    let out = env.path("out");
+    env.snap([
+        OsStr::new("restore"),
+        OsStr::new("latest"),
+        OsStr::new("--target"),
+        out.as_os_str(),
+    ])
+    .ok();
+    assert_same_tree(&src, &out, false);
+}
