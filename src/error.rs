@@ -178,6 +178,9 @@ pub enum Error {
         /// Time waited, in milliseconds.
         waited_ms: u64,
     },
+    /// SIGINT or SIGTERM arrived; the run stopped without committing.
+    #[error("interrupted by a signal; nothing was committed")]
+    Interrupted,
     /// Preflight stopped the run before anything was written.
     #[error("preflight stopped the run: {0}")]
     Policy(String),
@@ -227,6 +230,7 @@ impl Error {
             Error::Locked { .. } => ErrorId::E_LOCKING,
             Error::Usage(_) => ErrorId::E_USAGE,
             Error::Policy(_) => ErrorId::E_POLICY,
+            Error::Interrupted => ErrorId::E_INTERRUPTED,
             Error::Restore { .. } => ErrorId::E_RESTORE_FAILED,
             Error::Swap { source, .. } => match source.raw_os_error() {
                 Some(code) if code == rustix::io::Errno::XDEV.raw_os_error() => ErrorId::E_EXDEV,
@@ -249,7 +253,10 @@ impl Error {
             | Error::Locked { path, .. }
             | Error::Restore { path, .. } => Some(path),
             Error::Swap { to, .. } => Some(to),
-            Error::SnapshotNotFound { .. } | Error::Usage(_) | Error::Policy(_) => None,
+            Error::SnapshotNotFound { .. }
+            | Error::Usage(_)
+            | Error::Policy(_)
+            | Error::Interrupted => None,
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod error;
 pub mod facts;
 pub mod fs;
+pub mod interrupt;
 pub mod policy;
 pub mod preflight;
 pub mod repo;

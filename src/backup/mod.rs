@@ -300,6 +300,7 @@ impl Writer<'_> {
                 }
                 continue;
             }
+            crate::interrupt::check()?;
             let name = top.children[top.next].clone();
             top.next += 1;
             let rel = top.rel.join(name.clone());
@@ -551,6 +552,7 @@ impl Writer<'_> {
         let mut single: Option<blake3::Hash> = None;
         while !eof || !buf.is_empty() {
             while !eof && buf.len() < segment {
+                crate::interrupt::check()?;
                 let Some(&(start, len)) = ranges.get(ri) else {
                     eof = true;
                     break;
@@ -658,6 +660,7 @@ impl Writer<'_> {
     /// Writes the pack being assembled: tmp -> fsync -> rename into
     /// `packs/xx/` -> fsync `packs/xx/`.
     async fn flush_pack(&mut self) -> Result<()> {
+        crate::interrupt::check()?;
         if self.pack.is_empty() {
             return Ok(());
         }
@@ -753,6 +756,8 @@ impl Writer<'_> {
         let fname = Name::new(format!("{snapshot_id}.json").as_bytes())
             .map_err(|e| Error::Usage(e.to_string()))?;
         let dir = RelPath::parse(b"snapshots").map_err(|e| Error::Usage(e.to_string()))?;
+        // Last chance to stop: nothing is visible until this rename.
+        crate::interrupt::check()?;
         // The commit point: rename into snapshots/, then fsync snapshots/.
         self.repo
             .write_atomic(&dir, &fname, bytes, &mut self.syncs)

@@ -243,6 +243,10 @@ pub fn main() -> i32 {
             return e.id().exit_code();
         }
     };
+    if let Err(e) = crate::interrupt::install() {
+        let e = Error::io("install signal handlers", "-", e);
+        return fail(&cli, &mut facts, &e);
+    }
     let out = Out { json: cli.json };
     match run(&cli, &mut facts, &out) {
         Ok(code) => code,

@@ -476,6 +476,7 @@ impl Repo {
             if fd::try_flock(&fd, exclusive).map_err(|e| Error::io("flock", &lock_path, e))? {
                 break;
             }
+            crate::interrupt::check()?;
             let waited = start.elapsed().as_millis() as u64;
             if waited >= wait_ms {
                 let holder = self

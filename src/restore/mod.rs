@@ -256,6 +256,10 @@ pub fn run(
             return Err(e);
         }
     };
+    if let Err(e) = crate::interrupt::check() {
+        remove_staging(&parent, &staging_name, &staging_display);
+        return Err(e);
+    }
     match parent.rename(&staging_name, &parent, &target_name, true) {
         Ok(()) => {}
         Err(e) => {
@@ -428,6 +432,7 @@ impl Restorer<'_> {
         let mut created: HashSet<RelPath> = HashSet::new();
         let new_of: HashMap<usize, &RelPath> = selected.iter().map(|(i, r)| (*i, r)).collect();
         for (idx, rel) in selected {
+            crate::interrupt::check()?;
             let rec = &self.records[*idx];
             let parent_rel = rel.parent().unwrap_or_default();
             while stack.last().is_some_and(|f| f.rel != parent_rel) {
