@@ -61,6 +61,14 @@ pub enum Command {
         /// /etc/passwd and /etc/group (default: by recorded uid/gid).
         #[arg(long)]
         by_name: bool,
+        /// Replace an existing target directory: restore beside it, then
+        /// swap atomically (renameat2 RENAME_EXCHANGE); the old tree is
+        /// removed unless --keep-old is given.
+        #[arg(long)]
+        replace: bool,
+        /// With --replace: keep the old tree at DIR (same filesystem).
+        #[arg(long, value_name = "DIR", requires = "replace")]
+        keep_old: Option<PathBuf>,
         /// The policy (its tier defaults to the snapshot's).
         #[command(flatten)]
         policy: PolicyArgs,
@@ -448,6 +456,36 @@ fn gate(
     Ok(())
 }
 
+/// Emits `backup.summary` for a committed snapshot (`warn` with
+/// `E_PARTIAL` when entries were unreadable).
+fn backup_summary_fact(
+    facts: &mut Emitter,
+    repo: &Repo,
+    outcome: &crate::backup::BackupOutcome,
+) -> Result<()> {
+    let partial = outcome.record.stats.unreadable > 0;
+    facts.emit(
+        if partial {
+            Decision::Warn
+        } else {
+            Decision::Success
+        },
+        partial.then_some(ErrorId::E_PARTIAL),
+        Event::BackupSummary(BackupSummary {
+            repo: repo.path.display().to_string(),
+            snapshot_id: outcome.snapshot_id.clone(),
+            source: outcome.record.source.clone(),
+            parent: outcome.record.parent.clone(),
+            tags: outcome.record.tags.clone(),
+            policy: outcome.record.policy.clone(),
+            backup_durable: outcome.record.durable,
+            fsync_count: outcome.syncs.count,
+            fsync_ms: outcome.syncs.elapsed.as_millis() as u64,
+            stats: outcome.record.stats.clone(),
+        }),
+    )
+}
+
 fn init_fact(facts: &mut Emitter, repo: &Repo) -> Result<()> {
     facts.emit(
         Decision::Success,
@@ -520,26 +558,7 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
             let outcome = outcome?;
             let st = &outcome.record.stats;
             let partial = st.unreadable > 0;
-            facts.emit(
-                if partial {
-                    Decision::Warn
-                } else {
-                    Decision::Success
-                },
-                partial.then_some(ErrorId::E_PARTIAL),
-                Event::BackupSummary(BackupSummary {
-                    repo: repo.path.display().to_string(),
-                    snapshot_id: outcome.snapshot_id.clone(),
-                    source: outcome.record.source.clone(),
-                    parent: outcome.record.parent.clone(),
-                    tags: outcome.record.tags.clone(),
-                    policy: outcome.record.policy.clone(),
-                    backup_durable: outcome.record.durable,
-                    fsync_count: outcome.syncs.count,
-                    fsync_ms: outcome.syncs.elapsed.as_millis() as u64,
-                    stats: st.clone(),
-                }),
-            )?;
+            backup_summary_fact(facts, &repo, &outcome)?;
             out.line(&format!(
                 "snapshot {} saved: {} files, {} dirs, {} ({} new), {} added to {}, {:.2} s{}",
                 &outcome.snapshot_id[..12],
@@ -571,19 +590,27 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
             target,
             path,
             by_name,
+            replace,
+            keep_old,
             policy,
         } => {
             let (mut policy, explicit) = policy.resolve()?;
             let repo = Repo::open(&repo_path(cli)?)?;
-            let lock = repo.lock(false, policy.lock_wait_ms)?;
+            let abs_target = std::path::absolute(target)
+                .map_err(|e| Error::io("resolve", target.display(), e))?;
+            let target_exists = crate::fs::lstat_path(&abs_target)
+                .map_err(|e| Error::io("stat", abs_target.display(), e))?
+                .is_some();
+            // Snapshotting the old tree writes to the repository: exclusive.
+            let capture = *replace && target_exists && policy.capture_restore_snapshot;
+            let lock = repo.lock(capture, policy.lock_wait_ms)?;
             lock_fact(facts, &repo, &lock)?;
             if !explicit {
                 policy.tier = repo.resolve(snapshot)?.1.tier;
             }
             let loaded = crate::restore::load(&repo, snapshot, policy.tier)?;
             let needs = crate::preflight::Needs::of(&loaded.records);
-            let abs_target = std::path::absolute(target)
-                .map_err(|e| Error::io("resolve", target.display(), e))?;
+            let replacing = *replace && target_exists;
             let report = crate::preflight::restore(
                 &repo.path,
                 &abs_target,
@@ -591,8 +618,29 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
                 &policy,
                 true,
                 loaded.record.stats.bytes,
+                replacing,
             );
             gate(facts, "restore", report, &policy)?;
+            let pre_restore = if capture {
+                repo.clean_tmp()?;
+                let pb = progress_bar(None);
+                let opts = crate::backup::BackupOptions {
+                    source: abs_target.clone(),
+                    policy: policy.clone(),
+                    tags: vec![format!("pre-restore:{}", &loaded.snapshot_id[..12])],
+                };
+                let res = crate::backup::run(&repo, &opts, facts, &pb);
+                pb.finish_and_clear();
+                let outcome = res?;
+                backup_summary_fact(facts, &repo, &outcome)?;
+                out.line(&format!(
+                    "snapshot {} saved of the tree being replaced",
+                    &outcome.snapshot_id[..12]
+                ));
+                Some(outcome.snapshot_id)
+            } else {
+                None
+            };
             let subpath = path.as_deref().map(parse_subpath).transpose()?;
             let pb = progress_bar(Some(0));
             let opts = crate::restore::RestoreOptions {
@@ -602,10 +650,13 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
                 run_id: facts.run_id().to_owned(),
                 by_name: *by_name,
                 policy,
+                replace: *replace,
+                keep_old: keep_old.clone(),
             };
             let res = crate::restore::run(&repo, &opts, loaded, &pb);
             pb.finish_and_clear();
-            let (summary, warnings) = res?;
+            let (mut summary, warnings) = res?;
+            summary.pre_restore_snapshot = pre_restore;
             for w in &warnings {
                 eprintln!("snap: warning: {} {}: {}", w.op, w.path, w.detail);
                 facts.emit(
@@ -667,6 +718,7 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
                     let needs = crate::preflight::Needs::of(&loaded.records);
                     let abs = std::path::absolute(target)
                         .map_err(|e| Error::io("resolve", target.display(), e))?;
+                    let replacing = crate::fs::lstat_path(&abs).ok().flatten().is_some();
                     let report = crate::preflight::restore(
                         &path,
                         &abs,
@@ -674,6 +726,7 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
                         &policy,
                         false,
                         loaded.record.stats.bytes,
+                        replacing,
                     );
                     ("restore", report, policy)
                 }

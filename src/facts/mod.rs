@@ -296,6 +296,14 @@ pub struct RestoreSummary {
     pub duration_ms: u64,
     /// What was applied and skipped, per kind of metadata.
     pub preservation_applied: PreservationApplied,
+    /// True when an existing target was swapped out (`--replace`,
+    /// `renameat2(RENAME_EXCHANGE)`).
+    pub replaced: bool,
+    /// Where the old tree was kept (`--keep-old`); removed otherwise.
+    pub old_kept: Option<String>,
+    /// Snapshot of the old tree taken before the swap (policy
+    /// `capture_restore_snapshot`): `snap restore` it to undo.
+    pub pre_restore_snapshot: Option<String>,
 }
 
 /// Writes facts for one run.

@@ -434,6 +434,19 @@ impl Dir {
         Ok(())
     }
 
+    /// `renameat2(2)` with `RENAME_EXCHANGE`: atomically swaps `name` here
+    /// with `other` in `other_dir` (both must exist).
+    ///
+    /// # Errors
+    ///
+    /// The `renameat2(2)` error: `EINVAL` where the filesystem has no
+    /// `RENAME_EXCHANGE`, `EXDEV`, `EBUSY` (a mount point), `EPERM`
+    /// (immutable).
+    pub fn exchange(&self, name: &Name, other_dir: &Dir, other: &Name) -> io::Result<()> {
+        rustix::fs::renameat_with(self, os(name), other_dir, os(other), RenameFlags::EXCHANGE)?;
+        Ok(())
+    }
+
     /// `unlinkat(2)` of a non-directory.
     ///
     /// # Errors

@@ -89,7 +89,8 @@ pub enum Preset {
     Extended,
     /// Tier full, durable, warn on degradation.
     Full,
-    /// Tier full, durable, stop on degradation.
+    /// Tier full, durable, stop on degradation, snapshot a tree before
+    /// `restore --replace` swaps it out.
     Production,
 }
 
@@ -116,6 +117,10 @@ pub struct Policy {
     pub excludes: Vec<String>,
     /// How long to wait for the repository lock, in milliseconds.
     pub lock_wait_ms: u64,
+    /// Before `restore --replace` swaps a tree out, snapshot it into the
+    /// repository (tag `pre-restore`), so the restore can be undone with
+    /// `snap restore`.
+    pub capture_restore_snapshot: bool,
 }
 
 impl Default for Policy {
@@ -148,6 +153,8 @@ pub struct PolicyFile {
     pub excludes: Option<Vec<String>>,
     /// See [`Policy::lock_wait_ms`].
     pub lock_wait_ms: Option<u64>,
+    /// See [`Policy::capture_restore_snapshot`].
+    pub capture_restore_snapshot: Option<bool>,
 }
 
 impl PolicyFile {
@@ -201,6 +208,7 @@ impl Policy {
             },
             excludes: Vec::new(),
             lock_wait_ms: 5_000,
+            capture_restore_snapshot: p == Preset::Production,
         }
     }
 
@@ -220,6 +228,9 @@ impl Policy {
                 p.excludes = x.clone();
             }
             p.lock_wait_ms = f.lock_wait_ms.unwrap_or(p.lock_wait_ms);
+            p.capture_restore_snapshot = f
+                .capture_restore_snapshot
+                .unwrap_or(p.capture_restore_snapshot);
         }
         p.tier = o.tier.unwrap_or(p.tier);
         if o.no_durability {

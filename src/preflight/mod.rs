@@ -435,6 +435,9 @@ impl Needs {
 }
 
 /// Checks before restoring into `target` from the repository at `repo`.
+///
+/// `replacing` when an existing `target` will be swapped out: its own inode
+/// flags are checked too (an immutable directory cannot be renamed).
 pub fn restore(
     repo: &Path,
     target: &Path,
@@ -442,6 +445,7 @@ pub fn restore(
     policy: &Policy,
     lock_held: bool,
     bytes: u64,
+    replacing: bool,
 ) -> Report {
     let mut r = Report::default();
     let parent = target
@@ -463,6 +467,9 @@ pub fn restore(
         ),
     }
     immutable_check(&mut r, &parent, policy);
+    if replacing {
+        immutable_check(&mut r, target, policy);
+    }
     match free_bytes(&parent) {
         Ok(free) if free < bytes => r.add(
             "space",

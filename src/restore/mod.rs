@@ -39,6 +39,12 @@ pub struct RestoreOptions {
     pub by_name: bool,
     /// The policy in force (reported in `restore.summary`).
     pub policy: crate::policy::Policy,
+    /// When the target exists, swap the restored tree in with
+    /// `renameat2(RENAME_EXCHANGE)` instead of failing.
+    pub replace: bool,
+    /// With `replace`: move the old tree here (same filesystem, must not
+    /// exist) instead of removing it.
+    pub keep_old: Option<PathBuf>,
 }
 
 /// Something restore could not apply; the entry itself was created
@@ -167,15 +173,50 @@ pub fn run(
     let (parent_path, target_name) = split_target(&target)?;
     let parent = Dir::open_root(&parent_path)
         .map_err(|e| Error::io("open target parent", parent_path.display(), e))?;
-    if parent
+    let existing = parent
         .stat_opt(&target_name)
-        .map_err(|e| Error::io("stat", &target_display, e))?
-        .is_some()
-    {
-        return Err(Error::TargetExists {
-            path: target_display,
-        });
-    }
+        .map_err(|e| Error::io("stat", &target_display, e))?;
+    let swap = match existing {
+        None => false,
+        Some(_) if !opts.replace => {
+            return Err(Error::TargetExists {
+                path: target_display,
+            })
+        }
+        Some(st) if st.kind != crate::fs::FileKind::Dir => {
+            return Err(Error::Usage(format!(
+                "--replace: {target_display} is not a directory"
+            )))
+        }
+        Some(_) => true,
+    };
+    // Where the old tree goes: checked before anything is written.
+    let keep_old = match (&opts.keep_old, swap) {
+        (Some(k), true) => {
+            let k = std::path::absolute(k).map_err(|e| Error::io("resolve", k.display(), e))?;
+            let (kp, kn) = split_target(&k)?;
+            let kdir = Dir::open_root(&kp).map_err(|e| Error::io("open", kp.display(), e))?;
+            if kdir
+                .stat_opt(&kn)
+                .map_err(|e| Error::io("stat", k.display(), e))?
+                .is_some()
+            {
+                return Err(Error::TargetExists {
+                    path: k.display().to_string(),
+                });
+            }
+            let same_fs =
+                kdir.stat_self().map(|s| s.dev).ok() == parent.stat_self().map(|s| s.dev).ok();
+            if !same_fs {
+                return Err(Error::Usage(format!(
+                    "--keep-old {} must be on the target's filesystem",
+                    k.display()
+                )));
+            }
+            Some((kdir, kn, k.display().to_string()))
+        }
+        _ => None,
+    };
     let index = repo.load_index()?;
 
     let staging_name = Name::new(
@@ -228,6 +269,9 @@ pub fn run(
                 durable: false,
                 duration_ms: 0,
                 preservation_applied: Default::default(),
+                replaced: false,
+                old_kept: None,
+                pre_restore_snapshot: None,
             },
             warnings: Vec::new(),
             progress,
@@ -260,15 +304,40 @@ pub fn run(
         remove_staging(&parent, &staging_name, &staging_display);
         return Err(e);
     }
-    match parent.rename(&staging_name, &parent, &target_name, true) {
-        Ok(()) => {}
-        Err(e) => {
-            remove_staging(&parent, &staging_name, &staging_display);
-            return Err(Error::Swap {
-                from: staging_display,
-                to: target_display,
-                source: e,
-            });
+    let placed = if swap {
+        parent.exchange(&staging_name, &parent, &target_name)
+    } else {
+        parent.rename(&staging_name, &parent, &target_name, true)
+    };
+    if let Err(e) = placed {
+        remove_staging(&parent, &staging_name, &staging_display);
+        return Err(Error::Swap {
+            from: staging_display,
+            to: target_display,
+            source: e,
+        });
+    }
+    if swap {
+        // The old tree now sits under the staging name.
+        summary.replaced = true;
+        match keep_old {
+            Some((kdir, kn, shown)) => {
+                parent
+                    .rename(&staging_name, &kdir, &kn, true)
+                    .map_err(|e| Error::io("keep old tree at", &shown, e))?;
+                crate::fs::fsync_parent_dir(&kdir)
+                    .map_err(|e| Error::io("fsync directory", &shown, e))?;
+                summary.old_kept = Some(shown);
+            }
+            None => {
+                if let Err(e) = parent.remove_tree(&staging_name) {
+                    warnings.push(RestoreWarning {
+                        path: staging_display.clone(),
+                        op: "remove old tree".into(),
+                        detail: e.to_string(),
+                    });
+                }
+            }
         }
     }
     if let Some(want) = root_flags {
