@@ -149,11 +149,17 @@ pub fn read_facts(path: &Path) -> Vec<Value> {
         return Vec::new();
     };
     let mut out = Vec::new();
+    let mut next_seq: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
     for (i, line) in text.lines().enumerate() {
         let v: Value = serde_json::from_str(line)
             .unwrap_or_else(|e| panic!("fact line {i} is not JSON: {e}: {line}"));
         assert_valid_fact(&v);
-        assert_eq!(v["seq"], i as u64, "seq numbers are consecutive");
+        // Several runs may append to one file: seq counts within a run.
+        let seq = next_seq
+            .entry(v["run_id"].as_str().unwrap_or_default().to_owned())
+            .or_insert(0);
+        assert_eq!(v["seq"], *seq, "seq numbers of a run are consecutive");
+        *seq += 1;
         if v["decision"] == "failure" {
             assert!(
                 v["error_id"].is_string() && v["exit_code"].is_number(),

@@ -1,0 +1,285 @@
+//! Power loss: the repository lives on a loop-mounted image with kernel
+//! writeback held back; at 20 instants snap is frozen (SIGSTOP) and the
+//! backing image copied — what a power cut would leave on disk. Each copy,
+//! mounted (journal replay), must pass `snap check`, restore every listed
+//! snapshot byte-exact, and list every backup that had returned before the
+//! freeze. This is the test that shows the fsyncs are in the right order.
+//! Needs root (mount, /proc/sys/vm); skips otherwise.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Sets /proc/sys/vm knobs, restoring the old values on drop.
+struct Sysctl(Vec<(PathBuf, String)>);
+
+impl Sysctl {
+    fn set(knobs: &[(&str, &str)]) -> Sysctl {
+        let mut saved = Vec::new();
+        for (k, v) in knobs {
+            let p = Path::new("/proc/sys/vm").join(k);
+            saved.push((p.clone(), fs::read_to_string(&p).unwrap().trim().to_owned()));
+            fs::write(&p, v).unwrap();
+        }
+        Sysctl(saved)
+    }
+}
+
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        for (p, v) in &self.0 {
+            if let Err(e) = fs::write(p, v) {
+                eprintln!("could not restore {}: {e}", p.display());
+            }
+        }
+    }
+}
+
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(&self.0)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            let _lazy = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+fn mount_image(img: &Path, at: &Path, fstype: &str) -> Mounted {
+    fs::create_dir_all(at).unwrap();
+    let opts = if fstype == "xfs" {
+        "loop,nouuid"
+    } else {
+        "loop"
+    };
+    let st = Command::new("mount")
+        .args(["-t", fstype, "-o", opts])
+        .arg(img)
+        .arg(at)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount {} failed", img.display());
+    Mounted(at.to_path_buf())
+}
+
+fn manifest(root: &Path) -> BTreeMap<String, String> {
+    lstat_tree(root)
+        .into_iter()
+        .filter(|(_, s)| s.kind == "file")
+        .map(|(p, _)| {
+            let rel = String::from_utf8(p).unwrap();
+            (
+                rel.clone(),
+                blake3::hash(&fs::read(root.join(&rel)).unwrap())
+                    .to_hex()
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
+fn snap_in(repo: &Path, facts: &Path, args: &[&OsStr]) -> std::process::Output {
+    Command::new(snap_bin())
+        .arg("--repo")
+        .arg(repo)
+        .arg("--facts")
+        .arg(facts)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn run(fstype: &str) {
+    let env = Env::new();
+    let img = env.path("repo.img");
+    // mkfs.xfs wants more than 300 MB; the file is sparse either way.
+    fs::File::create(&img)
+        .unwrap()
+        .set_len(if fstype == "xfs" {
+            320 << 20
+        } else {
+            256 << 20
+        })
+        .unwrap();
+    let mkfs = if fstype == "xfs" {
+        format!("mkfs.xfs -q -f '{}'", img.display())
+    } else {
+        format!("mkfs.ext4 -q -F '{}'", img.display())
+    };
+    sh(&mkfs);
+    let mnt = env.path("mnt");
+    let _m = mount_image(&img, &mnt, fstype);
+    let repo = mnt.join("repo");
+    let facts = env.path("facts.jsonl");
+    assert!(snap_in(&repo, &facts, &[OsStr::new("init")])
+        .status
+        .success());
+    let src = env.path("src");
+    for d in 0..10 {
+        fs::create_dir_all(src.join(format!("d{d}"))).unwrap();
+        for f in 0..30 {
+            fs::write(
+                src.join(format!("d{d}/f{f}")),
+                pseudo_random(4096 + (d * 30 + f) * 211, (d * 30 + f) as u64),
+            )
+            .unwrap();
+        }
+    }
+    // Hold writeback back: nothing reaches the image unless snap syncs it.
+    let _vm = Sysctl::set(&[
+        ("dirty_expire_centisecs", "360000"),
+        ("dirty_writeback_centisecs", "0"),
+        ("dirty_background_ratio", "60"),
+        ("dirty_ratio", "90"),
+    ]);
+    let t = Instant::now();
+    assert!(snap_in(
+        &repo,
+        &facts,
+        &[
+            OsStr::new("backup"),
+            OsStr::new("--tag"),
+            OsStr::new("warm"),
+            src.as_os_str()
+        ]
+    )
+    .status
+    .success());
+    let duration = t.elapsed().max(Duration::from_millis(20));
+    let mut manifests = BTreeMap::from([("warm".to_owned(), manifest(&src))]);
+    let mut returned: Vec<String> = vec!["warm".into()];
+
+    for i in 0..20u64 {
+        for k in 0..15u64 {
+            let (d, f) = ((i * 3 + k) % 10, (i * 7 + k * 2) % 30);
+            fs::write(
+                src.join(format!("d{d}/f{f}")),
+                pseudo_random(8192, 10_000 + i * 100 + k),
+            )
+            .unwrap();
+        }
+        let tag = format!("t{i}");
+        manifests.insert(tag.clone(), manifest(&src));
+        let mut child = Command::new(snap_bin())
+            .arg("--repo")
+            .arg(&repo)
+            .args([
+                OsStr::new("backup"),
+                OsStr::new("--tag"),
+                OsStr::new(&tag),
+                src.as_os_str(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // A pseudo-random instant within the run.
+        let frac = ((i * 7919 + 13) % 97) as f64 / 97.0;
+        std::thread::sleep(duration.mul_f64(frac * 1.2));
+        sh(&format!("kill -STOP {} 2>/dev/null || true", child.id()));
+        let finished_before = matches!(child.try_wait(), Ok(Some(s)) if s.success());
+        // The power cut: what the image holds right now.
+        let copy = env.path(&format!("cut-{i}.img"));
+        sh(&format!(
+            "cp --sparse=always '{}' '{}'",
+            img.display(),
+            copy.display()
+        ));
+        sh(&format!("kill -CONT {} 2>/dev/null || true", child.id()));
+        let ok = child.wait().unwrap().success();
+        assert!(ok, "backup {tag} failed after SIGCONT");
+        let must_list = returned.clone();
+        if finished_before {
+            // Exited before the freeze: its fsyncs had all returned.
+            returned.push(tag.clone());
+        }
+
+        // Mount the copy (journal replay) and verify it.
+        let cmnt = env.path(&format!("cut-{i}"));
+        {
+            let _c = mount_image(&copy, &cmnt, fstype);
+            let crepo = cmnt.join("repo");
+            let cf = env.path(&format!("cut-{i}.jsonl"));
+            let check = snap_in(
+                &crepo,
+                &cf,
+                &[OsStr::new("check"), OsStr::new("--read-data")],
+            );
+            assert!(
+                check.status.success(),
+                "power cut {i}: check failed: {}",
+                String::from_utf8_lossy(&check.stderr)
+            );
+            let mut listed = Vec::new();
+            for e in fs::read_dir(crepo.join("snapshots")).unwrap() {
+                let p = e.unwrap().path();
+                let rec: serde_json::Value =
+                    serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
+                listed.push((
+                    p.file_stem().unwrap().to_str().unwrap().to_owned(),
+                    rec["tags"][0].as_str().unwrap().to_owned(),
+                ));
+            }
+            for t in &must_list {
+                assert!(
+                    listed.iter().any(|(_, tag)| tag == t),
+                    "power cut {i}: backup {t} had returned but is not listed"
+                );
+            }
+            for (id, tag) in &listed {
+                let out = env.path(&format!("r-{i}-{tag}"));
+                let r = snap_in(
+                    &crepo,
+                    &cf,
+                    &[
+                        OsStr::new("restore"),
+                        OsStr::new(id),
+                        OsStr::new("--target"),
+                        out.as_os_str(),
+                    ],
+                );
+                assert!(
+                    r.status.success(),
+                    "power cut {i}: restore {tag}: {}",
+                    String::from_utf8_lossy(&r.stderr)
+                );
+                assert!(
+                    manifest(&out) == manifests[tag],
+                    "power cut {i}: snapshot {tag} is not byte-exact"
+                );
+                sh(&format!("rm -rf '{}'", out.display()));
+            }
+            read_facts(&cf);
+        }
+        fs::remove_file(&copy).unwrap();
+        returned.push(tag.clone());
+        returned.dedup();
+    }
+    read_facts(&facts);
+}
+
+#[test]
+fn power_loss_at_twenty_instants_keeps_every_returned_snapshot() {
+    if !is_root() || !has_tool("mkfs.ext4") {
+        eprintln!("skipped: needs root (loop mounts, /proc/sys/vm) and mkfs.ext4");
+        return;
+    }
+    run("ext4");
+    if has_tool("mkfs.xfs") {
+        run("xfs");
+    } else {
+        eprintln!("xfs part skipped: mkfs.xfs not installed");
+    }
+}
