@@ -375,3 +375,50 @@ fn concurrent_backups_into_one_repository_both_commit() {
         assert_same_tree(dir, &out, false);
     }
 }
+
+#[test]
+fn staging_of_a_killed_restore_is_removed_by_the_next_restore() {
+    let env = Env::new();
+    let src = big_source(&env);
+    env.snap([OsStr::new("backup"), src.as_os_str()]).ok();
+    let facts = env.path("kill.jsonl");
+    let target = env.path("out");
+    let mut child = spawn(
+        &env,
+        &facts,
+        &[
+            OsStr::new("restore"),
+            OsStr::new("latest"),
+            OsStr::new("--target"),
+            target.as_os_str(),
+        ],
+    );
+    wait_for_event(&facts, "preflight.summary");
+    std::thread::sleep(Duration::from_millis(50));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!target.exists(), "a killed restore created its target");
+    let stale = |dir: &Path| {
+        fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".snap-restore"))
+            .count()
+    };
+    assert_eq!(
+        stale(env.dir.path()),
+        1,
+        "the killed run's staging directory is there"
+    );
+    let r = env
+        .snap([
+            OsStr::new("restore"),
+            OsStr::new("latest"),
+            OsStr::new("--target"),
+            env.path("again").as_os_str(),
+        ])
+        .ok();
+    assert_eq!(r.fact("restore.summary")["stale_staging_removed"], 1);
+    assert_eq!(stale(env.dir.path()), 0);
+    assert_same_tree(&src, &env.path("again"), false);
+}

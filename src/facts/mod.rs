@@ -299,6 +299,9 @@ pub struct RestoreSummary {
     /// True when an existing target was swapped out (`--replace`,
     /// `renameat2(RENAME_EXCHANGE)`).
     pub replaced: bool,
+    /// Staging directories of dead restores beside the target that this
+    /// run removed.
+    pub stale_staging_removed: u64,
     /// Where the old tree was kept (`--keep-old`); removed otherwise.
     pub old_kept: Option<String>,
     /// Snapshot of the old tree taken before the swap (policy

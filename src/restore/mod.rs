@@ -218,6 +218,7 @@ pub fn run(
         _ => None,
     };
     let index = repo.load_index()?;
+    let mut stale_removed = 0u64;
 
     let staging_name = Name::new(
         format!(
@@ -231,9 +232,20 @@ pub fn run(
         .join(staging_name.to_string())
         .display()
         .to_string();
+    remove_stale_staging(&parent, &parent_path, &mut stale_removed)?;
     parent
         .mkdir(&staging_name, 0o700)
         .map_err(|e| Error::io("create staging directory", &staging_display, e))?;
+    // Held for the whole run: a later restore beside this target removes
+    // only staging directories whose lock it can take (dead runs').
+    let staging_lock = parent
+        .open_dir(&staging_name)
+        .map_err(|e| Error::io("open staging directory", &staging_display, e))?;
+    if !fd::try_flock(&staging_lock, true).map_err(|e| Error::io("flock", &staging_display, e))? {
+        return Err(Error::Usage(format!(
+            "staging directory {staging_display} is locked by another run"
+        )));
+    }
     let result = (|| {
         let staging = parent
             .open_dir(&staging_name)
@@ -270,6 +282,7 @@ pub fn run(
                 duration_ms: 0,
                 preservation_applied: Default::default(),
                 replaced: false,
+                stale_staging_removed: 0,
                 old_kept: None,
                 pre_restore_snapshot: None,
             },
@@ -358,6 +371,8 @@ pub fn run(
     crate::fs::fsync_parent_dir(&parent)
         .map_err(|e| Error::io("fsync directory", parent_path.display(), e))?;
     summary.durable = true;
+    summary.stale_staging_removed = stale_removed;
+    drop(staging_lock);
     summary.duration_ms = started.elapsed().as_millis() as u64;
     Ok((summary, warnings))
 }
@@ -435,6 +450,30 @@ pub fn load(repo: &Repo, query: &str, tier: crate::policy::PreservationTier) -> 
         record,
         records,
     })
+}
+
+/// Removes `.snap-restore-*` directories in `parent` left by restores that
+/// died (SIGKILL, power loss): those whose `flock` can be taken, i.e. no
+/// live run holds them.
+fn remove_stale_staging(parent: &Dir, parent_path: &Path, removed: &mut u64) -> Result<()> {
+    for n in parent
+        .list()
+        .map_err(|e| Error::io("list", parent_path.display(), e))?
+    {
+        if !n.as_bytes().starts_with(b".snap-restore-") {
+            continue;
+        }
+        let shown = parent_path.join(n.to_string()).display().to_string();
+        let Ok(d) = parent.open_dir(&n) else { continue };
+        if fd::try_flock(&d, true).map_err(|e| Error::io("flock", &shown, e))? {
+            drop(d);
+            parent
+                .remove_tree(&n)
+                .map_err(|e| Error::io("remove stale staging directory", &shown, e))?;
+            *removed += 1;
+        }
+    }
+    Ok(())
 }
 
 /// Removes a staging directory after a failed restore; a failure to remove
