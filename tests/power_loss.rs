@@ -52,7 +52,10 @@ impl Drop for Mounted {
             .map(|s| s.success())
             .unwrap_or(false);
         if !ok {
-            let _lazy = Command::new("umount").arg("-l").arg(&self.0).status();
+            let lazy = Command::new("umount").arg("-l").arg(&self.0).status();
+            if !matches!(lazy, Ok(s) if s.success()) {
+                eprintln!("could not unmount {}", self.0.display());
+            }
         }
     }
 }
