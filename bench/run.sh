@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Benchmark: snap beside tar, cp -a, rsync -aHAX, restic and borg on the same
+# trees, same machine, warm page cache. Each figure is the median of RUNS runs
+# (wall seconds, from /usr/bin/time) with the peak RSS of those runs; the
+# table gives ratios snap/peer. Writes docs/BENCHMARKS.md (or $OUT).
+#
+#   bench/run.sh                       # all trees, 3 runs each (needs root for apt-get)
+#   TREES="gen" RUNS=1 bench/run.sh    # quick: only the generated tree
+#   GEN_FILES=2000 ...                 # smaller generated tree
+#
+# Trees: usr-share (/usr/share), gen (GEN_FILES files of 1-16 KiB in
+# GEN_FILES/100 directories, default 100,000), big (one BIG_MIB MiB file of
+# incompressible data, default 4096).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-3}
+TREES=${TREES:-"usr-share gen big"}
+GEN_FILES=${GEN_FILES:-100000}
+BIG_MIB=${BIG_MIB:-4096}
+OUT=${OUT:-docs/BENCHMARKS.md}
+WORK=${WORK:-$(mktemp -d /var/tmp/snap-bench.XXXXXX)}
+export RESTIC_PASSWORD=bench BORG_PASSPHRASE="" BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
+
+need=()
+for t in restic:restic borg:borgbackup rsync:rsync /usr/bin/time:time; do
+  command -v "${t%%:*}" >/dev/null 2>&1 || need+=("${t#*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+cargo build --release -q
+SNAP="$PWD/target/release/snap"
+trap 'rm -rf "$WORK"' EXIT
+
+# --- trees -----------------------------------------------------------------
+make_tree() { # make_tree NAME -> prints the path
+  case $1 in
+    usr-share) echo /usr/share ;;
+    gen)
+      local d="$WORK/gen"
+      if [ ! -d "$d" ]; then
+        python3 - "$d" "$GEN_FILES" <<'PY'
+import os, sys, random
+root, n = sys.argv[1], int(sys.argv[2])
+rnd = random.Random(42)
+for i in range(n):
+    d = os.path.join(root, f"d{i // 100:04d}")
+    if i % 100 == 0:
+        os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, f"f{i % 100:03d}"), "wb") as f:
+        f.write(rnd.randbytes(rnd.randint(1024, 16384)))
+PY
+      fi
+      echo "$d" ;;
+    big)
+      local d="$WORK/big"
+      if [ ! -d "$d" ]; then
+        mkdir -p "$d"
+        head -c "$((BIG_MIB * 1024 * 1024))" /dev/urandom > "$d/data"
+      fi
+      echo "$d" ;;
+  esac
+}
+
+# Changes 1 % of the regular files of a copy-on-write-free tree we own.
+change_one_percent() {
+  find "$1" -type f | awk 'NR % 100 == 0' | while read -r f; do
+    head -c 4096 /dev/urandom >> "$f"
+  done
+}
+
+# --- measuring -------------------------------------------------------------
+# measure LABEL SETUP CMD: runs SETUP (untimed) then CMD, RUNS times; prints
+# "median_seconds max_rss_kib".
+measure() {
+  local setup=$2 cmd=$3 i
+  : > "$WORK/times"
+  for i in $(seq "$RUNS"); do
+    eval "$setup" >/dev/null 2>&1
+    /usr/bin/time -f "%e %M" -o "$WORK/one" bash -c "$cmd" >/dev/null 2>"$WORK/err" || {
+      echo "FAILED: $1: $(tail -3 "$WORK/err")" >&2
+      echo "nan 0"
+      return
+    }
+    cat "$WORK/one" >> "$WORK/times"
+  done
+  sort -n "$WORK/times" | awk '{t[NR]=$1; if ($2>m) m=$2} END {print t[int((NR+1)/2)], m}'
+}
+
+rows=()
+row() { rows+=("$1"); echo "$1" >&2; }
+
+for tree in $TREES; do
+  src=$(make_tree "$tree")
+  cat $(find "$src" -type f 2>/dev/null | head -200000) >/dev/null 2>&1 || true   # warm the cache
+  files=$(find "$src" -type f | wc -l); bytes=$(du -sb "$src" | cut -f1)
+  s="$WORK/snap-repo"; rr="$WORK/restic-repo"; br="$WORK/borg-repo"; t="$WORK/copy"; o="$WORK/out"
+
+  # Backup (each run into an empty repository or target).
+  read -r snap_b snap_b_rss < <(measure snap "rm -rf $s; sync" "$SNAP --repo $s backup $src")
+  read -r tar_b tar_b_rss < <(measure tar "rm -f $t.tar; sync" "tar -cf $t.tar $src 2>/dev/null; sync")
+  read -r cp_b cp_b_rss < <(measure cp "rm -rf $t; sync" "cp -a $src $t; sync")
+  read -r rs_b rs_b_rss < <(measure rsync "rm -rf $t; sync" "rsync -aHAX $src/ $t/; sync")
+  read -r re_b re_b_rss < <(measure restic "rm -rf $rr; restic init -q -r $rr; sync" "restic -q -r $rr backup $src")
+  read -r bo_b bo_b_rss < <(measure borg "rm -rf $br; borg init -e none $br; sync" "borg create $br::a $src")
+  rm -rf "$t"
+
+  # Restore, from what the last backup run of each tool left.
+  read -r snap_r snap_r_rss < <(measure snap "rm -rf $o" "$SNAP --repo $s restore latest --target $o")
+  read -r tar_r tar_r_rss < <(measure tar "rm -rf $o; mkdir $o" "tar -xpf $t.tar -C $o; sync")
+  read -r re_r re_r_rss < <(measure restic "rm -rf $o" "restic -q -r $rr restore latest --target $o")
+  read -r bo_r bo_r_rss < <(measure borg "rm -rf $o; mkdir $o" "cd $o && borg extract $br::a")
+  rm -rf "$o" "$t.tar"
+
+  # Incremental: no change.
+  read -r snap_i snap_i_rss < <(measure snap "" "$SNAP --repo $s backup $src")
+  read -r re_i re_i_rss < <(measure restic "" "restic -q -r $rr backup $src")
+  read -r bo_i bo_i_rss < <(measure borg "borg delete $br::inc || true" "borg create $br::inc $src")
+
+  ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a == a) printf "%.2f", a / b; else print "-" }'; }
+  row "| $tree ($files files, $((bytes / 1048576)) MiB) | backup | $snap_b s, $((snap_b_rss / 1024)) MiB | tar $tar_b ($(ratio "$snap_b" "$tar_b")x), cp -a $cp_b ($(ratio "$snap_b" "$cp_b")x), rsync $rs_b ($(ratio "$snap_b" "$rs_b")x), restic $re_b ($(ratio "$snap_b" "$re_b")x, $((re_b_rss / 1024)) MiB), borg $bo_b ($(ratio "$snap_b" "$bo_b")x, $((bo_b_rss / 1024)) MiB) |"
+  row "| $tree | restore | $snap_r s, $((snap_r_rss / 1024)) MiB | tar $tar_r ($(ratio "$snap_r" "$tar_r")x), restic $re_r ($(ratio "$snap_r" "$re_r")x), borg $bo_r ($(ratio "$snap_r" "$bo_r")x) |"
+  row "| $tree | re-backup, no change | $snap_i s ($(ratio "$snap_i" "$snap_b")x of first), $((snap_i_rss / 1024)) MiB | restic $re_i ($(ratio "$snap_i" "$re_i")x), borg $bo_i ($(ratio "$snap_i" "$bo_i")x) |"
+  if [ "$tree" != usr-share ]; then
+    # 1 % of the files changed (our own trees only).
+    change_one_percent "$src"
+    read -r snap_c snap_c_rss < <(measure snap "" "$SNAP --repo $s backup $src")
+    read -r re_c re_c_rss < <(measure restic "" "restic -q -r $rr backup $src")
+    read -r bo_c bo_c_rss < <(measure borg "borg delete $br::chg || true" "borg create $br::chg $src")
+    row "| $tree | re-backup, 1 % changed | $snap_c s, $((snap_c_rss / 1024)) MiB | restic $re_c ($(ratio "$snap_c" "$re_c")x), borg $bo_c ($(ratio "$snap_c" "$bo_c")x) |"
+  fi
+  rm -rf "$s" "$rr" "$br"
+done
+
+{
+  echo "# Benchmarks"
+  echo
+  echo "Produced by \`bench/run.sh\` (RUNS=$RUNS, TREES=\"$TREES\"). Median wall time of $RUNS runs, peak RSS"
+  echo "(\`/usr/bin/time\`), page cache warm; snap durable at its default tier; tar, cp and rsync followed by"
+  echo "\`sync\`; restic and borg (\`init -e none\`) at their defaults. Ratios are snap/peer: below 1 is faster."
+  echo
+  echo "Machine: $(uname -srm), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo),"
+  echo "$(findmnt -no FSTYPE -T "$WORK") under $WORK; $(restic version | cut -d' ' -f1-2), $(borg --version), $(tar --version | head -1),"
+  echo "$(rsync --version | head -1 | awk '{print $1, $3}'); generated $(date -u +%Y-%m-%d)."
+  echo
+  echo "| tree | operation | snap | peers (seconds, ratio snap/peer) |"
+  echo "| --- | --- | --- | --- |"
+  printf '%s\n' "${rows[@]}"
+} > "$OUT"
+echo "wrote $OUT" >&2
