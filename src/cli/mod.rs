@@ -497,15 +497,44 @@ fn init_fact(facts: &mut Emitter, repo: &Repo) -> Result<()> {
     )
 }
 
-fn open_repo_for_write(path: &std::path::Path, facts: &mut Emitter) -> Result<Repo> {
-    match Repo::open(path) {
-        Err(Error::RepoMissing { .. }) => {
-            let repo = Repo::open_or_init(path)?;
+/// Creates the repository the caller found missing (`repo.init` fact);
+/// opens it instead when another process created it meanwhile.
+fn create_repo(path: &std::path::Path, facts: &mut Emitter) -> Result<Repo> {
+    match Repo::init(path) {
+        Ok(repo) => {
             init_fact(facts, &repo)?;
             Ok(repo)
         }
-        other => other,
+        Err(Error::Usage(_)) => Repo::open(path),
+        Err(e) => Err(e),
     }
+}
+
+/// Loads the snapshot a restore into `target` would apply (at the policy's
+/// tier when one was chosen, else the snapshot's, which is then written
+/// into `policy`) and runs the restore preflight checks.
+fn restore_preflight(
+    repo: &Repo,
+    snapshot: &str,
+    target: &std::path::Path,
+    policy: &mut Policy,
+    explicit_tier: bool,
+    lock_held: bool,
+    replacing: bool,
+) -> Result<(crate::restore::Loaded, crate::preflight::Report)> {
+    let loaded = crate::restore::load(repo, snapshot, explicit_tier.then_some(policy.tier))?;
+    policy.tier = loaded.tier;
+    let needs = crate::preflight::Needs::of(&loaded.records);
+    let report = crate::preflight::restore(
+        &repo.path,
+        target,
+        &needs,
+        policy,
+        lock_held,
+        loaded.record.stats.bytes,
+        replacing,
+    );
+    Ok((loaded, report))
 }
 
 fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
@@ -539,7 +568,7 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
                         crate::preflight::backup(&path, src, &policy, false),
                         &policy,
                     )?;
-                    let repo = open_repo_for_write(&path, facts)?;
+                    let repo = create_repo(&path, facts)?;
                     let lock = repo.lock(true, policy.lock_wait_ms)?;
                     lock_fact(facts, &repo, &lock)?;
                     (repo, lock)
@@ -605,21 +634,15 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
             let capture = *replace && target_exists && policy.capture_restore_snapshot;
             let lock = repo.lock(capture, policy.lock_wait_ms)?;
             lock_fact(facts, &repo, &lock)?;
-            if !explicit {
-                policy.tier = repo.resolve(snapshot)?.1.tier;
-            }
-            let loaded = crate::restore::load(&repo, snapshot, policy.tier)?;
-            let needs = crate::preflight::Needs::of(&loaded.records);
-            let replacing = *replace && target_exists;
-            let report = crate::preflight::restore(
-                &repo.path,
+            let (loaded, report) = restore_preflight(
+                &repo,
+                snapshot,
                 &abs_target,
-                &needs,
-                &policy,
+                &mut policy,
+                explicit,
                 true,
-                loaded.record.stats.bytes,
-                replacing,
-            );
+                *replace && target_exists,
+            )?;
             gate(facts, "restore", report, &policy)?;
             let pre_restore = if capture {
                 repo.clean_tmp()?;
@@ -711,23 +734,18 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
                 } => {
                     let (mut policy, explicit) = policy.resolve()?;
                     let repo = Repo::open(&path)?;
-                    if !explicit {
-                        policy.tier = repo.resolve(snapshot)?.1.tier;
-                    }
-                    let loaded = crate::restore::load(&repo, snapshot, policy.tier)?;
-                    let needs = crate::preflight::Needs::of(&loaded.records);
                     let abs = std::path::absolute(target)
                         .map_err(|e| Error::io("resolve", target.display(), e))?;
                     let replacing = crate::fs::lstat_path(&abs).ok().flatten().is_some();
-                    let report = crate::preflight::restore(
-                        &path,
+                    let (_, report) = restore_preflight(
+                        &repo,
+                        snapshot,
                         &abs,
-                        &needs,
-                        &policy,
+                        &mut policy,
+                        explicit,
                         false,
-                        loaded.record.stats.bytes,
                         replacing,
-                    );
+                    )?;
                     ("restore", report, policy)
                 }
             };

@@ -427,22 +427,6 @@ impl Repo {
         })
     }
 
-    /// Opens the repository at `path`, creating it when nothing is there.
-    ///
-    /// # Errors
-    ///
-    /// As [`Repo::open`] and [`Repo::init`].
-    pub fn open_or_init(path: &Path) -> Result<Repo> {
-        match Repo::open(path) {
-            Err(Error::RepoMissing { .. }) => match Repo::init(path) {
-                // Another process initialised it between our open and init.
-                Err(Error::Usage(_)) => Repo::open(path),
-                other => other,
-            },
-            other => other,
-        }
-    }
-
     /// A path inside the repository, for messages.
     pub fn display(&self, rel: &str) -> String {
         self.path.join(rel).display().to_string()
@@ -809,16 +793,5 @@ impl Repo {
             }),
             Err(e) => Err(Error::io("open", self.display(&rel), e)),
         }
-    }
-
-    /// Free bytes on the repository's filesystem.
-    ///
-    /// # Errors
-    ///
-    /// The `fstatvfs` error.
-    pub fn available_bytes(&self) -> Result<u64> {
-        self.root
-            .available_bytes()
-            .map_err(|e| Error::io("statvfs", self.path.display(), e))
     }
 }

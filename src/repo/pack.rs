@@ -128,30 +128,30 @@ pub fn parse_rows(
     Ok(out)
 }
 
-/// Parses a pack's footer from its complete bytes.
-///
-/// # Errors
-///
-/// A message naming what is inconsistent.
-pub fn parse_footer(
-    pack: &[u8],
-    pack_id: blake3::Hash,
-) -> Result<Vec<(blake3::Hash, BlobLocation)>, String> {
-    let len = pack.len() as u64;
-    if pack.len() < TRAILER_LEN {
-        return Err(format!("pack is {len} bytes, shorter than its trailer"));
-    }
-    let (_, footer_offset) = parse_trailer(&pack[pack.len() - TRAILER_LEN..], len)?;
-    parse_rows(
-        &pack[footer_offset as usize..pack.len() - TRAILER_LEN],
-        footer_offset,
-        pack_id,
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Parses a pack's footer from its complete bytes.
+    ///
+    /// # Errors
+    ///
+    /// A message naming what is inconsistent.
+    fn parse_footer(
+        pack: &[u8],
+        pack_id: blake3::Hash,
+    ) -> Result<Vec<(blake3::Hash, BlobLocation)>, String> {
+        let len = pack.len() as u64;
+        if pack.len() < TRAILER_LEN {
+            return Err(format!("pack is {len} bytes, shorter than its trailer"));
+        }
+        let (_, footer_offset) = parse_trailer(&pack[pack.len() - TRAILER_LEN..], len)?;
+        parse_rows(
+            &pack[footer_offset as usize..pack.len() - TRAILER_LEN],
+            footer_offset,
+            pack_id,
+        )
+    }
 
     #[test]
     fn footer_round_trips_and_rejects_damage() {

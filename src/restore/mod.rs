@@ -116,6 +116,7 @@ pub fn run(
         snapshot_id,
         record,
         records,
+        ..
     } = loaded;
     let entries_path = repo.display(&format!("entries/{}", record.entries.id));
     let mut rels = Vec::with_capacity(records.len());
@@ -387,18 +388,25 @@ pub struct Loaded {
     pub record: crate::repo::SnapshotRecord,
     /// Its entries, limited to the tier being applied.
     pub records: Vec<EntryRecord>,
+    /// The tier being applied.
+    pub tier: crate::policy::PreservationTier,
 }
 
 /// Resolves `query` and reads its entries, dropping every field the
-/// restore `tier` does not apply (so a full snapshot can be restored at
-/// tier extended or basic).
+/// restore tier does not apply (so a full snapshot can be restored at tier
+/// extended or basic). `tier: None` applies the snapshot's own tier.
 ///
 /// # Errors
 ///
 /// As [`Repo::resolve`] and [`Repo::read_entries`].
-pub fn load(repo: &Repo, query: &str, tier: crate::policy::PreservationTier) -> Result<Loaded> {
+pub fn load(
+    repo: &Repo,
+    query: &str,
+    tier: Option<crate::policy::PreservationTier>,
+) -> Result<Loaded> {
     use crate::policy::PreservationTier as T;
     let (snapshot_id, record) = repo.resolve(query)?;
+    let tier = tier.unwrap_or(record.tier);
     let mut records = repo.read_entries(&record.entries.id)?;
     for r in &mut records {
         if tier < T::Full {
@@ -449,6 +457,7 @@ pub fn load(repo: &Repo, query: &str, tier: crate::policy::PreservationTier) -> 
         snapshot_id,
         record,
         records,
+        tier,
     })
 }
 
