@@ -616,18 +616,6 @@ fn json_puts_facts_on_stdout_and_text_on_stderr() {
     assert!(String::from_utf8_lossy(&list.stderr).contains("source"));
 }
 
-/// Unmounts a test mount when dropped, even when the test panics.
-struct Mount(std::path::PathBuf);
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let status = Command::new("umount").arg("-l").arg(&self.0).status();
-        if !matches!(status, Ok(s) if s.success()) {
-            eprintln!("could not unmount {}", self.0.display());
-        }
-    }
-}
-
 fn mount(args: &[&str], at: &Path) -> bool {
     Command::new("mount")
         .args(args)

@@ -120,27 +120,7 @@ fn sigterm_stops_a_restore_and_leaves_no_target() {
         !target.exists(),
         "an interrupted restore created its target"
     );
-    let staging: Vec<_> = fs::read_dir(env.dir.path())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with(".snap-restore"))
-        .collect();
-    assert!(staging.is_empty(), "staging left behind");
-}
-
-/// path -> content hash of every regular file under `root`.
-fn manifest(root: &Path) -> BTreeMap<String, String> {
-    lstat_tree(root)
-        .into_iter()
-        .filter(|(_, s)| s.kind == "file")
-        .map(|(p, _)| {
-            let rel = String::from_utf8(p).unwrap();
-            let h = blake3::hash(&fs::read(root.join(&rel)).unwrap())
-                .to_hex()
-                .to_string();
-            (rel, h)
-        })
-        .collect()
+    assert_eq!(staging_dirs(env.dir.path()), 0, "staging left behind");
 }
 
 fn listed(env: &Env) -> Vec<(String, String)> {
@@ -398,15 +378,8 @@ fn staging_of_a_killed_restore_is_removed_by_the_next_restore() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(!target.exists(), "a killed restore created its target");
-    let stale = |dir: &Path| {
-        fs::read_dir(dir)
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().starts_with(".snap-restore"))
-            .count()
-    };
     assert_eq!(
-        stale(env.dir.path()),
+        staging_dirs(env.dir.path()),
         1,
         "the killed run's staging directory is there"
     );
@@ -419,6 +392,6 @@ fn staging_of_a_killed_restore_is_removed_by_the_next_restore() {
         ])
         .ok();
     assert_eq!(r.fact("restore.summary")["stale_staging_removed"], 1);
-    assert_eq!(stale(env.dir.path()), 0);
+    assert_eq!(staging_dirs(env.dir.path()), 0);
     assert_same_tree(&src, &env.path("again"), false);
 }

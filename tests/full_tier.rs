@@ -8,30 +8,10 @@ mod common;
 
 use std::ffi::OsStr;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use common::*;
-
-/// Clears immutable/append-only flags so the temp dir can be removed.
-struct Unprotect(PathBuf);
-
-impl Drop for Unprotect {
-    fn drop(&mut self) {
-        // chattr -R complains about FIFOs, devices and symlinks; only the
-        // exit status matters here.
-        let ok = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "chattr -R -ia '{}' 2>/dev/null; true",
-                self.0.display()
-            ))
-            .status();
-        if !matches!(ok, Ok(s) if s.success()) {
-            eprintln!("could not clear flags under {}", self.0.display());
-        }
-    }
-}
 
 /// Runs `cmd` (a shell line) inside `dir` and returns its stdout.
 fn view(dir: &Path, cmd: &str) -> String {

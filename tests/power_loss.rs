@@ -42,25 +42,7 @@ impl Drop for Sysctl {
     }
 }
 
-struct Mounted(PathBuf);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(&self.0)
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if !ok {
-            let lazy = Command::new("umount").arg("-l").arg(&self.0).status();
-            if !matches!(lazy, Ok(s) if s.success()) {
-                eprintln!("could not unmount {}", self.0.display());
-            }
-        }
-    }
-}
-
-fn mount_image(img: &Path, at: &Path, fstype: &str) -> Mounted {
+fn mount_image(img: &Path, at: &Path, fstype: &str) -> Mount {
     fs::create_dir_all(at).unwrap();
     let opts = if fstype == "xfs" {
         "loop,nouuid"
@@ -74,23 +56,7 @@ fn mount_image(img: &Path, at: &Path, fstype: &str) -> Mounted {
         .status()
         .unwrap();
     assert!(st.success(), "mount {} failed", img.display());
-    Mounted(at.to_path_buf())
-}
-
-fn manifest(root: &Path) -> BTreeMap<String, String> {
-    lstat_tree(root)
-        .into_iter()
-        .filter(|(_, s)| s.kind == "file")
-        .map(|(p, _)| {
-            let rel = String::from_utf8(p).unwrap();
-            (
-                rel.clone(),
-                blake3::hash(&fs::read(root.join(&rel)).unwrap())
-                    .to_hex()
-                    .to_string(),
-            )
-        })
-        .collect()
+    Mount(at.to_path_buf())
 }
 
 fn snap_in(repo: &Path, facts: &Path, args: &[&OsStr]) -> std::process::Output {

@@ -23,18 +23,6 @@ fn check<'a>(r: &'a Run, name: &str) -> &'a serde_json::Value {
         .unwrap_or_else(|| panic!("no {name} check in {:#?}", r.facts))
 }
 
-/// Clears flags on drop so the temp dir can be removed.
-struct Chattr(std::path::PathBuf);
-
-impl Drop for Chattr {
-    fn drop(&mut self) {
-        let s = Command::new("chattr").arg("-ia").arg(&self.0).status();
-        if !matches!(s, Ok(s) if s.success()) {
-            eprintln!("could not clear flags of {}", self.0.display());
-        }
-    }
-}
-
 fn restore_into_protected_parent(flag: &str, method_env: Option<&str>) {
     let env = Env::new();
     let src = env.path("src");
@@ -43,7 +31,7 @@ fn restore_into_protected_parent(flag: &str, method_env: Option<&str>) {
     let parent = env.path("parent");
     fs::create_dir(&parent).unwrap();
     sh(&format!("chattr +{flag} '{}'", parent.display()));
-    let _g = Chattr(parent.clone());
+    let _g = Unprotect(parent.clone());
     let target = parent.join("restored");
     let mut cmd = Command::new(snap_bin());
     cmd.arg("--repo").arg(&env.repo);
@@ -247,7 +235,7 @@ fn on_degraded_stop_refuses_what_the_process_cannot_apply() {
     let src = env.path("src");
     tree(&src);
     sh(&format!("chattr +i '{}'", src.join("d/f").display()));
-    let _g = Chattr(src.join("d/f"));
+    let _g = Unprotect(src.join("d/f"));
     env.snap([
         OsStr::new("backup"),
         OsStr::new("--tier"),
@@ -311,7 +299,7 @@ fn immutable_repository_directory_stops_backup() {
     tree(&src);
     env.snap(["init"]).ok();
     sh(&format!("chattr +i '{}'", env.repo.display()));
-    let _g = Chattr(env.repo.clone());
+    let _g = Unprotect(env.repo.clone());
     let r = env.snap([OsStr::new("backup"), src.as_os_str()]);
     assert_eq!(r.code, 10, "{}", r.stderr);
     let c = check(&r, "immutable");

@@ -17,15 +17,6 @@ fn tree(root: &Path, tag: &str) {
     fs::write(root.join(format!("only-{tag}")), tag).unwrap();
 }
 
-fn no_staging(dir: &Path) {
-    let left: Vec<_> = fs::read_dir(dir)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with(".snap-restore"))
-        .collect();
-    assert!(left.is_empty(), "staging left behind: {left:?}");
-}
-
 fn restore(env: &Env, target: &Path, extra: &[&str]) -> Run {
     let mut args: Vec<&OsStr> = vec![
         OsStr::new("restore"),
@@ -51,7 +42,7 @@ fn replace_swaps_the_tree_in_and_removes_or_keeps_the_old_one() {
     assert_eq!(s["replaced"], true);
     assert!(s["old_kept"].is_null() && s["pre_restore_snapshot"].is_null());
     assert_same_tree(&src, &target, false);
-    no_staging(env.dir.path());
+    assert_eq!(staging_dirs(env.dir.path()), 0, "staging left behind");
 
     // --keep-old: the swapped-out tree is kept.
     fs::write(target.join("local-change"), b"x").unwrap();
@@ -68,7 +59,7 @@ fn replace_swaps_the_tree_in_and_removes_or_keeps_the_old_one() {
     );
     assert_eq!(fs::read(old.join("local-change")).unwrap(), b"x");
     assert_same_tree(&src, &target, false);
-    no_staging(env.dir.path());
+    assert_eq!(staging_dirs(env.dir.path()), 0, "staging left behind");
 }
 
 #[test]
@@ -131,7 +122,7 @@ fn failure_before_the_swap_leaves_the_target_exactly_as_it_was() {
     assert_eq!(r.code, 90, "{}", r.stderr);
     assert_eq!(lstat_tree(&target), before, "the target changed");
     assert_eq!(fs::read(target.join("sub/file")).unwrap(), b"content old");
-    no_staging(env.dir.path());
+    assert_eq!(staging_dirs(env.dir.path()), 0, "staging left behind");
 }
 
 #[test]
@@ -162,5 +153,5 @@ fn a_mount_point_target_cannot_be_swapped_and_is_left_alone() {
     assert!(umount.success());
     assert_eq!(r.code, 40, "{}", r.stderr);
     assert_eq!(r.fact("command.failed")["error_id"], "E_ATOMIC_SWAP");
-    no_staging(env.dir.path());
+    assert_eq!(staging_dirs(env.dir.path()), 0, "staging left behind");
 }

@@ -148,12 +148,7 @@ fn generated_tree_round_trips_at_tier_extended() {
         eprintln!("not root: foreign owners (uid 12345) not part of this run");
     }
     // No staging directory is left beside the target.
-    let leftovers: Vec<_> = fs::read_dir(env.dir.path())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().as_bytes().starts_with(b".snap-restore"))
-        .collect();
-    assert!(leftovers.is_empty());
+    assert_eq!(staging_dirs(env.dir.path()), 0);
 }
 
 fn system_tree() -> &'static Path {
@@ -311,10 +306,5 @@ fn flipped_byte_in_a_pack_fails_restore_with_integrity_and_creates_nothing() {
     assert!(r.stderr.contains("E_INTEGRITY"), "{}", r.stderr);
     assert_eq!(r.fact("command.failed")["error_id"], "E_INTEGRITY");
     assert!(!target.exists(), "target was created");
-    let leftovers: Vec<_> = fs::read_dir(env.dir.path())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().as_bytes().starts_with(b".snap-restore"))
-        .collect();
-    assert!(leftovers.is_empty(), "staging left behind");
+    assert_eq!(staging_dirs(env.dir.path()), 0, "staging left behind");
 }

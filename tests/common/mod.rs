@@ -358,3 +358,62 @@ pub fn has_tool(name: &str) -> bool {
         .map(|o| o.status.success())
         .unwrap_or(false)
 }
+
+/// Number of restore staging directories (`.snap-restore-*`) in `dir`.
+pub fn staging_dirs(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().as_bytes().starts_with(b".snap-restore"))
+        .count()
+}
+
+/// path -> BLAKE3 of the content of every regular file under `root`.
+pub fn manifest(root: &Path) -> BTreeMap<String, String> {
+    lstat_tree(root)
+        .into_iter()
+        .filter(|(_, s)| s.kind == "file")
+        .map(|(p, _)| {
+            let rel = String::from_utf8(p).unwrap();
+            let h = blake3::hash(&std::fs::read(root.join(&rel)).unwrap())
+                .to_hex()
+                .to_string();
+            (rel, h)
+        })
+        .collect()
+}
+
+/// Unmounts a test mount when dropped, even when the test panics
+/// (`umount`, then `umount -l` when busy).
+pub struct Mount(pub PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let ok = |c: &mut Command| c.status().map(|s| s.success()).unwrap_or(false);
+        if !ok(Command::new("umount").arg(&self.0))
+            && !ok(Command::new("umount").arg("-l").arg(&self.0))
+        {
+            eprintln!("could not unmount {}", self.0.display());
+        }
+    }
+}
+
+/// Clears immutable/append-only flags under a path when dropped, so the
+/// temp dir can be removed. `chattr -R` complains about FIFOs, devices and
+/// symlinks; only the exit status of the shell matters.
+pub struct Unprotect(pub PathBuf);
+
+impl Drop for Unprotect {
+    fn drop(&mut self) {
+        let ok = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "chattr -R -ia '{}' 2>/dev/null; true",
+                self.0.display()
+            ))
+            .status();
+        if !matches!(ok, Ok(s) if s.success()) {
+            eprintln!("could not clear flags under {}", self.0.display());
+        }
+    }
+}
