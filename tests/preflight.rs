@@ -287,6 +287,22 @@ fn on_degraded_stop_refuses_what_the_process_cannot_apply() {
         (Some("d/f"), Some("FS_IOC_SETFLAGS"))
     );
     assert_eq!(fs::read(warned.join("d/f")).unwrap(), b"content");
+    // With every capability the same policy passes: preflight reads the
+    // process's real CapEff (it once read none and warned as root).
+    let full = env.path("full");
+    let r = env
+        .snap([
+            OsStr::new("restore"),
+            OsStr::new("latest"),
+            OsStr::new("--on-degraded"),
+            OsStr::new("stop"),
+            OsStr::new("--target"),
+            full.as_os_str(),
+        ])
+        .ok();
+    let _g2 = Unprotect(full.join("d/f"));
+    assert_eq!(check(&r, "tier")["result"], "pass", "{}", r.stderr);
+    assert!(r.fact("restore.summary")["preservation_applied"]["flags"]["applied"] == 1);
 }
 
 #[test]

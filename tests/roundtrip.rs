@@ -192,6 +192,9 @@ fn system_tree_round_trips_and_second_backup_adds_under_one_percent() {
         "repository grew {grown} of {repo_after_first}"
     );
     assert_eq!(s2["stats"]["new_blobs"], 0);
+    // Every file is years old: all of them come from the parent unread.
+    assert_eq!(s1["stats"]["files_unchanged"], 0);
+    assert_eq!(s2["stats"]["files_unchanged"], s2["stats"]["files"]);
 
     let out = env.path("restored");
     env.snap([
@@ -209,6 +212,61 @@ fn system_tree_round_trips_and_second_backup_adds_under_one_percent() {
             src.display()
         );
     }
+}
+
+#[test]
+fn unchanged_files_come_from_the_parent_and_every_change_is_read() {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("a"), b"first content").unwrap();
+    fs::write(src.join("b"), b"mode changes").unwrap();
+    fs::write(src.join("c"), pseudo_random(3 << 20, 11)).unwrap();
+    fs::write(src.join("d"), b"never changes").unwrap();
+    // Settle: these ctimes are then more than 1 s older than the backups.
+    std::thread::sleep(Duration::from_millis(1500));
+    // Changed just before the parent started: not trusted next time.
+    fs::write(src.join("fresh"), b"racy").unwrap();
+    let backup = || env.snap([OsStr::new("backup"), src.as_os_str()]).ok();
+    let s1 = backup().fact("backup.summary")["stats"].clone();
+    assert_eq!(s1["files"], 5);
+    assert_eq!(s1["files_unchanged"], 0);
+    let s2 = backup().fact("backup.summary")["stats"].clone();
+    assert_eq!(s2["files_unchanged"], 4, "{s2}");
+    assert_eq!(s2["new_blobs"], 0);
+
+    // Same size and mtime, new content: only ctime tells.
+    let a = src.join("a");
+    let mtime = fs::metadata(&a).unwrap().modified().unwrap();
+    fs::write(&a, b"other content").unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&a)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    fs::set_permissions(src.join("b"), fs::Permissions::from_mode(0o600)).unwrap();
+    let mut f = fs::File::options()
+        .append(true)
+        .open(src.join("c"))
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"appended").unwrap();
+    drop(f);
+    fs::remove_file(src.join("fresh")).unwrap();
+    let s3 = backup().fact("backup.summary")["stats"].clone();
+    assert_eq!(s3["files"], 4);
+    assert_eq!(s3["files_unchanged"], 1, "only d is unchanged: {s3}");
+
+    let out = env.path("out");
+    env.snap([
+        OsStr::new("restore"),
+        OsStr::new("latest"),
+        OsStr::new("--target"),
+        out.as_os_str(),
+    ])
+    .ok();
+    assert_same_tree(&src, &out, false);
+    assert_eq!(fs::read(out.join("a")).unwrap(), b"other content");
 }
 
 #[test]

@@ -7,8 +7,11 @@
 //! and the snapshot record into the repository. Nothing becomes visible as a
 //! snapshot until the final rename of the record.
 
-use std::collections::{HashMap, HashSet};
+mod pipeline;
+
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, SyncSender};
 use std::time::Instant;
 
 use base64::Engine as _;
@@ -18,12 +21,11 @@ use crate::error::{Error, Result};
 use crate::facts::{Decision, Emitter, Event};
 use crate::fs::{fd, DataFile, Dir, FileKind, Name, RelPath, Stat};
 use crate::policy::{Policy, PreservationTier};
-use crate::repo::pack::PackBuilder;
 use crate::repo::sidecar::{DevNum, EntryKind, EntryRecord};
 use crate::repo::{
-    BlobLocation, EntriesRef, IndexBlob, IndexFile, IndexPack, Repo, SnapshotRecord, SnapshotStats,
-    Syncs, PACK_TARGET,
+    BlobLocation, EntriesRef, IndexFile, Repo, SnapshotRecord, SnapshotStats, Syncs,
 };
+use pipeline::Msg;
 
 /// Bytes requested per read submission.
 const READ_SIZE: usize = 4 * 1024 * 1024;
@@ -97,16 +99,75 @@ impl Excludes {
     }
 }
 
-/// The running state of one backup.
+/// FNV-1a, for maps keyed by paths the walk produces itself (no untrusted
+/// keys, so no need for SipHash's flooding resistance).
+#[derive(Clone, Copy)]
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// A map keyed by raw relative paths.
+type PathMap<V> = HashMap<Vec<u8>, V, std::hash::BuildHasherDefault<Fnv>>;
+
+/// The content of a file in the parent snapshot, with the stat fields
+/// that tell whether it changed.
+struct ParentFile {
+    size: u64,
+    mtime: crate::fs::Time,
+    ctime: crate::fs::Time,
+    ino: u64,
+    dev: DevNum,
+    sparse: Option<Vec<[u64; 2]>>,
+    chunks: Vec<blake3::Hash>,
+    hash: String,
+}
+
+/// The fields of a sidecar record the parent lookup needs, borrowed from
+/// the entries file (the rest is skipped unparsed).
+#[derive(serde::Deserialize)]
+struct ParentLine<'a> {
+    v: u32,
+    kind: EntryKind,
+    #[serde(borrow)]
+    path: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    path_b64: Option<std::borrow::Cow<'a, str>>,
+    size: Option<u64>,
+    mtime: crate::fs::Time,
+    ctime: Option<crate::fs::Time>,
+    ino: Option<u64>,
+    dev: Option<DevNum>,
+    sparse: Option<Vec<[u64; 2]>>,
+    #[serde(borrow)]
+    chunks: Option<Vec<&'a str>>,
+    hash: Option<String>,
+}
+
+/// The running state of the walk of one backup (the walker stage of
+/// [`pipeline`]).
 struct Writer<'a> {
-    repo: &'a Repo,
     tier: PreservationTier,
-    chunker: crate::repo::ChunkerParams,
-    known: HashMap<blake3::Hash, BlobLocation>,
-    new_blobs: HashSet<blake3::Hash>,
-    pack: PackBuilder,
-    index: IndexFile,
-    syncs: Syncs,
+    /// To the chunker; `None` once the walk is over.
+    tx: Option<SyncSender<Msg>>,
+    known: &'a crate::repo::IdMap<BlobLocation>,
+    /// Regular files of the parent snapshot by raw path.
+    parent: PathMap<ParentFile>,
     stats: SnapshotStats,
     records: Vec<EntryRecord>,
     hardlinks: HashMap<((u32, u32), u64), RelPath>,
@@ -114,6 +175,72 @@ struct Writer<'a> {
     groups: HashMap<u32, String>,
     facts: &'a mut Emitter,
     progress: &'a indicatif::ProgressBar,
+}
+
+/// Loads the regular files of `parent` whose content may be reused: those
+/// with a full stat key and a ctime at least 1 s before the parent started
+/// (see [`SnapshotStats::files_unchanged`]).
+///
+/// # Errors
+///
+/// As [`Repo::read_entries`].
+fn parent_files(repo: &Repo, parent: &SnapshotRecord) -> Result<PathMap<ParentFile>> {
+    let Ok(start) = humantime::parse_rfc3339(&parent.time) else {
+        return Ok(PathMap::default());
+    };
+    let Ok(start) = start.duration_since(std::time::UNIX_EPOCH) else {
+        return Ok(PathMap::default());
+    };
+    let settled = crate::fs::Time {
+        sec: start.as_secs() as i64 - 1,
+        nsec: start.subsec_nanos(),
+    };
+    let (path, bytes) = repo.read_entries_bytes(&parent.entries.id)?;
+    let mut out = PathMap::default();
+    for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        let r: ParentLine = serde_json::from_slice(line).map_err(|e| Error::Integrity {
+            path: format!("{path}:{}", i + 1),
+            detail: format!("malformed record: {e}"),
+        })?;
+        if r.v != crate::repo::sidecar::SIDECAR_VERSION || r.kind != EntryKind::File {
+            continue;
+        }
+        let (Some(size), Some(ctime), Some(ino), Some(dev), Some(chunks), Some(hash)) =
+            (r.size, r.ctime, r.ino, r.dev, r.chunks, r.hash)
+        else {
+            continue;
+        };
+        if ctime >= settled {
+            continue;
+        }
+        let Ok(chunks) = chunks
+            .iter()
+            .map(blake3::Hash::from_hex)
+            .collect::<std::result::Result<Vec<_>, _>>()
+        else {
+            continue;
+        };
+        let Ok(path) = RelPath::from_stored(&r.path, r.path_b64.as_deref()) else {
+            continue;
+        };
+        out.insert(
+            path.to_bytes(),
+            ParentFile {
+                size,
+                mtime: r.mtime,
+                ctime,
+                ino,
+                dev,
+                sparse: r.sparse,
+                chunks,
+                hash,
+            },
+        );
+    }
+    Ok(out)
 }
 
 /// Runs a backup of `opts.source` into `repo`. The caller holds the
@@ -172,9 +299,22 @@ pub fn run(
     let parent = snapshots
         .iter()
         .rev()
-        .find(|(_, r)| r.host == host && r.source == src_display)
-        .map(|(id, _)| id.clone());
-    let known = repo.load_index()?;
+        .find(|(_, r)| r.host == host && r.source == src_display);
+    // The index and the parent's files load side by side. Content is
+    // taken from the parent only when it used the same tier (the tier
+    // decides whether sparse maps are kept).
+    let (known, parent_files) = std::thread::scope(|s| {
+        let index = s.spawn(|| repo.load_index());
+        let files = match parent {
+            Some((_, rec)) if rec.tier == opts.policy.tier => parent_files(repo, rec),
+            _ => Ok(PathMap::default()),
+        };
+        let index = index
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        Ok::<_, Error>((index?, files?))
+    })?;
+    let parent = parent.map(|(id, _)| id.clone());
     // Owner names for tier full, from this host's /etc (first name wins).
     let (mut users, mut groups) = (HashMap::new(), HashMap::new());
     if opts.policy.tier == PreservationTier::Full {
@@ -188,21 +328,13 @@ pub fn run(
         }
     }
 
+    let (tx, rx) = sync_channel(pipeline::DATA_QUEUE);
+    let (pack_tx, pack_rx) = sync_channel(pipeline::PACK_QUEUE);
     let mut w = Writer {
-        repo,
         tier: opts.policy.tier,
-        chunker: repo.config.chunker,
-        known,
-        new_blobs: HashSet::new(),
-        pack: PackBuilder::with_capacity(PACK_TARGET),
-        index: IndexFile {
-            v: 1,
-            packs: Vec::new(),
-        },
-        syncs: Syncs {
-            enabled: opts.policy.require_backup_durability,
-            ..Syncs::default()
-        },
+        tx: Some(tx),
+        known: &known,
+        parent: parent_files,
         stats: SnapshotStats::default(),
         records: Vec::new(),
         hardlinks: HashMap::new(),
@@ -211,21 +343,54 @@ pub fn run(
         facts,
         progress,
     };
-
-    crate::fs::block_on(async {
-        match &root {
-            SourceRoot::Dir(d) => w.walk(d, &excludes).await?,
-            SourceRoot::Single(pdir, name) => {
-                let st = pdir
-                    .stat(name)
-                    .map_err(|e| Error::io("stat", &src_display, e))?;
-                let rel = RelPath::root().join(name.clone());
-                w.entry(pdir, name, &rel, st).await?;
+    let durable = opts.policy.require_backup_durability;
+    let chunker_params = repo.config.chunker;
+    let rt_err = |e| Error::io("start io_uring runtime", repo.path.display(), e);
+    let (walked, chunked, packed) = std::thread::scope(|s| {
+        let known = &known;
+        let chunker = std::thread::Builder::new()
+            .name("snap-chunker".into())
+            .spawn_scoped(s, move || {
+                pipeline::chunker(rx, pack_tx, chunker_params, known)
+            })
+            .map_err(|e| Error::io("spawn", "chunker thread", e))?;
+        let packer = std::thread::Builder::new()
+            .name("snap-packer".into())
+            .spawn_scoped(s, move || pipeline::packer(pack_rx, repo, durable))
+            .map_err(|e| Error::io("spawn", "packer thread", e))?;
+        let walked = crate::fs::block_on(async {
+            match &root {
+                SourceRoot::Dir(d) => w.walk(d, &excludes).await,
+                SourceRoot::Single(pdir, name) => {
+                    let st = pdir
+                        .stat(name)
+                        .map_err(|e| Error::io("stat", &src_display, e))?;
+                    let rel = RelPath::root().join(name.clone());
+                    w.entry(pdir, name, &rel, st).await
+                }
             }
-        }
-        w.commit(time, host, &source, opts, parent, started).await
-    })
-    .map_err(|e| Error::io("start io_uring runtime", repo.path.display(), e))?
+        })
+        .map_err(rt_err)
+        .and_then(|r| r);
+        // Closing the channel lets the chunker flush its last pack.
+        w.tx = None;
+        let chunked = chunker
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        let packed = packer
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        Ok::<_, Error>((walked, chunked, packed))
+    })?;
+    // The first stage to fail names the cause; a stage whose successor
+    // stopped reports only that.
+    let packed = packed?;
+    let chunked = chunked?;
+    walked?;
+    crate::fs::block_on(w.commit(
+        chunked, packed, time, host, &source, opts, parent, started, repo,
+    ))
+    .map_err(rt_err)?
 }
 
 enum SourceRoot {
@@ -356,6 +521,14 @@ impl Writer<'_> {
             r.uid = Some(st.uid);
             r.gid = Some(st.gid);
             r.atime = Some(st.atime);
+        }
+        if kind == EntryKind::File {
+            r.ctime = Some(st.ctime);
+            r.ino = Some(st.ino);
+            r.dev = Some(DevNum {
+                major: st.dev.0,
+                minor: st.dev.1,
+            });
         }
         if self.tier == PreservationTier::Full {
             r.ctime = Some(st.ctime);
@@ -504,8 +677,27 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// Reads, chunks and stores one regular file. `Ok(None)` when it could
-    /// not be read (reported as a warning).
+    /// The parent snapshot's content for `rel` when its stat key matches
+    /// `st` and every chunk is still in the index.
+    fn unchanged(&self, rel: &RelPath, st: &Stat) -> Option<&ParentFile> {
+        let p = self.parent.get(&rel.to_bytes())?;
+        let same = p.size == st.size
+            && p.mtime == st.mtime
+            && p.ctime == st.ctime
+            && p.ino == st.ino
+            && (p.dev.major, p.dev.minor) == st.dev;
+        let stored = p.chunks.iter().all(|id| self.known.contains_key(id));
+        (same && stored).then_some(p)
+    }
+
+    fn send(&mut self, msg: Msg) -> Result<()> {
+        let tx = self.tx.as_ref().ok_or_else(pipeline::downstream_gone)?;
+        tx.send(msg).map_err(|_| pipeline::downstream_gone())
+    }
+
+    /// Records one regular file: its content from the parent snapshot when
+    /// unchanged, else read through io_uring and sent to the chunker.
+    /// `Ok(None)` when it could not be read (reported as a warning).
     async fn file(
         &mut self,
         dir: &Dir,
@@ -513,6 +705,32 @@ impl Writer<'_> {
         rel: &RelPath,
         st: &Stat,
     ) -> Result<Option<EntryRecord>> {
+        let mut rec = self.base_record(rel, EntryKind::File, st);
+        if let Some(p) = self.unchanged(rel, st) {
+            rec.size = Some(p.size);
+            rec.sparse = p.sparse.clone();
+            rec.chunks = Some(p.chunks.iter().map(|c| c.to_hex().to_string()).collect());
+            rec.hash = Some(p.hash.clone());
+            let stored = match &p.sparse {
+                Some(e) => e.iter().map(|[_, l]| *l).sum(),
+                None => p.size,
+            };
+            if self.tier == PreservationTier::Full {
+                let f = match dir.open_file(name) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        self.warn(rel, "open", e.to_string(), true)?;
+                        return Ok(None);
+                    }
+                };
+                rec = self.with_fd_meta(rec, &f, rel)?;
+            }
+            self.stats.files += 1;
+            self.stats.files_unchanged += 1;
+            self.stats.bytes += stored;
+            self.progress.inc(stored);
+            return Ok(Some(rec));
+        }
         let fd = match dir.open_file_read_uring(name).await {
             Ok(fd) => fd,
             Err(e) => {
@@ -521,11 +739,7 @@ impl Writer<'_> {
             }
         };
         let f = DataFile::new(fd);
-        let mut rec = self.base_record(rel, EntryKind::File, st);
         rec = self.with_fd_meta(rec, &f.as_fd(), rel)?;
-        let max = self.chunker.max as usize;
-        let segment = 2 * max;
-        let mut buf: Vec<u8> = Vec::new();
         // Sparse files (tier full): read only the data extents.
         let sparse =
             if self.tier == PreservationTier::Full && st.blocks.saturating_mul(512) < st.size {
@@ -543,99 +757,70 @@ impl Writer<'_> {
             Some(e) => e.clone(),
             None => vec![(0, u64::MAX)],
         };
+        // The record this content belongs to: `entry` pushes it next.
+        let idx = self.records.len();
         let mut ri = 0usize;
         let mut pos = ranges.first().map_or(0, |r| r.0);
         let mut offset = 0u64; // bytes of stored content read so far
-        let mut eof = false;
-        let mut chunks = Vec::new();
-        let mut whole = blake3::Hasher::new();
-        let mut single: Option<blake3::Hash> = None;
-        while !eof || !buf.is_empty() {
-            while !eof && buf.len() < segment {
-                crate::interrupt::check()?;
-                let Some(&(start, len)) = ranges.get(ri) else {
-                    eof = true;
-                    break;
-                };
-                let end = start.saturating_add(len);
-                let mut want = READ_SIZE.min(segment - buf.len());
-                if sparse.is_none() {
-                    // Small files: one read of the whole file (+1 to see EOF).
-                    want = want.max(((st.size.saturating_sub(pos)) as usize + 1).min(READ_SIZE));
-                } else {
-                    want = want.min((end - pos) as usize);
-                }
-                match f.read_at(pos, want).await {
-                    // End of file (or a sparse file that shrank).
-                    Ok(data) if data.is_empty() => eof = true,
-                    Ok(data) => {
-                        pos += data.len() as u64;
-                        offset += data.len() as u64;
-                        if buf.is_empty() {
-                            buf = data;
-                        } else {
-                            buf.extend_from_slice(&data);
-                        }
-                        if pos >= end {
-                            ri += 1;
-                            if let Some(r) = ranges.get(ri) {
-                                pos = r.0;
-                            }
-                        }
+        let mut pending: Option<Vec<u8>> = None;
+        loop {
+            crate::interrupt::check()?;
+            let Some(&(start, len)) = ranges.get(ri) else {
+                break;
+            };
+            let end = start.saturating_add(len);
+            let want = match sparse {
+                // Ask for one byte more than stat's size, so a file that
+                // did not grow is read whole in one request.
+                None => ((st.size.saturating_sub(pos)) as usize + 1).min(READ_SIZE),
+                Some(_) => READ_SIZE.min((end - pos) as usize),
+            };
+            let data = match f.read_at(pos, want).await {
+                Ok(data) => data,
+                Err(e) => {
+                    if offset > 0 {
+                        self.send(Msg::Discard)?;
                     }
-                    Err(e) => {
-                        self.warn(rel, "read", e.to_string(), true)?;
-                        return Ok(None);
-                    }
+                    self.warn(rel, "read", e.to_string(), true)?;
+                    return Ok(None);
                 }
-            }
-            if buf.is_empty() {
+            };
+            // End of file (or a sparse file that shrank).
+            if data.is_empty() {
                 break;
             }
-            let cuts: Vec<(usize, usize)> = fastcdc::v2020::FastCDC::new(
-                &buf,
-                self.chunker.min,
-                self.chunker.avg,
-                self.chunker.max,
-            )
-            .map(|c| (c.offset, c.length))
-            .collect();
-            let take = if eof {
-                cuts.len()
-            } else {
-                cuts.len().saturating_sub(1).max(1)
-            };
-            let mut consumed = 0;
-            for &(off, len) in &cuts[..take] {
-                let chunk = &buf[off..off + len];
-                let id = blake3::hash(chunk);
-                if chunks.is_empty() && eof && take == cuts.len() && cuts.len() == 1 {
-                    single = Some(id);
-                } else {
-                    whole.update(chunk);
-                }
-                self.store_blob(id, chunk).await?;
-                chunks.push(id.to_hex().to_string());
-                consumed = off + len;
+            let short = data.len() < want;
+            pos += data.len() as u64;
+            offset += data.len() as u64;
+            if let Some(prev) = pending.replace(data) {
+                self.send(Msg::Data {
+                    idx,
+                    bytes: prev,
+                    end: false,
+                })?;
             }
-            if consumed == buf.len() {
-                buf.clear();
-            } else {
-                buf.drain(..consumed);
+            if pos >= end {
+                ri += 1;
+                match ranges.get(ri) {
+                    Some(r) => pos = r.0,
+                    None => break,
+                }
+            }
+            // A short read that reached stat's size is the end of the file.
+            if sparse.is_none() && short && pos >= st.size {
+                break;
             }
         }
-        let hash = match single {
-            Some(h) => h,
-            None if chunks.is_empty() => blake3::hash(b""),
-            None => whole.finalize(),
-        };
+        self.send(Msg::Data {
+            idx,
+            bytes: pending.unwrap_or_default(),
+            end: true,
+        })?;
         f.close()
             .await
             .map_err(|e| Error::io("close", rel.to_string(), e))?;
         rec.size = Some(if sparse.is_some() { st.size } else { offset });
         rec.sparse = sparse.map(|e| e.into_iter().map(|(o, l)| [o, l]).collect());
-        rec.chunks = Some(chunks);
-        rec.hash = Some(hash.to_hex().to_string());
         self.stats.files += 1;
         self.stats.bytes += offset;
         self.progress.inc(offset);
@@ -644,77 +829,47 @@ impl Writer<'_> {
         Ok(Some(rec))
     }
 
-    async fn store_blob(&mut self, id: blake3::Hash, bytes: &[u8]) -> Result<()> {
-        if self.known.contains_key(&id) || !self.new_blobs.insert(id) {
-            return Ok(());
-        }
-        self.pack.add(id, bytes);
-        self.stats.new_blobs += 1;
-        self.stats.new_blob_bytes += bytes.len() as u64;
-        if self.pack.data_len() >= PACK_TARGET {
-            self.flush_pack().await?;
-        }
-        Ok(())
-    }
-
-    /// Writes the pack being assembled: tmp -> fsync -> rename into
-    /// `packs/xx/` -> fsync `packs/xx/`.
-    async fn flush_pack(&mut self) -> Result<()> {
-        crate::interrupt::check()?;
-        if self.pack.is_empty() {
-            return Ok(());
-        }
-        let pack = std::mem::replace(&mut self.pack, PackBuilder::with_capacity(PACK_TARGET));
-        let (bytes, id, blobs) = pack.finish();
-        let hex = id.to_hex().to_string();
-        let dir = self.repo.fanout_dir("packs", &hex, &mut self.syncs)?;
-        let fname =
-            Name::new(format!("{hex}.pack").as_bytes()).map_err(|e| Error::Usage(e.to_string()))?;
-        self.stats.bytes_added += self
-            .repo
-            .write_atomic(&dir, &fname, bytes, &mut self.syncs)
-            .await?;
-        self.stats.packs += 1;
-        self.index.packs.push(IndexPack {
-            id: hex,
-            blobs: blobs
-                .into_iter()
-                .map(|(id, offset, length)| IndexBlob {
-                    id: id.to_hex().to_string(),
-                    offset,
-                    length,
-                })
-                .collect(),
-        });
-        Ok(())
-    }
-
-    /// Steps 3-6 of the commit protocol: last pack, index, entries file,
-    /// then the snapshot record (the commit point).
+    /// Steps 3-6 of the commit protocol, once every pack is durable: the
+    /// index file, the entries file, then the snapshot record (the commit
+    /// point).
+    #[allow(clippy::too_many_arguments)]
     async fn commit(
         &mut self,
+        chunked: pipeline::Chunked,
+        packed: pipeline::Packed,
         time: String,
         host: String,
         source: &Path,
         opts: &BackupOptions,
         parent: Option<String>,
         started: Instant,
+        repo: &Repo,
     ) -> Result<BackupOutcome> {
-        self.flush_pack().await?;
+        for c in chunked.contents {
+            let rec = &mut self.records[c.idx];
+            rec.chunks = Some(c.chunks);
+            rec.hash = Some(c.hash);
+        }
+        self.stats.new_blobs = chunked.new_blobs;
+        self.stats.new_blob_bytes = chunked.new_blob_bytes;
+        self.stats.packs = packed.packs.len() as u64;
+        self.stats.bytes_added = packed.bytes_added;
+        let mut syncs = packed.syncs;
+        let index = IndexFile {
+            v: 1,
+            packs: packed.packs,
+        };
         let ser = |what: &str, e: serde_json::Error| Error::Integrity {
             path: what.to_owned(),
             detail: format!("cannot serialise: {e}"),
         };
-        if !self.index.packs.is_empty() {
-            let bytes = serde_json::to_vec(&self.index).map_err(|e| ser("index", e))?;
+        if !index.packs.is_empty() {
+            let bytes = serde_json::to_vec(&index).map_err(|e| ser("index", e))?;
             let id = blake3::hash(&bytes).to_hex().to_string();
             let fname = Name::new(format!("{id}.idx").as_bytes())
                 .map_err(|e| Error::Usage(e.to_string()))?;
             let dir = RelPath::parse(b"index").map_err(|e| Error::Usage(e.to_string()))?;
-            self.stats.bytes_added += self
-                .repo
-                .write_atomic(&dir, &fname, bytes, &mut self.syncs)
-                .await?;
+            self.stats.bytes_added += repo.write_atomic(&dir, &fname, bytes, &mut syncs).await?;
         }
         let mut entries = Vec::with_capacity(self.records.len() * 200);
         for r in &self.records {
@@ -722,15 +877,10 @@ impl Writer<'_> {
             entries.push(b'\n');
         }
         let entries_id = blake3::hash(&entries).to_hex().to_string();
-        let dir = self
-            .repo
-            .fanout_dir("entries", &entries_id, &mut self.syncs)?;
+        let dir = repo.fanout_dir("entries", &entries_id, &mut syncs)?;
         let fname = Name::new(format!("{entries_id}.jsonl").as_bytes())
             .map_err(|e| Error::Usage(e.to_string()))?;
-        self.stats.bytes_added += self
-            .repo
-            .write_atomic(&dir, &fname, entries, &mut self.syncs)
-            .await?;
+        self.stats.bytes_added += repo.write_atomic(&dir, &fname, entries, &mut syncs).await?;
         self.stats.duration_ms = started.elapsed().as_millis() as u64;
         use std::os::unix::ffi::OsStrExt;
         let (src_text, src_b64) = crate::fs::bytes_to_stored(source.as_os_str().as_bytes());
@@ -749,7 +899,7 @@ impl Writer<'_> {
                 count: self.records.len() as u64,
             },
             stats: self.stats.clone(),
-            durable: self.syncs.enabled,
+            durable: syncs.enabled,
         };
         let bytes = serde_json::to_vec_pretty(&record).map_err(|e| ser("snapshot", e))?;
         let snapshot_id = blake3::hash(&bytes).to_hex().to_string();
@@ -759,13 +909,11 @@ impl Writer<'_> {
         // Last chance to stop: nothing is visible until this rename.
         crate::interrupt::check()?;
         // The commit point: rename into snapshots/, then fsync snapshots/.
-        self.repo
-            .write_atomic(&dir, &fname, bytes, &mut self.syncs)
-            .await?;
+        repo.write_atomic(&dir, &fname, bytes, &mut syncs).await?;
         Ok(BackupOutcome {
             snapshot_id,
             record,
-            syncs: self.syncs,
+            syncs,
         })
     }
 }

@@ -1143,7 +1143,9 @@ pub fn writable(path: &Path) -> io::Result<()> {
 /// The effective capability set of this process (`CapEff` in
 /// `/proc/self/status`, see `proc_pid_status(5)`); 0 when unreadable.
 pub fn effective_caps() -> u64 {
-    let Ok(dir) = Dir::open_root(Path::new("/proc/self")) else {
+    // `/proc/self` is a symlink, which `open_root` (O_NOFOLLOW) refuses.
+    let own = format!("/proc/{}", rustix::process::getpid().as_raw_nonzero());
+    let Ok(dir) = Dir::open_root(Path::new(&own)) else {
         return 0;
     };
     let Ok(name) = Name::new(b"status") else {

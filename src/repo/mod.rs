@@ -141,6 +141,12 @@ pub struct SnapshotStats {
     pub unreadable: u64,
     /// Content bytes of all stored files.
     pub bytes: u64,
+    /// Regular files whose content was taken from the parent snapshot
+    /// without reading them: same size, mtime, ctime, inode and device, and
+    /// a ctime at least 1 s older than the parent's start (so a change
+    /// made while the parent ran cannot hide behind an unchanged stat).
+    #[serde(default)]
+    pub files_unchanged: u64,
     /// Blob bytes not already in the repository.
     pub new_blob_bytes: u64,
     /// Blobs not already in the repository.
@@ -303,6 +309,30 @@ fn check_id(bytes: &[u8], id: &str, path: &str, what: &str) -> Result<()> {
         })
     }
 }
+
+/// A hasher for maps keyed by BLAKE3 ids: the id is already uniformly
+/// random, so its first 8 bytes are the hash (SipHash would cost more than
+/// the lookup it serves).
+#[derive(Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // A `[u8; 32]` is hashed as its length, then its bytes.
+        for (i, b) in bytes.iter().take(8).enumerate() {
+            self.0 ^= u64::from(*b) << (8 * i);
+        }
+    }
+
+    fn write_usize(&mut self, _len: usize) {}
+}
+
+/// A map keyed by BLAKE3 ids.
+pub type IdMap<V> = HashMap<blake3::Hash, V, std::hash::BuildHasherDefault<IdHasher>>;
 
 fn parse_hash(hex: &str, what: &str, path: &str) -> Result<blake3::Hash> {
     blake3::Hash::from_hex(hex).map_err(|_| Error::Integrity {
@@ -544,7 +574,8 @@ impl Repo {
     /// Writes `bytes` as the immutable file `dir/name`: into `tmp/`,
     /// `fsync` (when `syncs` is enabled), `renameat2(RENAME_NOREPLACE)` into
     /// `dir`, `fsync` of `dir`. Returns the bytes added, 0 when a file of
-    /// that (content-addressed) name already existed.
+    /// that (content-addressed) name already exists (then nothing is
+    /// written: an unchanged entries file costs no write and no fsync).
     ///
     /// # Errors
     ///
@@ -556,6 +587,18 @@ impl Repo {
         bytes: Vec<u8>,
         syncs: &mut Syncs,
     ) -> Result<u64> {
+        let dest = self
+            .root
+            .open_path(dir)
+            .map_err(|e| Error::io("open directory", self.display(&dir.to_string()), e))?;
+        let dest_path = self.display(&format!("{dir}/{file}"));
+        if dest
+            .stat_opt(file)
+            .map_err(|e| Error::io("stat", &dest_path, e))?
+            .is_some()
+        {
+            return Ok(0);
+        }
         let tmp = self.open_dir(&["tmp"])?;
         let tmp_name = Name::new(format!("{}.tmp", random_hex(12)?).as_bytes())
             .map_err(|e| Error::Usage(e.to_string()))?;
@@ -584,11 +627,6 @@ impl Repo {
             }
             return Err(e);
         }
-        let dest = self
-            .root
-            .open_path(dir)
-            .map_err(|e| Error::io("open directory", self.display(&dir.to_string()), e))?;
-        let dest_path = self.display(&format!("{dir}/{file}"));
         match tmp.rename(&tmp_name, &dest, file, true) {
             Ok(()) => {
                 syncs.dir(&dest, self.display(&dir.to_string()))?;
@@ -711,8 +749,8 @@ impl Repo {
     ///
     /// [`Error::Integrity`] for a file that does not match its id or does
     /// not parse; I/O errors.
-    pub fn load_index(&self) -> Result<HashMap<blake3::Hash, BlobLocation>> {
-        let mut map = HashMap::new();
+    pub fn load_index(&self) -> Result<IdMap<BlobLocation>> {
+        let mut map = IdMap::default();
         for (_, path, bytes) in self.read_verified_dir("index", ".idx", "index file")? {
             let idx: IndexFile = serde_json::from_slice(&bytes).map_err(|e| Error::Integrity {
                 path: path.clone(),
@@ -742,6 +780,27 @@ impl Repo {
     /// [`Error::Integrity`] for a missing, altered or malformed file (the
     /// record's line number is named).
     pub fn read_entries(&self, id: &str) -> Result<Vec<EntryRecord>> {
+        let (path, bytes) = self.read_entries_bytes(id)?;
+        bytes
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .enumerate()
+            .map(|(i, line)| {
+                EntryRecord::from_line(line).map_err(|detail| Error::Integrity {
+                    path: format!("{path}:{}", i + 1),
+                    detail,
+                })
+            })
+            .collect()
+    }
+
+    /// Reads the entries file `id` unparsed, checked against its id:
+    /// (display path, bytes).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Integrity`] for a missing or altered file.
+    pub fn read_entries_bytes(&self, id: &str) -> Result<(String, Vec<u8>)> {
         if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(Error::Integrity {
                 path: self.display("entries"),
@@ -758,17 +817,7 @@ impl Repo {
                 detail: format!("cannot read entries file: {e}"),
             })?;
         check_id(&bytes, id, &path, "entries file")?;
-        bytes
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .enumerate()
-            .map(|(i, line)| {
-                EntryRecord::from_line(line).map_err(|detail| Error::Integrity {
-                    path: format!("{path}:{}", i + 1),
-                    detail,
-                })
-            })
-            .collect()
+        Ok((path, bytes))
     }
 
     /// Opens pack `id` for reading through io_uring.

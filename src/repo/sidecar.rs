@@ -79,10 +79,19 @@ pub struct EntryRecord {
     /// Access time (tier extended and up).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub atime: Option<Time>,
-    /// Status change time (tier full). Recorded for audit; the kernel sets
-    /// ctime itself, so restore cannot apply it.
+    /// Status change time: every entry at tier full, regular files at every
+    /// tier. Recorded for audit and change detection; the kernel sets ctime
+    /// itself, so restore cannot apply it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ctime: Option<Time>,
+    /// Inode number of a regular file (every tier). With `dev`, `size`,
+    /// `mtime` and `ctime` it lets the next backup of the same source take
+    /// the content from this record without reading the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ino: Option<u64>,
+    /// Device holding a regular file (every tier), as `st_dev`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dev: Option<DevNum>,
     /// Owner name from the backup host's `/etc/passwd` (tier full), when
     /// the uid has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -144,6 +153,8 @@ impl EntryRecord {
             mtime,
             atime: None,
             ctime: None,
+            ino: None,
+            dev: None,
             user: None,
             group: None,
             flags: None,

@@ -73,7 +73,7 @@ struct Frame {
 struct Restorer<'a> {
     repo: &'a Repo,
     records: &'a [EntryRecord],
-    index: HashMap<blake3::Hash, BlobLocation>,
+    index: crate::repo::IdMap<BlobLocation>,
     packs: HashMap<blake3::Hash, DataFile>,
     staging: &'a Dir,
     chown: bool,

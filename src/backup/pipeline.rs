@@ -1,0 +1,250 @@
+//! The content pipeline of a backup, three threads joined by bounded
+//! channels:
+//!
+//! 1. the walker (the caller's thread, with its io_uring ring) stats,
+//!    opens and reads files and sends their bytes as [`Msg`]s;
+//! 2. the chunker cuts them into FastCDC chunks, hashes each with BLAKE3,
+//!    keeps the blobs the repository lacks and fills 16 MiB packs;
+//! 3. the packer writes each finished pack through its own io_uring ring
+//!    (tmp -> fsync -> `RENAME_NOREPLACE` -> fsync of the fan-out
+//!    directory), so waiting for the disk overlaps reading and hashing.
+//!
+//! Memory is bounded by the channels: at most [`DATA_QUEUE`] reads of
+//! up to 4 MiB wait for the chunker, which holds at most 2 × 8 MiB of one
+//! file and one pack, and at most [`PACK_QUEUE`] packs wait for the packer.
+
+use std::collections::HashSet;
+use std::sync::mpsc::{Receiver, SyncSender};
+
+use crate::error::{Error, Result};
+use crate::fs::Name;
+use crate::repo::pack::PackBuilder;
+use crate::repo::{BlobLocation, ChunkerParams, IndexBlob, IndexPack, Repo, Syncs, PACK_TARGET};
+
+/// Reads that may wait for the chunker.
+pub const DATA_QUEUE: usize = 8;
+/// Finished packs that may wait for the packer.
+pub const PACK_QUEUE: usize = 1;
+
+/// What the walker sends the chunker, in walk order.
+pub enum Msg {
+    /// The next bytes of file record `idx` (its first when the record
+    /// changes); `end` when they are its last.
+    Data {
+        /// Record index in the walker's list.
+        idx: usize,
+        /// The bytes read.
+        bytes: Vec<u8>,
+        /// No more bytes follow for this record.
+        end: bool,
+    },
+    /// The current file could not be read to the end: forget it.
+    Discard,
+}
+
+/// The stored content of one file record.
+pub struct FileContent {
+    /// Index of the record in the walker's list.
+    pub idx: usize,
+    /// Blob ids of its chunks, in order.
+    pub chunks: Vec<String>,
+    /// BLAKE3 hex of the whole content.
+    pub hash: String,
+}
+
+/// What the chunker hands back when the walker is done.
+pub struct Chunked {
+    /// One per completed file, in walk order.
+    pub contents: Vec<FileContent>,
+    /// Blobs new to the repository.
+    pub new_blobs: u64,
+    /// Their bytes.
+    pub new_blob_bytes: u64,
+}
+
+/// What the packer hands back.
+pub struct Packed {
+    /// Index rows of every pack written.
+    pub packs: Vec<IndexPack>,
+    /// Pack bytes written.
+    pub bytes_added: u64,
+    /// Its sync accounting.
+    pub syncs: Syncs,
+}
+
+/// The error a stage returns when the next stage has gone away; the caller
+/// reports that stage's own error instead.
+pub fn downstream_gone() -> Error {
+    Error::Integrity {
+        path: "backup pipeline".into(),
+        detail: "a later stage stopped".into(),
+    }
+}
+
+struct Current {
+    idx: usize,
+    buf: Vec<u8>,
+    chunks: Vec<String>,
+    whole: blake3::Hasher,
+    /// The id of the only chunk of a one-chunk file.
+    first: Option<blake3::Hash>,
+}
+
+/// Runs the chunker until the walker's sender is dropped.
+///
+/// # Errors
+///
+/// [`downstream_gone`] when the packer stopped.
+pub fn chunker(
+    rx: Receiver<Msg>,
+    packs: SyncSender<PackBuilder>,
+    params: ChunkerParams,
+    known: &crate::repo::IdMap<BlobLocation>,
+) -> Result<Chunked> {
+    let mut out = Chunked {
+        contents: Vec::new(),
+        new_blobs: 0,
+        new_blob_bytes: 0,
+    };
+    let mut new: HashSet<blake3::Hash> = HashSet::new();
+    let mut pack = PackBuilder::with_capacity(PACK_TARGET);
+    let mut cur: Option<Current> = None;
+    let segment = 2 * params.max as usize;
+    let mut store = |id: blake3::Hash, bytes: &[u8], out: &mut Chunked| -> Result<()> {
+        if known.contains_key(&id) || !new.insert(id) {
+            return Ok(());
+        }
+        pack.add(id, bytes);
+        out.new_blobs += 1;
+        out.new_blob_bytes += bytes.len() as u64;
+        if pack.data_len() >= PACK_TARGET {
+            let full = std::mem::replace(&mut pack, PackBuilder::with_capacity(PACK_TARGET));
+            packs.send(full).map_err(|_| downstream_gone())?;
+        }
+        Ok(())
+    };
+    // Cuts what `c.buf` holds; at end of file everything, otherwise all
+    // but the last chunk (whose end may move when more bytes come).
+    let mut cut = |c: &mut Current, eof: bool, out: &mut Chunked| -> Result<()> {
+        let cuts: Vec<(usize, usize)> =
+            fastcdc::v2020::FastCDC::new(&c.buf, params.min, params.avg, params.max)
+                .map(|ch| (ch.offset, ch.length))
+                .collect();
+        let take = if eof {
+            cuts.len()
+        } else {
+            cuts.len().saturating_sub(1).max(1)
+        };
+        let mut consumed = 0;
+        for &(off, len) in &cuts[..take] {
+            let bytes = &c.buf[off..off + len];
+            let id = blake3::hash(bytes);
+            // The whole-file hash of a one-chunk file is that chunk's id:
+            // only files of several chunks are hashed a second time.
+            if c.chunks.is_empty() && eof && cuts.len() == 1 {
+                c.first = Some(id);
+            } else {
+                c.whole.update(bytes);
+            }
+            store(id, bytes, out)?;
+            c.chunks.push(id.to_hex().to_string());
+            consumed = off + len;
+        }
+        if consumed == c.buf.len() {
+            c.buf.clear();
+        } else {
+            c.buf.drain(..consumed);
+        }
+        Ok(())
+    };
+    for msg in rx {
+        match msg {
+            Msg::Data { idx, bytes, end } => {
+                if cur.as_ref().is_none_or(|c| c.idx != idx) {
+                    cur = Some(Current {
+                        idx,
+                        buf: Vec::new(),
+                        chunks: Vec::new(),
+                        whole: blake3::Hasher::new(),
+                        first: None,
+                    });
+                }
+                let c = cur.as_mut().expect("current file");
+                if c.buf.is_empty() {
+                    c.buf = bytes;
+                } else {
+                    c.buf.extend_from_slice(&bytes);
+                }
+                while c.buf.len() >= segment {
+                    cut(c, false, &mut out)?;
+                }
+                if !end {
+                    continue;
+                }
+                let mut c = cur.take().expect("current file");
+                while !c.buf.is_empty() {
+                    cut(&mut c, true, &mut out)?;
+                }
+                let hash = match c.chunks.len() {
+                    0 => blake3::hash(b""),
+                    _ => c.first.unwrap_or_else(|| c.whole.finalize()),
+                };
+                out.contents.push(FileContent {
+                    idx: c.idx,
+                    chunks: c.chunks,
+                    hash: hash.to_hex().to_string(),
+                });
+            }
+            Msg::Discard => cur = None,
+        }
+    }
+    if !pack.is_empty() {
+        packs.send(pack).map_err(|_| downstream_gone())?;
+    }
+    Ok(out)
+}
+
+/// Runs the packer until the chunker's sender is dropped: writes each pack
+/// durably (when `durable`) under `packs/xx/<id>.pack`.
+///
+/// # Errors
+///
+/// Repository I/O errors (`E_NO_SPACE` for a full disk); `E_INTERRUPTED`
+/// when a signal arrived.
+pub fn packer(rx: Receiver<PackBuilder>, repo: &Repo, durable: bool) -> Result<Packed> {
+    let mut out = Packed {
+        packs: Vec::new(),
+        bytes_added: 0,
+        syncs: Syncs {
+            enabled: durable,
+            ..Syncs::default()
+        },
+    };
+    crate::fs::block_on(async {
+        for pack in rx {
+            crate::interrupt::check()?;
+            let (bytes, id, blobs) = pack.finish();
+            let hex = id.to_hex().to_string();
+            let dir = repo.fanout_dir("packs", &hex, &mut out.syncs)?;
+            let fname = Name::new(format!("{hex}.pack").as_bytes())
+                .map_err(|e| Error::Usage(e.to_string()))?;
+            out.bytes_added += repo
+                .write_atomic(&dir, &fname, bytes, &mut out.syncs)
+                .await?;
+            out.packs.push(IndexPack {
+                id: hex,
+                blobs: blobs
+                    .into_iter()
+                    .map(|(id, offset, length)| IndexBlob {
+                        id: id.to_hex().to_string(),
+                        offset,
+                        length,
+                    })
+                    .collect(),
+            });
+        }
+        Ok(())
+    })
+    .map_err(|e| Error::io("start io_uring runtime", repo.path.display(), e))??;
+    Ok(out)
+}
