@@ -173,6 +173,10 @@ fn sigkill_at_fifty_instants_never_leaves_a_broken_repository() {
     fs::write(src.join("large1"), pseudo_random(6 << 20, 77)).unwrap();
     fs::write(src.join("large2"), pseudo_random(6 << 20, 78)).unwrap();
     let mut manifests: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    // Let the tree settle (ctime more than 1 s before the base backup
+    // starts), so the runs below take unchanged files from their parent as
+    // they would on a real tree; the timed run is then like the killed ones.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
 
     let first = env
         .snap([

@@ -232,6 +232,30 @@ pub struct FieldCount {
     pub skipped: u64,
 }
 
+impl FieldCount {
+    /// Adds another count to this one.
+    pub fn add(&mut self, o: FieldCount) {
+        self.applied += o.applied;
+        self.skipped += o.skipped;
+    }
+}
+
+impl PreservationApplied {
+    /// Adds another set of counts (a restore worker's) to this one.
+    pub fn add(&mut self, o: &PreservationApplied) {
+        self.mode.add(o.mode);
+        self.owner.add(o.owner);
+        self.timestamps.add(o.timestamps);
+        self.xattrs.add(o.xattrs);
+        self.acls.add(o.acls);
+        self.caps.add(o.caps);
+        self.selinux.add(o.selinux);
+        self.flags.add(o.flags);
+        self.sparse.add(o.sparse);
+        self.devices.add(o.devices);
+    }
+}
+
 /// Per-field preservation counts of a restore.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PreservationApplied {

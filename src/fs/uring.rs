@@ -104,6 +104,38 @@ impl Dir {
     }
 }
 
+impl Dir {
+    /// Creates the regular file `name` with a direct `openat2(2)`
+    /// (`RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS|RESOLVE_NO_MAGICLINKS`):
+    /// `O_WRONLY|O_CREAT|O_EXCL|O_NOFOLLOW` with `mode` (before umask);
+    /// `openat(2)` with the same flags on kernels without `openat2`.
+    ///
+    /// Restore creates files this way rather than through io_uring: an
+    /// `O_CREAT` open is always handed to an io-wq worker thread
+    /// (`io_openat_force_async` in `io_uring/openclose.c`), and on ext4 the
+    /// wake-up and switch per file cost more than the open itself (measured
+    /// in `docs/BENCHMARKS.md`).
+    ///
+    /// # Errors
+    ///
+    /// The open error: `EEXIST`, `ENOSPC`, `ELOOP`.
+    pub fn create_file(&self, name: &Name, mode: u32) -> io::Result<OwnedFd> {
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let path = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name.as_bytes());
+        let how = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+        match rustix::fs::openat2(self, path, flags, Mode::from_raw_mode(mode), how) {
+            Err(rustix::io::Errno::NOSYS) => Ok(rustix::fs::openat(
+                self,
+                path,
+                flags,
+                Mode::from_raw_mode(mode),
+            )?),
+            other => Ok(other?),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,6 +159,16 @@ mod tests {
             dir.create_file_uring(&n, 0o600).await.unwrap();
             let again = dir.create_file_uring(&n, 0o600).await.unwrap_err();
             assert_eq!(again.kind(), io::ErrorKind::AlreadyExists);
+            let again = dir.create_file(&n, 0o600).unwrap_err();
+            assert_eq!(again.kind(), io::ErrorKind::AlreadyExists);
+            let e = dir.create_file(&l, 0o600).unwrap_err();
+            assert_eq!(
+                e.kind(),
+                io::ErrorKind::AlreadyExists,
+                "a symlink name is taken"
+            );
+            dir.create_file(&Name::new(b"sync").unwrap(), 0o600)
+                .unwrap();
         })
         .unwrap();
     }

@@ -227,14 +227,19 @@ impl EntryRecord {
         struct Version {
             v: u32,
         }
-        let ver: Version =
-            serde_json::from_slice(line).map_err(|e| format!("malformed record: {e}"))?;
-        if ver.v != SIDECAR_VERSION {
-            return Err(format!(
-                "sidecar record version {} is not supported (this snap reads version {SIDECAR_VERSION})",
-                ver.v
-            ));
+        let unsupported = |v: u32| {
+            format!(
+                "sidecar record version {v} is not supported (this snap reads version {SIDECAR_VERSION})"
+            )
+        };
+        match serde_json::from_slice::<Self>(line) {
+            Ok(r) if r.v == SIDECAR_VERSION => Ok(r),
+            Ok(r) => Err(unsupported(r.v)),
+            // Another version may have another shape: name the version.
+            Err(e) => match serde_json::from_slice::<Version>(line) {
+                Ok(ver) if ver.v != SIDECAR_VERSION => Err(unsupported(ver.v)),
+                _ => Err(format!("malformed record: {e}")),
+            },
         }
-        serde_json::from_slice(line).map_err(|e| format!("malformed record: {e}"))
     }
 }
