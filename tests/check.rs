@@ -73,6 +73,22 @@ fn flipped_byte_in_a_pack_is_found_by_read_data() {
 }
 
 #[test]
+fn altered_pack_footer_is_found_without_read_data() {
+    let (env, _) = repo_with_snapshot();
+    let pack = files_under(&env.repo.join("packs")).remove(0);
+    let mut b = fs::read(&pack).unwrap();
+    // Flip a bit of the first footer row's blob length (trailer: blob
+    // count u32, 0 u32, footer offset u64, magic; rows of 44 bytes). Only
+    // the pack id, which covers footer and trailer, can tell.
+    let rows = u32::from_le_bytes(b[b.len() - 24..b.len() - 20].try_into().unwrap()) as usize;
+    let first_row = b.len() - 24 - 44 * rows;
+    b[first_row + 40] ^= 0x01;
+    fs::write(&pack, &b).unwrap();
+    let name = pack.file_name().unwrap().to_str().unwrap().to_owned();
+    assert_detected(&env, &[], &name);
+}
+
+#[test]
 fn deleted_pack_is_found() {
     let (env, _) = repo_with_snapshot();
     let pack = files_under(&env.repo.join("packs")).remove(0);

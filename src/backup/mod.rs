@@ -163,6 +163,9 @@ struct ParentLine<'a> {
 /// [`pipeline`]).
 struct Writer<'a> {
     tier: PreservationTier,
+    /// The repository's minimum chunk size: a file no larger is always
+    /// one chunk.
+    chunker_min: u32,
     /// To the chunker; `None` once the walk is over.
     tx: Option<SyncSender<Msg>>,
     known: &'a crate::repo::IdMap<BlobLocation>,
@@ -332,6 +335,7 @@ pub fn run(
     let (pack_tx, pack_rx) = sync_channel(pipeline::PACK_QUEUE);
     let mut w = Writer {
         tier: opts.policy.tier,
+        chunker_min: repo.config.chunker.min,
         tx: Some(tx),
         known: &known,
         parent: parent_files,
@@ -763,6 +767,11 @@ impl Writer<'_> {
         let mut pos = ranges.first().map_or(0, |r| r.0);
         let mut offset = 0u64; // bytes of stored content read so far
         let mut pending: Option<Vec<u8>> = None;
+        // A file that may span several chunks is hashed whole here, beside
+        // the chunker (which then hashes only its chunks); a smaller one's
+        // hash is its one chunk's id.
+        let mut whole = (st.size > u64::from(self.chunker_min)).then(blake3::Hasher::new);
+        let hashed = whole.as_ref().map(|_| None);
         loop {
             crate::interrupt::check()?;
             let Some(&(start, len)) = ranges.get(ri) else {
@@ -790,6 +799,9 @@ impl Writer<'_> {
                 break;
             }
             let short = data.len() < want;
+            if let Some(h) = whole.as_mut() {
+                h.update(&data);
+            }
             pos += data.len() as u64;
             offset += data.len() as u64;
             if let Some(prev) = pending.replace(data) {
@@ -797,6 +809,7 @@ impl Writer<'_> {
                     idx,
                     bytes: prev,
                     end: false,
+                    whole: hashed,
                 })?;
             }
             if pos >= end {
@@ -815,6 +828,7 @@ impl Writer<'_> {
             idx,
             bytes: pending.unwrap_or_default(),
             end: true,
+            whole: whole.map(|h| Some(h.finalize())),
         })?;
         f.close()
             .await

@@ -37,6 +37,9 @@ pub enum Msg {
         bytes: Vec<u8>,
         /// No more bytes follow for this record.
         end: bool,
+        /// The walker hashes this file's whole content itself (so the
+        /// chunker hashes only chunks); with `end`, that hash.
+        whole: Option<Option<blake3::Hash>>,
     },
     /// The current file could not be read to the end: forget it.
     Discard,
@@ -85,7 +88,8 @@ struct Current {
     idx: usize,
     buf: Vec<u8>,
     chunks: Vec<String>,
-    whole: blake3::Hasher,
+    /// The whole-content hash, unless the walker computes it.
+    whole: Option<blake3::Hasher>,
     /// The id of the only chunk of a one-chunk file.
     first: Option<blake3::Hash>,
 }
@@ -143,8 +147,8 @@ pub fn chunker(
             // only files of several chunks are hashed a second time.
             if c.chunks.is_empty() && eof && cuts.len() == 1 {
                 c.first = Some(id);
-            } else {
-                c.whole.update(bytes);
+            } else if let Some(w) = c.whole.as_mut() {
+                w.update(bytes);
             }
             store(id, bytes, out)?;
             c.chunks.push(id.to_hex().to_string());
@@ -159,13 +163,18 @@ pub fn chunker(
     };
     for msg in rx {
         match msg {
-            Msg::Data { idx, bytes, end } => {
+            Msg::Data {
+                idx,
+                bytes,
+                end,
+                whole,
+            } => {
                 if cur.as_ref().is_none_or(|c| c.idx != idx) {
                     cur = Some(Current {
                         idx,
                         buf: Vec::new(),
                         chunks: Vec::new(),
-                        whole: blake3::Hasher::new(),
+                        whole: whole.is_none().then(blake3::Hasher::new),
                         first: None,
                     });
                 }
@@ -185,9 +194,17 @@ pub fn chunker(
                 while !c.buf.is_empty() {
                     cut(&mut c, true, &mut out)?;
                 }
-                let hash = match c.chunks.len() {
-                    0 => blake3::hash(b""),
-                    _ => c.first.unwrap_or_else(|| c.whole.finalize()),
+                let hash = match (c.chunks.len(), c.first, c.whole, whole) {
+                    (0, ..) => blake3::hash(b""),
+                    (_, Some(only), ..) => only,
+                    (_, None, Some(w), _) => w.finalize(),
+                    (_, None, None, Some(Some(w))) => w,
+                    (_, None, None, _) => {
+                        return Err(Error::Integrity {
+                            path: "backup pipeline".into(),
+                            detail: "a file's whole-content hash is missing".into(),
+                        })
+                    }
                 };
                 out.contents.push(FileContent {
                     idx: c.idx,

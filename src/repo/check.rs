@@ -289,14 +289,36 @@ async fn check_packs(
                 .await
                 .map_err(|e| e.to_string())?;
             let (_, footer_offset) = parse_trailer(&t, len)?;
-            let rows = f
-                .read_exact_at(
-                    footer_offset,
-                    (len - TRAILER_LEN as u64 - footer_offset) as usize,
-                )
+            let tail = f
+                .read_exact_at(footer_offset, (len - footer_offset) as usize)
                 .await
                 .map_err(|e| e.to_string())?;
-            parse_rows(&rows, footer_offset, id)
+            // The pack id is the BLAKE3 of footer and trailer.
+            if blake3::hash(&tail) != id {
+                return Err("pack footer and trailer do not match the pack's BLAKE3 id".into());
+            }
+            let rows = &tail[..tail.len() - TRAILER_LEN];
+            let blobs = parse_rows(rows, footer_offset, id)?;
+            // The blobs tile the data area exactly, so every byte before the
+            // footer is covered by some blob's id.
+            let mut spans: Vec<(u64, u64)> = blobs
+                .iter()
+                .map(|(_, l)| (l.offset, u64::from(l.length)))
+                .collect();
+            spans.sort_unstable();
+            let mut at = 0u64;
+            for (off, l) in spans {
+                if off != at {
+                    return Err(format!("pack data has a gap or overlap at offset {at}"));
+                }
+                at = off + l;
+            }
+            if at != footer_offset {
+                return Err(format!(
+                    "pack blobs end at {at}, the footer starts at {footer_offset}"
+                ));
+            }
+            Ok(blobs)
         }
         .await;
         let footer = match footer {
@@ -325,9 +347,6 @@ async fn check_packs(
                 Err(e) => r.problem(&path, format!("read: {e}")),
                 Ok(bytes) => {
                     r.bytes_read += len;
-                    if blake3::hash(&bytes) != id {
-                        r.problem(&path, "pack does not match its BLAKE3 id");
-                    }
                     for (blob, loc) in &footer {
                         let s = &bytes
                             [loc.offset as usize..(loc.offset + u64::from(loc.length)) as usize];

@@ -31,7 +31,7 @@ use sidecar::EntryRecord;
 /// The `format` value of `config.json`.
 pub const FORMAT_NAME: &str = "snap";
 /// The repository format version this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Target size of a pack's blob data, in bytes.
 pub const PACK_TARGET: usize = 16 * 1024 * 1024;
 
