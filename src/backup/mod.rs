@@ -168,6 +168,8 @@ struct Writer<'a> {
     chunker_min: u32,
     /// To the chunker; `None` once the walk is over.
     tx: Option<SyncSender<Msg>>,
+    /// Large read buffers the chunker is done with.
+    reads_pool: std::sync::mpsc::Receiver<Vec<u8>>,
     known: &'a crate::repo::IdMap<BlobLocation>,
     /// Regular files of the parent snapshot by raw path.
     parent: PathMap<ParentFile>,
@@ -333,10 +335,17 @@ pub fn run(
 
     let (tx, rx) = sync_channel(pipeline::DATA_QUEUE);
     let (pack_tx, pack_rx) = sync_channel(pipeline::PACK_QUEUE);
+    let (reads_back, reads_pool) = sync_channel(pipeline::DATA_QUEUE);
+    let (packs_back_tx, packs_back) = sync_channel(2);
+    let recycle = pipeline::Recycle {
+        reads_back,
+        packs_back,
+    };
     let mut w = Writer {
         tier: opts.policy.tier,
         chunker_min: repo.config.chunker.min,
         tx: Some(tx),
+        reads_pool,
         known: &known,
         parent: parent_files,
         stats: SnapshotStats::default(),
@@ -355,12 +364,14 @@ pub fn run(
         let chunker = std::thread::Builder::new()
             .name("snap-chunker".into())
             .spawn_scoped(s, move || {
-                pipeline::chunker(rx, pack_tx, chunker_params, known)
+                pipeline::chunker(rx, pack_tx, chunker_params, known, recycle)
             })
             .map_err(|e| Error::io("spawn", "chunker thread", e))?;
         let packer = std::thread::Builder::new()
             .name("snap-packer".into())
-            .spawn_scoped(s, move || pipeline::packer(pack_rx, repo, durable))
+            .spawn_scoped(s, move || {
+                pipeline::packer(pack_rx, repo, durable, packs_back_tx)
+            })
             .map_err(|e| Error::io("spawn", "packer thread", e))?;
         let walked = crate::fs::block_on(async {
             match &root {
@@ -784,7 +795,15 @@ impl Writer<'_> {
                 None => ((st.size.saturating_sub(pos)) as usize + 1).min(READ_SIZE),
                 Some(_) => READ_SIZE.min((end - pos) as usize),
             };
-            let data = match f.read_at(pos, want).await {
+            let buf = if want >= pipeline::RECYCLE_FROM {
+                self.reads_pool.try_recv().map(|mut b| {
+                    b.clear();
+                    b
+                })
+            } else {
+                Err(std::sync::mpsc::TryRecvError::Empty)
+            };
+            let data = match f.read_at_into(buf.unwrap_or_default(), pos, want).await {
                 Ok(data) => data,
                 Err(e) => {
                     if offset > 0 {

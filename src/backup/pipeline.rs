@@ -26,6 +26,28 @@ pub const DATA_QUEUE: usize = 8;
 /// Finished packs that may wait for the packer.
 pub const PACK_QUEUE: usize = 1;
 
+/// Buffers handed back up the pipeline, so large reads and packs reuse
+/// memory that is already mapped instead of faulting in fresh pages.
+pub struct Recycle {
+    /// Read buffers, back to the walker.
+    pub reads_back: SyncSender<Vec<u8>>,
+    /// Pack buffers, back from the packer.
+    pub packs_back: Receiver<Vec<u8>>,
+}
+
+/// Read buffers smaller than this are left to the allocator.
+pub const RECYCLE_FROM: usize = 1 << 20;
+
+impl Recycle {
+    /// Returns a large read buffer to the walker (dropped when its pool is
+    /// full).
+    fn give_back(&self, buf: Vec<u8>) {
+        if buf.capacity() >= RECYCLE_FROM {
+            let _ = self.reads_back.try_send(buf);
+        }
+    }
+}
+
 /// What the walker sends the chunker, in walk order.
 pub enum Msg {
     /// The next bytes of file record `idx` (its first when the record
@@ -86,7 +108,6 @@ pub fn downstream_gone() -> Error {
 
 struct Current {
     idx: usize,
-    buf: Vec<u8>,
     chunks: Vec<String>,
     /// The whole-content hash, unless the walker computes it.
     whole: Option<blake3::Hasher>,
@@ -104,6 +125,7 @@ pub fn chunker(
     packs: SyncSender<PackBuilder>,
     params: ChunkerParams,
     known: &crate::repo::IdMap<BlobLocation>,
+    recycle: Recycle,
 ) -> Result<Chunked> {
     let mut out = Chunked {
         contents: Vec::new(),
@@ -112,6 +134,9 @@ pub fn chunker(
     };
     let mut new: HashSet<blake3::Hash> = HashSet::new();
     let mut pack = PackBuilder::with_capacity(PACK_TARGET);
+    // Bytes of the current file waiting to be cut; its capacity is kept
+    // from file to file.
+    let mut acc: Vec<u8> = Vec::new();
     let mut cur: Option<Current> = None;
     let segment = 2 * params.max as usize;
     let mut store = |id: blake3::Hash, bytes: &[u8], out: &mut Chunked| -> Result<()> {
@@ -122,45 +147,50 @@ pub fn chunker(
         out.new_blobs += 1;
         out.new_blob_bytes += bytes.len() as u64;
         if pack.data_len() >= PACK_TARGET {
-            let full = std::mem::replace(&mut pack, PackBuilder::with_capacity(PACK_TARGET));
+            let next = match recycle.packs_back.try_recv() {
+                Ok(buf) => PackBuilder::with_buffer(buf),
+                Err(_) => PackBuilder::with_capacity(PACK_TARGET),
+            };
+            let full = std::mem::replace(&mut pack, next);
             packs.send(full).map_err(|_| downstream_gone())?;
         }
         Ok(())
     };
     // Cuts what `c.buf` holds; at end of file everything, otherwise all
     // but the last chunk (whose end may move when more bytes come).
-    let mut cut = |c: &mut Current, eof: bool, out: &mut Chunked| -> Result<()> {
-        let cuts: Vec<(usize, usize)> =
-            fastcdc::v2020::FastCDC::new(&c.buf, params.min, params.avg, params.max)
-                .map(|ch| (ch.offset, ch.length))
-                .collect();
-        let take = if eof {
-            cuts.len()
-        } else {
-            cuts.len().saturating_sub(1).max(1)
-        };
-        let mut consumed = 0;
-        for &(off, len) in &cuts[..take] {
-            let bytes = &c.buf[off..off + len];
-            let id = blake3::hash(bytes);
-            // The whole-file hash of a one-chunk file is that chunk's id:
-            // only files of several chunks are hashed a second time.
-            if c.chunks.is_empty() && eof && cuts.len() == 1 {
-                c.first = Some(id);
-            } else if let Some(w) = c.whole.as_mut() {
-                w.update(bytes);
+    let mut cut =
+        |c: &mut Current, buf: &mut Vec<u8>, eof: bool, out: &mut Chunked| -> Result<()> {
+            let cuts: Vec<(usize, usize)> =
+                fastcdc::v2020::FastCDC::new(buf, params.min, params.avg, params.max)
+                    .map(|ch| (ch.offset, ch.length))
+                    .collect();
+            let take = if eof {
+                cuts.len()
+            } else {
+                cuts.len().saturating_sub(1).max(1)
+            };
+            let mut consumed = 0;
+            for &(off, len) in &cuts[..take] {
+                let bytes = &buf[off..off + len];
+                let id = blake3::hash(bytes);
+                // The whole-file hash of a one-chunk file is that chunk's id:
+                // only files of several chunks are hashed a second time.
+                if c.chunks.is_empty() && eof && cuts.len() == 1 {
+                    c.first = Some(id);
+                } else if let Some(w) = c.whole.as_mut() {
+                    w.update(bytes);
+                }
+                store(id, bytes, out)?;
+                c.chunks.push(id.to_hex().to_string());
+                consumed = off + len;
             }
-            store(id, bytes, out)?;
-            c.chunks.push(id.to_hex().to_string());
-            consumed = off + len;
-        }
-        if consumed == c.buf.len() {
-            c.buf.clear();
-        } else {
-            c.buf.drain(..consumed);
-        }
-        Ok(())
-    };
+            if consumed == buf.len() {
+                buf.clear();
+            } else {
+                buf.drain(..consumed);
+            }
+            Ok(())
+        };
     for msg in rx {
         match msg {
             Msg::Data {
@@ -170,30 +200,36 @@ pub fn chunker(
                 whole,
             } => {
                 if cur.as_ref().is_none_or(|c| c.idx != idx) {
+                    acc.clear();
                     cur = Some(Current {
                         idx,
-                        buf: Vec::new(),
                         chunks: Vec::new(),
                         whole: whole.is_none().then(blake3::Hasher::new),
                         first: None,
                     });
                 }
                 let c = cur.as_mut().expect("current file");
-                if c.buf.is_empty() {
-                    c.buf = bytes;
+                if acc.is_empty() && end {
+                    // A file read in one piece is cut where it lies.
+                    let mut b = bytes;
+                    while !b.is_empty() {
+                        cut(c, &mut b, true, &mut out)?;
+                    }
+                    recycle.give_back(b);
                 } else {
-                    c.buf.extend_from_slice(&bytes);
+                    acc.extend_from_slice(&bytes);
+                    recycle.give_back(bytes);
+                    while acc.len() >= segment {
+                        cut(c, &mut acc, false, &mut out)?;
+                    }
+                    if !end {
+                        continue;
+                    }
+                    while !acc.is_empty() {
+                        cut(c, &mut acc, true, &mut out)?;
+                    }
                 }
-                while c.buf.len() >= segment {
-                    cut(c, false, &mut out)?;
-                }
-                if !end {
-                    continue;
-                }
-                let mut c = cur.take().expect("current file");
-                while !c.buf.is_empty() {
-                    cut(&mut c, true, &mut out)?;
-                }
+                let c = cur.take().expect("current file");
                 let hash = match (c.chunks.len(), c.first, c.whole, whole) {
                     (0, ..) => blake3::hash(b""),
                     (_, Some(only), ..) => only,
@@ -228,7 +264,12 @@ pub fn chunker(
 ///
 /// Repository I/O errors (`E_NO_SPACE` for a full disk); `E_INTERRUPTED`
 /// when a signal arrived.
-pub fn packer(rx: Receiver<PackBuilder>, repo: &Repo, durable: bool) -> Result<Packed> {
+pub fn packer(
+    rx: Receiver<PackBuilder>,
+    repo: &Repo,
+    durable: bool,
+    packs_back: SyncSender<Vec<u8>>,
+) -> Result<Packed> {
     let mut out = Packed {
         packs: Vec::new(),
         bytes_added: 0,
@@ -245,9 +286,13 @@ pub fn packer(rx: Receiver<PackBuilder>, repo: &Repo, durable: bool) -> Result<P
             let dir = repo.fanout_dir("packs", &hex, &mut out.syncs)?;
             let fname = Name::new(format!("{hex}.pack").as_bytes())
                 .map_err(|e| Error::Usage(e.to_string()))?;
-            out.bytes_added += repo
-                .write_atomic(&dir, &fname, bytes, &mut out.syncs)
+            let (added, buf) = repo
+                .write_atomic_reuse(&dir, &fname, bytes, &mut out.syncs)
                 .await?;
+            out.bytes_added += added;
+            if let Some(buf) = buf {
+                let _ = packs_back.try_send(buf);
+            }
             out.packs.push(IndexPack {
                 id: hex,
                 blobs: blobs

@@ -972,6 +972,33 @@ impl DataFile {
         Ok(buf)
     }
 
+    /// Reads up to `len` bytes at `offset` (IORING_OP_READ), appended to
+    /// `buf` after its current length, so a caller can recycle buffers
+    /// (no fresh pages to fault in for every read). Fewer bytes than `len`
+    /// appended means end of file or a short read, as for
+    /// [`DataFile::read_at`].
+    ///
+    /// # Errors
+    ///
+    /// The read error; the buffer is dropped.
+    pub async fn read_at_into(
+        &self,
+        mut buf: Vec<u8>,
+        offset: u64,
+        len: usize,
+    ) -> io::Result<Vec<u8>> {
+        use compio::buf::{IntoInner, IoBuf};
+        use compio::io::AsyncReadAt;
+        let start = buf.len();
+        buf.reserve(len);
+        let compio::BufResult(res, slice) = self
+            .file
+            .read_at(buf.slice(start..start + len), offset)
+            .await;
+        res?;
+        Ok(slice.into_inner())
+    }
+
     /// Reads exactly `len` bytes at `offset` into a new buffer.
     ///
     /// # Errors

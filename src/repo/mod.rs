@@ -587,6 +587,22 @@ impl Repo {
         bytes: Vec<u8>,
         syncs: &mut Syncs,
     ) -> Result<u64> {
+        Ok(self.write_atomic_reuse(dir, file, bytes, syncs).await?.0)
+    }
+
+    /// [`Repo::write_atomic`], handing the buffer back (when it was
+    /// written) so the caller can fill it again.
+    ///
+    /// # Errors
+    ///
+    /// As [`Repo::write_atomic`].
+    pub async fn write_atomic_reuse(
+        &self,
+        dir: &RelPath,
+        file: &Name,
+        bytes: Vec<u8>,
+        syncs: &mut Syncs,
+    ) -> Result<(u64, Option<Vec<u8>>)> {
         let dest = self
             .root
             .open_path(dir)
@@ -597,7 +613,7 @@ impl Repo {
             .map_err(|e| Error::io("stat", &dest_path, e))?
             .is_some()
         {
-            return Ok(0);
+            return Ok((0, Some(bytes)));
         }
         let tmp = self.open_dir(&["tmp"])?;
         let tmp_name = Name::new(format!("{}.tmp", random_hex(12)?).as_bytes())
@@ -610,32 +626,37 @@ impl Repo {
             .map_err(|e| Error::io("create", &tmp_path, e))?;
         let mut f = DataFile::new(fd);
         let written = async {
-            f.write_all_at(bytes, 0)
+            let bytes = f
+                .write_all_at(bytes, 0)
                 .await
                 .map_err(|e| Error::io("write", &tmp_path, e))?;
             syncs.file(&f, &tmp_path).await?;
             f.close()
                 .await
-                .map_err(|e| Error::io("close", &tmp_path, e))
+                .map_err(|e| Error::io("close", &tmp_path, e))?;
+            Ok(bytes)
         }
         .await;
-        if let Err(e) = written {
-            // Give the space back now (a full disk is the usual cause); the
-            // next writer's tmp/ cleanup is the fallback.
-            if let Err(u) = tmp.unlink(&tmp_name) {
-                eprintln!("snap: warning: could not remove {tmp_path}: {u}");
+        let bytes = match written {
+            Ok(b) => b,
+            Err(e) => {
+                // Give the space back now (a full disk is the usual cause);
+                // the next writer's tmp/ cleanup is the fallback.
+                if let Err(u) = tmp.unlink(&tmp_name) {
+                    eprintln!("snap: warning: could not remove {tmp_path}: {u}");
+                }
+                return Err(e);
             }
-            return Err(e);
-        }
+        };
         match tmp.rename(&tmp_name, &dest, file, true) {
             Ok(()) => {
                 syncs.dir(&dest, self.display(&dir.to_string()))?;
-                Ok(len)
+                Ok((len, Some(bytes)))
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 tmp.unlink(&tmp_name)
                     .map_err(|e| Error::io("unlink", &tmp_path, e))?;
-                Ok(0)
+                Ok((0, Some(bytes)))
             }
             Err(e) => Err(Error::io("rename", dest_path, e)),
         }

@@ -34,6 +34,16 @@ impl PackBuilder {
         }
     }
 
+    /// An empty pack filling `buf` (cleared; its capacity is kept, so a
+    /// recycled buffer needs no fresh pages).
+    pub fn with_buffer(mut buf: Vec<u8>) -> Self {
+        buf.clear();
+        Self {
+            data: buf,
+            blobs: Vec::new(),
+        }
+    }
+
     /// Appends a blob.
     pub fn add(&mut self, id: blake3::Hash, bytes: &[u8]) {
         let offset = self.data.len() as u64;
