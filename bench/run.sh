@@ -22,7 +22,7 @@ WORK=${WORK:-$(mktemp -d /var/tmp/snap-bench.XXXXXX)}
 export RESTIC_PASSWORD=bench BORG_PASSPHRASE="" BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
 
 need=()
-for t in restic:restic borg:borgbackup rsync:rsync /usr/bin/time:time; do
+for t in restic:restic borg:borgbackup rsync:rsync /usr/bin/time:time fio:fio mkfs.ext4:e2fsprogs losetup:mount; do
   command -v "${t%%:*}" >/dev/null 2>&1 || need+=("${t#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -30,7 +30,31 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 cargo build --release -q
 SNAP="$PWD/target/release/snap"
-trap 'rm -rf "$WORK"' EXIT
+MNT="$WORK/mnt"
+cleanup() { fresh_fs_off; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+# --- restore and copy targets ------------------------------------------------
+# Every restore and every cp/rsync copy lands in a fresh ext4 (no journal, as
+# this machine's root filesystem) on a direct-I/O loop device, made in the
+# untimed setup. On a filesystem that just deleted many inodes, ext4's
+# inode allocator skips "recently deleted" inodes (fs/ext4/ialloc.c,
+# recently_deleted: dtime within 60 s, 360 s while the block is dirty), which
+# made whichever tool ran after an `rm -rf` of the last run several times
+# slower. A fresh filesystem gives every tool the same start.
+fresh_fs_off() {
+  if mountpoint -q "$MNT" 2>/dev/null; then umount "$MNT"; fi
+  local l
+  for l in $(losetup -j "$WORK/fs.img" -O NAME -n 2>/dev/null); do losetup -d "$l"; done
+  rm -f "$WORK/fs.img"
+}
+fresh_fs() { # fresh_fs BYTES: a fresh filesystem at $MNT with room for BYTES
+  fresh_fs_off
+  truncate -s "$(( $1 * 3 / 2 + (1 << 30) ))" "$WORK/fs.img"
+  mkfs.ext4 -q -F -O ^has_journal -E lazy_itable_init=1,nodiscard "$WORK/fs.img"
+  mkdir -p "$MNT"
+  mount "$(losetup --direct-io=on --show -f "$WORK/fs.img")" "$MNT"
+}
 
 # --- trees -----------------------------------------------------------------
 make_tree() { # make_tree NAME -> prints the path
@@ -62,11 +86,22 @@ PY
   esac
 }
 
-# Changes 1 % of the regular files of a copy-on-write-free tree we own.
+# Changes 1 % of the regular files of a tree we own (4 KiB appended to
+# each); a tree of fewer than 100 files gets 1 % of its first file's bytes
+# overwritten in the middle instead.
 change_one_percent() {
-  find "$1" -type f | awk 'NR % 100 == 0' | while read -r f; do
-    head -c 4096 /dev/urandom >> "$f"
-  done
+  local n
+  n=$(find "$1" -type f | wc -l)
+  if [ "$n" -ge 100 ]; then
+    find "$1" -type f | awk 'NR % 100 == 0' | while read -r f; do
+      head -c 4096 /dev/urandom >> "$f"
+    done
+  else
+    local f size
+    f=$(find "$1" -type f | head -1); size=$(stat -c %s "$f")
+    head -c $((size / 100)) /dev/urandom |
+      dd of="$f" bs=1M seek=$((size / 2)) oflag=seek_bytes conv=notrunc status=none
+  fi
 }
 
 # --- measuring -------------------------------------------------------------
@@ -92,25 +127,35 @@ row() { rows+=("$1"); echo "$1" >&2; }
 
 for tree in $TREES; do
   src=$(make_tree "$tree")
+  # snap trusts a parent's stat only for files that changed more than 1 s
+  # before that parent started; let a freshly made tree settle.
+  sleep 2
   cat $(find "$src" -type f 2>/dev/null | head -200000) >/dev/null 2>&1 || true   # warm the cache
   files=$(find "$src" -type f | wc -l); bytes=$(du -sb "$src" | cut -f1)
-  s="$WORK/snap-repo"; rr="$WORK/restic-repo"; br="$WORK/borg-repo"; t="$WORK/copy"; o="$WORK/out"
+  s="$WORK/snap-repo"; rr="$WORK/restic-repo"; br="$WORK/borg-repo"; t="$WORK/copy"; o="$MNT/out"
+
+  # The floor: reading the tree (cat, warm cache) and writing its bytes
+  # durably in one sequential stream (fio, 1 MiB writes, fsync at the end).
+  read -r cat_f _ < <(measure cat "" "find $src -type f -print0 | xargs -0 cat > /dev/null")
+  read -r fio_f _ < <(measure fio "rm -f $WORK/fio.dat; sync" "fio --name=floor --rw=write --bs=1M --size=$bytes --filename=$WORK/fio.dat --end_fsync=1 --output=/dev/null")
+  rm -f "$WORK/fio.dat"
 
   # Backup (each run into an empty repository or target).
   read -r snap_b snap_b_rss < <(measure snap "rm -rf $s; sync" "$SNAP --repo $s backup $src")
   read -r tar_b tar_b_rss < <(measure tar "rm -f $t.tar; sync" "tar -cf $t.tar $src 2>/dev/null; sync")
-  read -r cp_b cp_b_rss < <(measure cp "rm -rf $t; sync" "cp -a $src $t; sync")
-  read -r rs_b rs_b_rss < <(measure rsync "rm -rf $t; sync" "rsync -aHAX $src/ $t/; sync")
+  read -r cp_b cp_b_rss < <(measure cp "fresh_fs $bytes" "cp -a $src $MNT/copy; sync")
+  read -r rs_b rs_b_rss < <(measure rsync "fresh_fs $bytes" "rsync -aHAX $src/ $MNT/copy/; sync")
+  fresh_fs_off
   read -r re_b re_b_rss < <(measure restic "rm -rf $rr; restic init -q -r $rr; sync" "restic -q -r $rr backup $src")
   read -r bo_b bo_b_rss < <(measure borg "rm -rf $br; borg init -e none $br; sync" "borg create $br::a $src")
-  rm -rf "$t"
-
-  # Restore, from what the last backup run of each tool left.
-  read -r snap_r snap_r_rss < <(measure snap "rm -rf $o" "$SNAP --repo $s restore latest --target $o")
-  read -r tar_r tar_r_rss < <(measure tar "rm -rf $o; mkdir $o" "tar -xpf $t.tar -C $o; sync")
-  read -r re_r re_r_rss < <(measure restic "rm -rf $o" "restic -q -r $rr restore latest --target $o")
-  read -r bo_r bo_r_rss < <(measure borg "rm -rf $o; mkdir $o" "cd $o && borg extract $br::a")
-  rm -rf "$o" "$t.tar"
+  # Restore, from what the last backup run of each tool left, each run into
+  # a fresh filesystem. restic and borg do not sync (as they ship).
+  read -r snap_r snap_r_rss < <(measure snap "fresh_fs $bytes" "$SNAP --repo $s restore latest --target $o")
+  read -r tar_r tar_r_rss < <(measure tar "fresh_fs $bytes; mkdir $o" "tar -xpf $t.tar -C $o; sync")
+  read -r re_r re_r_rss < <(measure restic "fresh_fs $bytes" "restic -q -r $rr restore latest --target $o")
+  read -r bo_r bo_r_rss < <(measure borg "fresh_fs $bytes; mkdir $o" "cd $o && borg extract $br::a")
+  fresh_fs_off
+  rm -f "$t.tar"
 
   # Incremental: no change.
   read -r snap_i snap_i_rss < <(measure snap "" "$SNAP --repo $s backup $src")
@@ -118,6 +163,7 @@ for tree in $TREES; do
   read -r bo_i bo_i_rss < <(measure borg "borg delete $br::inc || true" "borg create $br::inc $src")
 
   ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a == a) printf "%.2f", a / b; else print "-" }'; }
+  row "| $tree | floor | read (cat) $cat_f s, write + fsync (fio) $fio_f s | |"
   row "| $tree ($files files, $((bytes / 1048576)) MiB) | backup | $snap_b s, $((snap_b_rss / 1024)) MiB | tar $tar_b ($(ratio "$snap_b" "$tar_b")x), cp -a $cp_b ($(ratio "$snap_b" "$cp_b")x), rsync $rs_b ($(ratio "$snap_b" "$rs_b")x), restic $re_b ($(ratio "$snap_b" "$re_b")x, $((re_b_rss / 1024)) MiB), borg $bo_b ($(ratio "$snap_b" "$bo_b")x, $((bo_b_rss / 1024)) MiB) |"
   row "| $tree | restore | $snap_r s, $((snap_r_rss / 1024)) MiB | tar $tar_r ($(ratio "$snap_r" "$tar_r")x), restic $re_r ($(ratio "$snap_r" "$re_r")x), borg $bo_r ($(ratio "$snap_r" "$bo_r")x) |"
   row "| $tree | re-backup, no change | $snap_i s ($(ratio "$snap_i" "$snap_b")x of first), $((snap_i_rss / 1024)) MiB | restic $re_i ($(ratio "$snap_i" "$re_i")x), borg $bo_i ($(ratio "$snap_i" "$bo_i")x) |"
@@ -142,6 +188,9 @@ done
   echo "Machine: $(uname -srm), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo),"
   echo "$(findmnt -no FSTYPE -T "$WORK") under $WORK; $(restic version | cut -d' ' -f1-2), $(borg --version), $(tar --version | head -1),"
   echo "$(rsync --version | head -1 | awk '{print $1, $3}'); generated $(date -u +%Y-%m-%d)."
+  echo
+  echo "Restores and cp/rsync copies go to a fresh ext4 (no journal, as the root filesystem) on a"
+  echo "direct-I/O loop device per run (see the script for why)."
   echo
   echo "| tree | operation | snap | peers (seconds, ratio snap/peer) |"
   echo "| --- | --- | --- | --- |"
