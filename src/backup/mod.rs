@@ -201,49 +201,72 @@ fn parent_files(repo: &Repo, parent: &SnapshotRecord) -> Result<PathMap<ParentFi
         nsec: start.subsec_nanos(),
     };
     let (path, bytes) = repo.read_entries_bytes(&parent.entries.id)?;
-    let mut out = PathMap::default();
-    for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
-        if line.is_empty() {
-            continue;
+    let parse = |part: &[u8], first_line: usize| -> Result<Vec<(Vec<u8>, ParentFile)>> {
+        let mut out = Vec::new();
+        for (i, line) in part.split(|b| *b == b'\n').enumerate() {
+            if line.is_empty() {
+                continue;
+            }
+            let r: ParentLine = serde_json::from_slice(line).map_err(|e| Error::Integrity {
+                path: format!("{path}:{}", first_line + i),
+                detail: format!("malformed record: {e}"),
+            })?;
+            if r.v != crate::repo::sidecar::SIDECAR_VERSION || r.kind != EntryKind::File {
+                continue;
+            }
+            let (Some(size), Some(ctime), Some(ino), Some(dev), Some(chunks), Some(hash)) =
+                (r.size, r.ctime, r.ino, r.dev, r.chunks, r.hash)
+            else {
+                continue;
+            };
+            if ctime >= settled {
+                continue;
+            }
+            let Ok(chunks) = chunks
+                .iter()
+                .map(blake3::Hash::from_hex)
+                .collect::<std::result::Result<Vec<_>, _>>()
+            else {
+                continue;
+            };
+            let Ok(rel) = RelPath::from_stored(&r.path, r.path_b64.as_deref()) else {
+                continue;
+            };
+            out.push((
+                rel.to_bytes(),
+                ParentFile {
+                    size,
+                    mtime: r.mtime,
+                    ctime,
+                    ino,
+                    dev,
+                    sparse: r.sparse,
+                    chunks,
+                    hash,
+                },
+            ));
         }
-        let r: ParentLine = serde_json::from_slice(line).map_err(|e| Error::Integrity {
-            path: format!("{path}:{}", i + 1),
-            detail: format!("malformed record: {e}"),
-        })?;
-        if r.v != crate::repo::sidecar::SIDECAR_VERSION || r.kind != EntryKind::File {
-            continue;
-        }
-        let (Some(size), Some(ctime), Some(ino), Some(dev), Some(chunks), Some(hash)) =
-            (r.size, r.ctime, r.ino, r.dev, r.chunks, r.hash)
-        else {
-            continue;
-        };
-        if ctime >= settled {
-            continue;
-        }
-        let Ok(chunks) = chunks
+        Ok(out)
+    };
+    // One part per core (the index loads beside it).
+    let parts = crate::repo::split_lines(
+        &bytes,
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+    );
+    let found = std::thread::scope(|s| {
+        let handles: Vec<_> = parts
             .iter()
-            .map(blake3::Hash::from_hex)
-            .collect::<std::result::Result<Vec<_>, _>>()
-        else {
-            continue;
-        };
-        let Ok(path) = RelPath::from_stored(&r.path, r.path_b64.as_deref()) else {
-            continue;
-        };
-        out.insert(
-            path.to_bytes(),
-            ParentFile {
-                size,
-                mtime: r.mtime,
-                ctime,
-                ino,
-                dev,
-                sparse: r.sparse,
-                chunks,
-                hash,
-            },
-        );
+            .map(|&(part, first)| s.spawn(move || parse(part, first)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect::<Result<Vec<_>>>()
+    })?;
+    let mut out = PathMap::default();
+    out.reserve(found.iter().map(Vec::len).sum());
+    for part in found {
+        out.extend(part);
     }
     Ok(out)
 }
@@ -904,16 +927,45 @@ impl Writer<'_> {
             let dir = RelPath::parse(b"index").map_err(|e| Error::Usage(e.to_string()))?;
             self.stats.bytes_added += repo.write_atomic(&dir, &fname, bytes, &mut syncs).await?;
         }
-        let mut entries = Vec::with_capacity(self.records.len() * 200);
-        for r in &self.records {
-            serde_json::to_writer(&mut entries, r).map_err(|e| ser("entries", e))?;
-            entries.push(b'\n');
+        // The parent's files are no longer needed: give their memory back
+        // before the entries file is built.
+        self.parent = PathMap::default();
+        // One slice of the records per core, serialised side by side.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per = self.records.len().div_ceil(cores).max(4096);
+        let parts = std::thread::scope(|s| {
+            let handles: Vec<_> = self
+                .records
+                .chunks(per)
+                .map(|part| {
+                    s.spawn(move || {
+                        let mut out = Vec::with_capacity(part.len() * 400);
+                        for r in part {
+                            serde_json::to_writer(&mut out, r)?;
+                            out.push(b'\n');
+                        }
+                        Ok::<_, serde_json::Error>(out)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect::<std::result::Result<Vec<_>, _>>()
+        })
+        .map_err(|e| ser("entries", e))?;
+        let mut hasher = blake3::Hasher::new();
+        for part in &parts {
+            hasher.update(part);
         }
-        let entries_id = blake3::hash(&entries).to_hex().to_string();
+        let entries_id = hasher.finalize().to_hex().to_string();
         let dir = repo.fanout_dir("entries", &entries_id, &mut syncs)?;
         let fname = Name::new(format!("{entries_id}.jsonl").as_bytes())
             .map_err(|e| Error::Usage(e.to_string()))?;
-        self.stats.bytes_added += repo.write_atomic(&dir, &fname, entries, &mut syncs).await?;
+        self.stats.bytes_added += repo
+            .write_atomic_parts(&dir, &fname, parts, &mut syncs)
+            .await?
+            .0;
         self.stats.duration_ms = started.elapsed().as_millis() as u64;
         use std::os::unix::ffi::OsStrExt;
         let (src_text, src_b64) = crate::fs::bytes_to_stored(source.as_os_str().as_bytes());

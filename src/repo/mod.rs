@@ -334,6 +334,35 @@ impl std::hash::Hasher for IdHasher {
 /// A map keyed by BLAKE3 ids.
 pub type IdMap<V> = HashMap<blake3::Hash, V, std::hash::BuildHasherDefault<IdHasher>>;
 
+/// Splits `bytes` into at most `n` parts of about equal size, each ending
+/// at a line end (or the end): (part, its first line's number from 1).
+/// Parts of under 1 MiB are not worth a thread and stay whole.
+pub fn split_lines(bytes: &[u8], n: usize) -> Vec<(&[u8], usize)> {
+    let n = n.clamp(1, bytes.len() / (1 << 20) + 1);
+    let mut out = Vec::with_capacity(n);
+    let (mut start, mut line) = (0usize, 1usize);
+    for k in 1..=n {
+        let mut end = if k == n {
+            bytes.len()
+        } else {
+            bytes.len() * k / n
+        };
+        if end < start {
+            end = start;
+        }
+        while end < bytes.len() && end > 0 && bytes[end - 1] != b'\n' {
+            end += 1;
+        }
+        if end > start {
+            let part = &bytes[start..end];
+            out.push((part, line));
+            line += part.iter().filter(|b| **b == b'\n').count();
+            start = end;
+        }
+    }
+    out
+}
+
 fn parse_hash(hex: &str, what: &str, path: &str) -> Result<blake3::Hash> {
     blake3::Hash::from_hex(hex).map_err(|_| Error::Integrity {
         path: path.to_owned(),
@@ -603,6 +632,25 @@ impl Repo {
         bytes: Vec<u8>,
         syncs: &mut Syncs,
     ) -> Result<(u64, Option<Vec<u8>>)> {
+        let (added, mut back) = self
+            .write_atomic_parts(dir, file, vec![bytes], syncs)
+            .await?;
+        Ok((added, back.pop()))
+    }
+
+    /// [`Repo::write_atomic`] of the concatenation of `parts`, written one
+    /// after another (no copy into one buffer); the parts come back.
+    ///
+    /// # Errors
+    ///
+    /// As [`Repo::write_atomic`].
+    pub async fn write_atomic_parts(
+        &self,
+        dir: &RelPath,
+        file: &Name,
+        parts: Vec<Vec<u8>>,
+        syncs: &mut Syncs,
+    ) -> Result<(u64, Vec<Vec<u8>>)> {
         let dest = self
             .root
             .open_path(dir)
@@ -613,31 +661,38 @@ impl Repo {
             .map_err(|e| Error::io("stat", &dest_path, e))?
             .is_some()
         {
-            return Ok((0, Some(bytes)));
+            return Ok((0, parts));
         }
         let tmp = self.open_dir(&["tmp"])?;
         let tmp_name = Name::new(format!("{}.tmp", random_hex(12)?).as_bytes())
             .map_err(|e| Error::Usage(e.to_string()))?;
         let tmp_path = self.display(&format!("tmp/{tmp_name}"));
-        let len = bytes.len() as u64;
+        let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
         let fd = tmp
             .create_file_uring(&tmp_name, 0o600)
             .await
             .map_err(|e| Error::io("create", &tmp_path, e))?;
         let mut f = DataFile::new(fd);
         let written = async {
-            let bytes = f
-                .write_all_at(bytes, 0)
-                .await
-                .map_err(|e| Error::io("write", &tmp_path, e))?;
+            let mut back = Vec::with_capacity(parts.len());
+            let mut at = 0u64;
+            for part in parts {
+                let n = part.len() as u64;
+                back.push(
+                    f.write_all_at(part, at)
+                        .await
+                        .map_err(|e| Error::io("write", &tmp_path, e))?,
+                );
+                at += n;
+            }
             syncs.file(&f, &tmp_path).await?;
             f.close()
                 .await
                 .map_err(|e| Error::io("close", &tmp_path, e))?;
-            Ok(bytes)
+            Ok(back)
         }
         .await;
-        let bytes = match written {
+        let back = match written {
             Ok(b) => b,
             Err(e) => {
                 // Give the space back now (a full disk is the usual cause);
@@ -651,12 +706,12 @@ impl Repo {
         match tmp.rename(&tmp_name, &dest, file, true) {
             Ok(()) => {
                 syncs.dir(&dest, self.display(&dir.to_string()))?;
-                Ok((len, Some(bytes)))
+                Ok((len, back))
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 tmp.unlink(&tmp_name)
                     .map_err(|e| Error::io("unlink", &tmp_path, e))?;
-                Ok((0, Some(bytes)))
+                Ok((0, back))
             }
             Err(e) => Err(Error::io("rename", dest_path, e)),
         }
@@ -802,17 +857,38 @@ impl Repo {
     /// record's line number is named).
     pub fn read_entries(&self, id: &str) -> Result<Vec<EntryRecord>> {
         let (path, bytes) = self.read_entries_bytes(id)?;
-        bytes
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .enumerate()
-            .map(|(i, line)| {
-                EntryRecord::from_line(line).map_err(|detail| Error::Integrity {
-                    path: format!("{path}:{}", i + 1),
-                    detail,
+        let parse = |part: &[u8], first_line: usize| -> Result<Vec<EntryRecord>> {
+            part.split(|b| *b == b'\n')
+                .enumerate()
+                .filter(|(_, l)| !l.is_empty())
+                .map(|(i, line)| {
+                    EntryRecord::from_line(line).map_err(|detail| Error::Integrity {
+                        path: format!("{path}:{}", first_line + i),
+                        detail,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        };
+        // One part per core, split at line ends: parsing is most of the
+        // time a restore spends before its first entry.
+        let parts = split_lines(
+            &bytes,
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+        );
+        if parts.len() <= 1 {
+            return parse(&bytes, 1);
+        }
+        std::thread::scope(|s| {
+            let handles: Vec<_> = parts
+                .iter()
+                .map(|&(part, first_line)| s.spawn(move || parse(part, first_line)))
+                .collect();
+            let mut out = Vec::new();
+            for h in handles {
+                out.extend(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?);
+            }
+            Ok(out)
+        })
     }
 
     /// Reads the entries file `id` unparsed, checked against its id:
@@ -862,6 +938,44 @@ impl Repo {
                 detail: "pack listed in the index is missing".into(),
             }),
             Err(e) => Err(Error::io("open", self.display(&rel), e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_lines;
+
+    #[test]
+    fn split_lines_cuts_at_line_ends_and_numbers_lines() {
+        let mut text = Vec::new();
+        for i in 0..100_000 {
+            text.extend_from_slice(format!("line {i} {}\n", "x".repeat(i % 50)).as_bytes());
+        }
+        assert!(text.len() > 3 << 20);
+        for n in [1, 2, 3, 7] {
+            let parts = split_lines(&text, n);
+            // At most one part per MiB.
+            assert_eq!(parts.len(), n.min(text.len() / (1 << 20) + 1));
+            assert_eq!(parts.concat_bytes(), text);
+            for (part, first) in &parts {
+                assert!(part.ends_with(b"\n"));
+                let want = format!("line {} ", first - 1);
+                assert!(part.starts_with(want.as_bytes()), "part at line {first}");
+            }
+        }
+        // Small inputs stay whole; an empty one has no part.
+        assert_eq!(split_lines(b"a\nb\n", 4), vec![(&b"a\nb\n"[..], 1)]);
+        assert!(split_lines(b"", 2).is_empty());
+    }
+
+    trait Concat {
+        fn concat_bytes(&self) -> Vec<u8>;
+    }
+
+    impl Concat for Vec<(&[u8], usize)> {
+        fn concat_bytes(&self) -> Vec<u8> {
+            self.iter().flat_map(|(p, _)| p.iter().copied()).collect()
         }
     }
 }

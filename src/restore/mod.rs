@@ -64,8 +64,9 @@ pub struct RestoreWarning {
 /// filesystem's own.
 const FLAGS_MODIFIABLE: u32 = 0x0003_80FF;
 
-/// Files handed to one worker at a time: up to this many...
-const BATCH_FILES: usize = 64;
+/// Files handed to one worker at a time: those of one directory, up to
+/// this many...
+const BATCH_FILES: usize = 256;
 /// ...or this many content bytes, whichever comes first. Consecutive files
 /// sit next to each other in the packs, so a batch reads them in order.
 const BATCH_BYTES: u64 = 8 << 20;
@@ -802,6 +803,15 @@ impl<'a> Restorer<'a> {
                 created[*idx] = Some(n);
             }
             if let Some(from) = file_from {
+                // A batch holds one directory's files where it can, so the
+                // workers do not queue on the same directory's lock.
+                if batch
+                    .last()
+                    .is_some_and(|f: &FileWork| f.rel.parent() != rel.parent())
+                {
+                    tx.send(std::mem::take(&mut batch)).map_err(|_| gone())?;
+                    batch_bytes = 0;
+                }
                 batch_bytes += sh.records[from].size.unwrap_or(0);
                 batch.push(FileWork {
                     rel: rel.clone(),
