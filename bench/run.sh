@@ -168,11 +168,12 @@ for tree in $TREES; do
   row "| $tree | restore | $snap_r s, $((snap_r_rss / 1024)) MiB | tar $tar_r ($(ratio "$snap_r" "$tar_r")x), restic $re_r ($(ratio "$snap_r" "$re_r")x), borg $bo_r ($(ratio "$snap_r" "$bo_r")x) |"
   row "| $tree | re-backup, no change | $snap_i s ($(ratio "$snap_i" "$snap_b")x of first), $((snap_i_rss / 1024)) MiB | restic $re_i ($(ratio "$snap_i" "$re_i")x), borg $bo_i ($(ratio "$snap_i" "$bo_i")x) |"
   if [ "$tree" != usr-share ]; then
-    # 1 % of the files changed (our own trees only).
-    change_one_percent "$src"
-    read -r snap_c snap_c_rss < <(measure snap "" "$SNAP --repo $s backup $src")
-    read -r re_c re_c_rss < <(measure restic "" "restic -q -r $rr backup $src")
-    read -r bo_c bo_c_rss < <(measure borg "borg delete $br::chg || true" "borg create $br::chg $src")
+    # 1 % of the files changed (our own trees only), anew before every run,
+    # so every run (not only the first) backs up a real change.
+    chg="change_one_percent $src"
+    read -r snap_c snap_c_rss < <(measure snap "$chg" "$SNAP --repo $s backup $src")
+    read -r re_c re_c_rss < <(measure restic "$chg" "restic -q -r $rr backup $src")
+    read -r bo_c bo_c_rss < <(measure borg "$chg; borg delete $br::chg || true" "borg create $br::chg $src")
     row "| $tree | re-backup, 1 % changed | $snap_c s, $((snap_c_rss / 1024)) MiB | restic $re_c ($(ratio "$snap_c" "$re_c")x), borg $bo_c ($(ratio "$snap_c" "$bo_c")x) |"
   fi
   rm -rf "$s" "$rr" "$br"
@@ -195,5 +196,7 @@ done
   echo "| tree | operation | snap | peers (seconds, ratio snap/peer) |"
   echo "| --- | --- | --- | --- |"
   printf '%s\n' "${rows[@]}"
+  echo
+  cat bench/analysis.md
 } > "$OUT"
 echo "wrote $OUT" >&2
