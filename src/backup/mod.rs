@@ -754,7 +754,10 @@ impl Writer<'_> {
                 None => p.size,
             };
             if self.tier == PreservationTier::Full {
-                let f = match dir.open_file(name) {
+                // Xattrs and inode flags are read through a descriptor,
+                // opened as for reading content (O_NONBLOCK: a name swapped
+                // for a FIFO since the stat cannot block the run).
+                let f = match dir.open_file_read_uring(name).await {
                     Ok(f) => f,
                     Err(e) => {
                         self.warn(rel, "open", e.to_string(), true)?;
