@@ -14,6 +14,7 @@ pub mod error;
 pub mod facts;
 pub mod fs;
 pub mod interrupt;
+pub mod par;
 pub mod policy;
 pub mod preflight;
 pub mod repo;

@@ -249,20 +249,10 @@ fn parent_files(repo: &Repo, parent: &SnapshotRecord) -> Result<PathMap<ParentFi
         Ok(out)
     };
     // One part per core (the index loads beside it).
-    let parts = crate::repo::split_lines(
-        &bytes,
-        std::thread::available_parallelism().map_or(1, |n| n.get()),
-    );
-    let found = std::thread::scope(|s| {
-        let handles: Vec<_> = parts
-            .iter()
-            .map(|&(part, first)| s.spawn(move || parse(part, first)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect::<Result<Vec<_>>>()
-    })?;
+    let parts = crate::repo::split_lines(&bytes, crate::par::cores());
+    let found = crate::par::map(&parts, |&(part, first)| parse(part, first))
+        .into_iter()
+        .collect::<Result<Vec<_>>>()?;
     let mut out = PathMap::default();
     out.reserve(found.iter().map(Vec::len).sum());
     for part in found {
@@ -337,9 +327,7 @@ pub fn run(
             Some((_, rec)) if rec.tier == opts.policy.tier => parent_files(repo, rec),
             _ => Ok(PathMap::default()),
         };
-        let index = index
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        let index = crate::par::join(index);
         Ok::<_, Error>((index?, files?))
     })?;
     let parent = parent.map(|(id, _)| id.clone());
@@ -412,12 +400,8 @@ pub fn run(
         .and_then(|r| r);
         // Closing the channel lets the chunker flush its last pack.
         w.tx = None;
-        let chunked = chunker
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p));
-        let packed = packer
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        let chunked = crate::par::join(chunker);
+        let packed = crate::par::join(packer);
         Ok::<_, Error>((walked, chunked, packed))
     })?;
     // The first stage to fail names the cause; a stage whose successor
@@ -934,28 +918,18 @@ impl Writer<'_> {
         // before the entries file is built.
         self.parent = PathMap::default();
         // One slice of the records per core, serialised side by side.
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let per = self.records.len().div_ceil(cores).max(4096);
-        let parts = std::thread::scope(|s| {
-            let handles: Vec<_> = self
-                .records
-                .chunks(per)
-                .map(|part| {
-                    s.spawn(move || {
-                        let mut out = Vec::with_capacity(part.len() * 400);
-                        for r in part {
-                            serde_json::to_writer(&mut out, r)?;
-                            out.push(b'\n');
-                        }
-                        Ok::<_, serde_json::Error>(out)
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect::<std::result::Result<Vec<_>, _>>()
+        let per = self.records.len().div_ceil(crate::par::cores()).max(4096);
+        let slices: Vec<&[EntryRecord]> = self.records.chunks(per).collect();
+        let parts = crate::par::map(&slices, |part| {
+            let mut out = Vec::with_capacity(part.len() * 400);
+            for r in *part {
+                serde_json::to_writer(&mut out, r)?;
+                out.push(b'\n');
+            }
+            Ok::<_, serde_json::Error>(out)
         })
+        .into_iter()
+        .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| ser("entries", e))?;
         let mut hasher = blake3::Hasher::new();
         for part in &parts {

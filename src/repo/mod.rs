@@ -871,24 +871,12 @@ impl Repo {
         };
         // One part per core, split at line ends: parsing is most of the
         // time a restore spends before its first entry.
-        let parts = split_lines(
-            &bytes,
-            std::thread::available_parallelism().map_or(1, |n| n.get()),
-        );
-        if parts.len() <= 1 {
-            return parse(&bytes, 1);
+        let parts = split_lines(&bytes, crate::par::cores());
+        let mut out = Vec::new();
+        for part in crate::par::map(&parts, |&(part, first)| parse(part, first)) {
+            out.extend(part?);
         }
-        std::thread::scope(|s| {
-            let handles: Vec<_> = parts
-                .iter()
-                .map(|&(part, first_line)| s.spawn(move || parse(part, first_line)))
-                .collect();
-            let mut out = Vec::new();
-            for h in handles {
-                out.extend(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?);
-            }
-            Ok(out)
-        })
+        Ok(out)
     }
 
     /// Reads the entries file `id` unparsed, checked against its id:

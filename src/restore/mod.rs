@@ -618,7 +618,7 @@ impl<'a> Restorer<'a> {
         let template = self.summary.clone();
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<FileWork>>(64);
         let rx = std::sync::Mutex::new(rx);
-        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers = crate::par::cores();
         let (planned, results) = std::thread::scope(|s| {
             let handles: Vec<_> = (0..workers)
                 .map(|_| s.spawn(|| Self::worker(sh, &template, &rx)))
@@ -627,10 +627,7 @@ impl<'a> Restorer<'a> {
             if planned.is_err() {
                 sh.abort.store(true, Ordering::Relaxed);
             }
-            let results: Vec<_> = handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect();
+            let results: Vec<_> = handles.into_iter().map(crate::par::join).collect();
             (planned, results)
         });
         let mut first_err = None;
