@@ -141,12 +141,6 @@ fn garbage_is_reported_not_an_error_and_repair_tmp_cleans_tmp() {
     assert_eq!(r.fact("lock.acquired")["mode"], "exclusive");
     assert_eq!(fs::read_dir(env.repo.join("tmp")).unwrap().count(), 0);
     let out = env.path("out");
-    env.snap([
-        OsStr::new("restore"),
-        OsStr::new("latest"),
-        OsStr::new("--target"),
-        out.as_os_str(),
-    ])
-    .ok();
+    env.restore_latest(&out).ok();
     assert_same_tree(&src, &out, false);
 }

@@ -174,13 +174,7 @@ fn full_tier_round_trips_user_xattrs() {
     let a = recs.iter().find(|r| r["path"] == "keep/a.txt").unwrap();
     assert_eq!(a["xattrs"]["user.color"], "Ymx1ZQ==");
     let out = env.path("out");
-    env.snap([
-        OsStr::new("restore"),
-        OsStr::new("latest"),
-        OsStr::new("--target"),
-        out.as_os_str(),
-    ])
-    .ok();
+    env.restore_latest(&out).ok();
     let dump = |p: &Path| {
         let o = Command::new("getfattr")
             .args(["-d", "-e", "hex", "-m", "^user\\."])
@@ -734,13 +728,7 @@ fn single_file_source_restores_inside_the_target() {
     fs::set_permissions(&f, fs::Permissions::from_mode(0o640)).unwrap();
     env.snap([OsStr::new("backup"), f.as_os_str()]).ok();
     let out = env.path("out");
-    env.snap([
-        OsStr::new("restore"),
-        OsStr::new("latest"),
-        OsStr::new("--target"),
-        out.as_os_str(),
-    ])
-    .ok();
+    env.restore_latest(&out).ok();
     assert_eq!(fs::read(out.join("report.txt")).unwrap(), b"quarterly");
     let md = fs::metadata(out.join("report.txt")).unwrap();
     assert_eq!(md.permissions().mode() & 0o7777, 0o640);

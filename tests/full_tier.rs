@@ -92,14 +92,7 @@ fn full_tier_round_trips_every_metadata_kind() {
     }
 
     let out = env.path("out");
-    let r = env
-        .snap([
-            OsStr::new("restore"),
-            OsStr::new("latest"),
-            OsStr::new("--target"),
-            out.as_os_str(),
-        ])
-        .ok();
+    let r = env.restore_latest(&out).ok();
     let warnings: Vec<_> = r
         .facts
         .iter()

@@ -129,14 +129,7 @@ fn generated_tree_round_trips_at_tier_extended() {
     );
 
     let out = env.path("out");
-    let r = env
-        .snap([
-            OsStr::new("restore"),
-            OsStr::new("latest"),
-            OsStr::new("--target"),
-            out.as_os_str(),
-        ])
-        .ok();
+    let r = env.restore_latest(&out).ok();
     let rs = r.fact("restore.summary");
     assert_eq!(rs["hardlinks"], 2);
     assert_eq!(rs["bytes"], (50u64 << 20) + 11 + 10 + 6 + 7 + 6);
@@ -197,13 +190,7 @@ fn system_tree_round_trips_and_second_backup_adds_under_one_percent() {
     assert_eq!(s2["stats"]["files_unchanged"], s2["stats"]["files"]);
 
     let out = env.path("restored");
-    env.snap([
-        OsStr::new("restore"),
-        OsStr::new("latest"),
-        OsStr::new("--target"),
-        out.as_os_str(),
-    ])
-    .ok();
+    env.restore_latest(&out).ok();
     if first.code == 0 {
         assert_same_tree(src, &out, false);
     } else {
@@ -258,13 +245,7 @@ fn unchanged_files_come_from_the_parent_and_every_change_is_read() {
     assert_eq!(s3["files_unchanged"], 1, "only d is unchanged: {s3}");
 
     let out = env.path("out");
-    env.snap([
-        OsStr::new("restore"),
-        OsStr::new("latest"),
-        OsStr::new("--target"),
-        out.as_os_str(),
-    ])
-    .ok();
+    env.restore_latest(&out).ok();
     assert_same_tree(&src, &out, false);
     assert_eq!(fs::read(out.join("a")).unwrap(), b"other content");
 }
@@ -280,12 +261,7 @@ fn restore_to_existing_target_fails_and_leaves_it_untouched() {
     fs::create_dir(&target).unwrap();
     fs::write(target.join("keep"), b"mine").unwrap();
     let before = lstat_tree(&target);
-    let r = env.snap([
-        OsStr::new("restore"),
-        OsStr::new("latest"),
-        OsStr::new("--target"),
-        target.as_os_str(),
-    ]);
+    let r = env.restore_latest(&target);
     assert_eq!(r.code, 41, "{}", r.stderr);
     assert!(
         r.stderr.contains("E_TARGET_EXISTS") && r.stderr.contains(&target.display().to_string()),
@@ -354,12 +330,7 @@ fn flipped_byte_in_a_pack_fails_restore_with_integrity_and_creates_nothing() {
     fs::set_permissions(&pack, fs::Permissions::from_mode(0o600)).unwrap();
     fs::write(&pack, &bytes).unwrap();
     let target = env.path("out");
-    let r = env.snap([
-        OsStr::new("restore"),
-        OsStr::new("latest"),
-        OsStr::new("--target"),
-        target.as_os_str(),
-    ]);
+    let r = env.restore_latest(&target);
     assert_eq!(r.code, 90, "{}", r.stderr);
     assert!(r.stderr.contains("E_INTEGRITY"), "{}", r.stderr);
     assert_eq!(r.fact("command.failed")["error_id"], "E_INTEGRITY");

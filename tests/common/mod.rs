@@ -121,6 +121,16 @@ impl Env {
         self.run_cmd(cmd, args)
     }
 
+    /// `snap restore latest --target TARGET`.
+    pub fn restore_latest(&self, target: impl AsRef<Path>) -> Run {
+        self.snap([
+            OsStr::new("restore"),
+            OsStr::new("latest"),
+            OsStr::new("--target"),
+            target.as_ref().as_os_str(),
+        ])
+    }
+
     /// Runs snap with `--facts` but no `--repo` (for default-location tests).
     pub fn run_cmd<I, S>(&self, mut cmd: Command, args: I) -> Run
     where
