@@ -108,6 +108,35 @@ fn truncated_entries_file_is_found() {
 }
 
 #[test]
+fn altered_parent_entries_fail_the_next_backup_and_commit_nothing() {
+    let (env, src) = repo_with_snapshot();
+    // Still valid JSON with the same shape: only the id check can tell.
+    let entries = files_under(&env.repo.join("entries")).remove(0);
+    let text = fs::read_to_string(&entries).unwrap();
+    let at = text.find("\"hash\":\"").expect("a hash field") + 8;
+    let mut bytes = text.into_bytes();
+    bytes[at] = if bytes[at] == b'0' { b'1' } else { b'0' };
+    fs::write(&entries, &bytes).unwrap();
+    let snapshots = || fs::read_dir(env.repo.join("snapshots")).unwrap().count();
+    let before = snapshots();
+    let r = env.snap([OsStr::new("backup"), src.as_os_str()]);
+    assert_eq!(r.code, 90, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("E_INTEGRITY") && r.stderr.contains("does not match its BLAKE3 id"),
+        "{}",
+        r.stderr
+    );
+    let id = entries.file_stem().unwrap().to_str().unwrap();
+    assert!(
+        r.stderr.contains(id),
+        "the entries file is named: {}",
+        r.stderr
+    );
+    assert_eq!(r.fact("command.failed")["error_id"], "E_INTEGRITY");
+    assert_eq!(snapshots(), before, "a snapshot was committed");
+}
+
+#[test]
 fn removed_index_file_is_found() {
     let (env, _) = repo_with_snapshot();
     let idx = files_under(&env.repo.join("index")).remove(0);

@@ -8,6 +8,7 @@
 //! snapshot until the final rename of the record.
 
 mod pipeline;
+mod scan;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -22,9 +23,7 @@ use crate::facts::{Decision, Emitter, Event};
 use crate::fs::{fd, DataFile, Dir, FileKind, Name, RelPath, Stat};
 use crate::policy::{Policy, PreservationTier};
 use crate::repo::sidecar::{DevNum, EntryKind, EntryRecord};
-use crate::repo::{
-    BlobLocation, EntriesRef, IndexFile, Repo, SnapshotRecord, SnapshotStats, Syncs,
-};
+use crate::repo::{EntriesRef, IndexFile, Repo, SnapshotRecord, SnapshotStats, Syncs};
 use pipeline::Msg;
 
 /// Bytes requested per read submission.
@@ -82,6 +81,10 @@ impl Excludes {
             by_name: build(by_name)?,
             by_path: build(by_path)?,
         })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_name.is_empty() && self.by_path.is_empty()
     }
 
     fn matches(&self, rel: &RelPath) -> bool {
@@ -170,11 +173,15 @@ struct Writer<'a> {
     tx: Option<SyncSender<Msg>>,
     /// Large read buffers the chunker is done with.
     reads_pool: std::sync::mpsc::Receiver<Vec<u8>>,
-    known: &'a crate::repo::IdMap<BlobLocation>,
-    /// Regular files of the parent snapshot by raw path.
-    parent: PathMap<ParentFile>,
+    /// The parent snapshot's entries, when it has the same source, host
+    /// and tier.
+    parent: Option<Parent>,
+    /// The parent's reusable regular files of the directory being walked,
+    /// by raw path.
+    block: PathMap<ParentFile>,
     stats: SnapshotStats,
-    records: Vec<EntryRecord>,
+    /// The new entries file, in order.
+    items: Vec<Item>,
     hardlinks: HashMap<((u32, u32), u64), RelPath>,
     users: HashMap<u32, String>,
     groups: HashMap<u32, String>,
@@ -182,33 +189,155 @@ struct Writer<'a> {
     progress: &'a indicatif::ProgressBar,
 }
 
-/// Loads the regular files of `parent` whose content may be reused: those
-/// with a full stat key and a ctime at least 1 s before the parent started
-/// (see [`SnapshotStats::files_unchanged`]).
-///
-/// # Errors
-///
-/// As [`Repo::read_entries`].
-fn parent_files(repo: &Repo, parent: &SnapshotRecord) -> Result<PathMap<ParentFile>> {
-    let Ok(start) = humantime::parse_rfc3339(&parent.time) else {
-        return Ok(PathMap::default());
-    };
-    let Ok(start) = start.duration_since(std::time::UNIX_EPOCH) else {
-        return Ok(PathMap::default());
-    };
-    let settled = crate::fs::Time {
-        sec: start.as_secs() as i64 - 1,
-        nsec: start.subsec_nanos(),
-    };
-    let (path, bytes) = repo.read_entries_bytes(&parent.entries.id)?;
-    let parse = |part: &[u8], first_line: usize| -> Result<Vec<(Vec<u8>, ParentFile)>> {
-        let mut out = Vec::new();
-        for (i, line) in part.split(|b| *b == b'\n').enumerate() {
-            if line.is_empty() {
-                continue;
+/// A directory of the parent snapshot: where its block of non-directory
+/// records sits in the parent's entries file, and the key it was written
+/// under.
+struct ParentDir {
+    /// Line of the directory's own record.
+    line: usize,
+    /// Records in its block (right after `line`).
+    children: usize,
+    key: String,
+    ctime: Option<crate::fs::Time>,
+}
+
+/// The fields of a directory record the parent lookup needs.
+#[derive(serde::Deserialize)]
+struct DirLine<'a> {
+    kind: EntryKind,
+    #[serde(borrow)]
+    path: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    path_b64: Option<std::borrow::Cow<'a, str>>,
+    children: Option<u64>,
+    children_key: Option<String>,
+    children_ctime: Option<crate::fs::Time>,
+}
+
+/// The parent snapshot's entries file, kept as bytes: a directory whose
+/// children key is unchanged has its block copied from here, and a changed
+/// directory parses only its own block (docs/FORMAT.md "Block reuse").
+struct Parent {
+    /// The entries file's id.
+    id: String,
+    /// The entries file, for error messages.
+    path: String,
+    bytes: std::sync::Arc<Vec<u8>>,
+    /// Offset of the start of every line, then the end of the file.
+    lines: Vec<usize>,
+    /// Directories by raw path.
+    dirs: PathMap<ParentDir>,
+    /// The parent's start minus 1 s: a ctime before it cannot hide a
+    /// change made while the parent ran.
+    settled: crate::fs::Time,
+}
+
+impl Parent {
+    /// Reads the entries file of `rec` and finds its directories by
+    /// following the blocks from the root record: after a directory's
+    /// record and its block comes the next directory in pre-order. A
+    /// record without `children` (written before block reuse) ends the
+    /// search; what was found until then is used.
+    ///
+    /// The bytes are not checked against the entries id here: `load`
+    /// sends the parent to the walker through `out`, then checks them and
+    /// returns the result, which the backup awaits before its commit.
+    /// Nothing is sent when the parent's start time cannot be read.
+    ///
+    /// # Errors
+    ///
+    /// As [`Repo::read_entries_unverified`] and [`crate::repo::check_entries`];
+    /// [`Error::Integrity`] for a malformed directory record or a block past
+    /// the end of the file.
+    fn load(
+        repo: &Repo,
+        rec: &SnapshotRecord,
+        out: std::sync::mpsc::SyncSender<Parent>,
+    ) -> Result<()> {
+        let Ok(start) = humantime::parse_rfc3339(&rec.time) else {
+            return Ok(());
+        };
+        let Ok(start) = start.duration_since(std::time::UNIX_EPOCH) else {
+            return Ok(());
+        };
+        let settled = crate::fs::Time {
+            sec: start.as_secs() as i64 - 1,
+            nsec: start.subsec_nanos(),
+        };
+        let (path, bytes) = repo.read_entries_unverified(&rec.entries.id)?;
+        let bytes = std::sync::Arc::new(bytes);
+        let mut lines = Vec::with_capacity(bytes.len() / 256);
+        lines.push(0);
+        lines.extend(memchr::memchr_iter(b'\n', &bytes).map(|i| i + 1));
+        if lines.last() != Some(&bytes.len()) {
+            lines.push(bytes.len());
+        }
+        let n = lines.len() - 1;
+        let mut dirs = PathMap::default();
+        let mut i = 0;
+        while i < n {
+            let line = &bytes[lines[i]..lines[i + 1]];
+            let bad = |detail: String| Error::Integrity {
+                path: format!("{path}:{}", i + 1),
+                detail,
+            };
+            let d: DirLine =
+                serde_json::from_slice(line).map_err(|e| bad(format!("malformed record: {e}")))?;
+            let (EntryKind::Dir, Some(children), Some(key)) = (d.kind, d.children, d.children_key)
+            else {
+                break;
+            };
+            let children = usize::try_from(children).unwrap_or(usize::MAX);
+            if children > n - i - 1 {
+                return Err(bad(format!(
+                    "directory {:?} claims {children} entries after it, past the end of the file",
+                    d.path
+                )));
             }
+            let rel = RelPath::from_stored(&d.path, d.path_b64.as_deref())
+                .map_err(|e| bad(format!("invalid path: {e}")))?;
+            dirs.insert(
+                rel.to_bytes(),
+                ParentDir {
+                    line: i,
+                    children,
+                    key,
+                    ctime: d.children_ctime,
+                },
+            );
+            i += 1 + children;
+        }
+        let parent = Self {
+            id: rec.entries.id.clone(),
+            path: path.clone(),
+            bytes: std::sync::Arc::clone(&bytes),
+            lines,
+            dirs,
+            settled,
+        };
+        // The walker may have stopped already; the check still decides.
+        let _ = out.send(parent);
+        crate::repo::check_entries(&bytes, &rec.entries.id, &path)
+    }
+
+    /// Number of records.
+    fn len(&self) -> usize {
+        self.lines.len() - 1
+    }
+
+    /// The regular files among records `first..first + count` whose content
+    /// may be reused: those with a full stat key and a ctime older than
+    /// [`Parent::settled`] (see [`SnapshotStats::files_unchanged`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Integrity`] for a malformed record.
+    fn files(&self, first: usize, count: usize) -> Result<PathMap<ParentFile>> {
+        let mut out = PathMap::default();
+        for i in first..first + count {
+            let line = &self.bytes[self.lines[i]..self.lines[i + 1]];
             let r: ParentLine = serde_json::from_slice(line).map_err(|e| Error::Integrity {
-                path: format!("{path}:{}", first_line + i),
+                path: format!("{}:{}", self.path, i + 1),
                 detail: format!("malformed record: {e}"),
             })?;
             if r.v != crate::repo::sidecar::SIDECAR_VERSION || r.kind != EntryKind::File {
@@ -219,7 +348,7 @@ fn parent_files(repo: &Repo, parent: &SnapshotRecord) -> Result<PathMap<ParentFi
             else {
                 continue;
             };
-            if ctime >= settled {
+            if ctime >= self.settled {
                 continue;
             }
             let Ok(chunks) = chunks
@@ -232,7 +361,7 @@ fn parent_files(repo: &Repo, parent: &SnapshotRecord) -> Result<PathMap<ParentFi
             let Ok(rel) = RelPath::from_stored(&r.path, r.path_b64.as_deref()) else {
                 continue;
             };
-            out.push((
+            out.insert(
                 rel.to_bytes(),
                 ParentFile {
                     size,
@@ -244,21 +373,10 @@ fn parent_files(repo: &Repo, parent: &SnapshotRecord) -> Result<PathMap<ParentFi
                     chunks,
                     hash,
                 },
-            ));
+            );
         }
         Ok(out)
-    };
-    // One part per core (the index loads beside it).
-    let parts = crate::repo::split_lines(&bytes, crate::par::cores());
-    let found = crate::par::map(&parts, |&(part, first)| parse(part, first))
-        .into_iter()
-        .collect::<Result<Vec<_>>>()?;
-    let mut out = PathMap::default();
-    out.reserve(found.iter().map(Vec::len).sum());
-    for part in found {
-        out.extend(part);
     }
-    Ok(out)
 }
 
 /// Runs a backup of `opts.source` into `repo`. The caller holds the
@@ -318,18 +436,14 @@ pub fn run(
         .iter()
         .rev()
         .find(|(_, r)| r.host == host && r.source == src_display);
-    // The index and the parent's files load side by side. Content is
-    // taken from the parent only when it used the same tier (the tier
-    // decides whether sparse maps are kept).
-    let (known, parent_files) = std::thread::scope(|s| {
-        let index = s.spawn(|| repo.load_index());
-        let files = match parent {
-            Some((_, rec)) if rec.tier == opts.policy.tier => parent_files(repo, rec),
-            _ => Ok(PathMap::default()),
-        };
-        let index = crate::par::join(index);
-        Ok::<_, Error>((index?, files?))
-    })?;
+    // Content is taken from the parent only when it used the same tier
+    // (the tier decides whether sparse maps are kept). Its entries load
+    // while the scanners list the first directories; the index is loaded
+    // by the chunker when the first chunk needs it.
+    let parent_rec = match parent {
+        Some((_, rec)) if rec.tier == opts.policy.tier => Some(rec),
+        _ => None,
+    };
     let parent = parent.map(|(id, _)| id.clone());
     // Owner names for tier full, from this host's /etc (first name wins).
     let (mut users, mut groups) = (HashMap::new(), HashMap::new());
@@ -357,10 +471,10 @@ pub fn run(
         chunker_min: repo.config.chunker.min,
         tx: Some(tx),
         reads_pool,
-        known: &known,
-        parent: parent_files,
+        parent: None,
+        block: PathMap::default(),
         stats: SnapshotStats::default(),
-        records: Vec::new(),
+        items: Vec::new(),
         hardlinks: HashMap::new(),
         users,
         groups,
@@ -370,12 +484,19 @@ pub fn run(
     let durable = opts.policy.require_backup_durability;
     let chunker_params = repo.config.chunker;
     let rt_err = |e| Error::io("start io_uring runtime", repo.path.display(), e);
-    let (walked, chunked, packed) = std::thread::scope(|s| {
-        let known = &known;
+    let excluded = |rel: &RelPath| excludes.matches(rel);
+    let scanner = scan::Scanner::new((!excludes.is_empty()).then_some(&excluded as _));
+    let scanner = &scanner;
+    let (verified, walked, chunked, packed) = std::thread::scope(|s| {
+        let (parent_tx, parent_rx) = sync_channel(1);
+        let loader = parent_rec.map(|rec| s.spawn(move || Parent::load(repo, rec, parent_tx)));
+        // The parent, once the loader has indexed it (a failed load is
+        // reported by the loader's result).
+        let load_parent = || Ok(parent_rx.recv().ok());
         let chunker = std::thread::Builder::new()
             .name("snap-chunker".into())
             .spawn_scoped(s, move || {
-                pipeline::chunker(rx, pack_tx, chunker_params, known, recycle)
+                pipeline::chunker(rx, pack_tx, chunker_params, repo, recycle)
             })
             .map_err(|e| Error::io("spawn", "chunker thread", e))?;
         let packer = std::thread::Builder::new()
@@ -384,28 +505,51 @@ pub fn run(
                 pipeline::packer(pack_rx, repo, durable, packs_back_tx)
             })
             .map_err(|e| Error::io("spawn", "packer thread", e))?;
+        for i in 0..crate::par::cores() {
+            std::thread::Builder::new()
+                .name(format!("snap-scan-{i}"))
+                .spawn_scoped(s, move || scanner.work())
+                .map_err(|e| Error::io("spawn", "scanner thread", e))?;
+        }
+        // The scanners end with the walk, however it ends.
+        struct Stop<'a, 'b>(&'a scan::Scanner<'b>);
+        impl Drop for Stop<'_, '_> {
+            fn drop(&mut self) {
+                self.0.stop();
+            }
+        }
+        let stop = Stop(scanner);
         let walked = crate::fs::block_on(async {
             match &root {
-                SourceRoot::Dir(d) => w.walk(d, &excludes).await,
+                SourceRoot::Dir(d) => w.walk(d, scanner, load_parent).await,
                 SourceRoot::Single(pdir, name) => {
+                    w.parent = load_parent()?;
                     let st = pdir
                         .stat(name)
                         .map_err(|e| Error::io("stat", &src_display, e))?;
                     let rel = RelPath::root().join(name.clone());
+                    if let Some(p) = &w.parent {
+                        w.block = p.files(0, p.len())?;
+                    }
                     w.entry(pdir, name, &rel, st).await
                 }
             }
         })
         .map_err(rt_err)
         .and_then(|r| r);
+        drop(stop);
+        // The parent's entries were checked against their id.
+        let verified = loader.map_or(Ok(()), crate::par::join);
         // Closing the channel lets the chunker flush its last pack.
         w.tx = None;
         let chunked = crate::par::join(chunker);
         let packed = crate::par::join(packer);
-        Ok::<_, Error>((walked, chunked, packed))
+        Ok::<_, Error>((verified, walked, chunked, packed))
     })?;
     // The first stage to fail names the cause; a stage whose successor
-    // stopped reports only that.
+    // stopped reports only that. A parent that fails its check comes first:
+    // nothing built from it may commit.
+    verified?;
     let packed = packed?;
     let chunked = chunked?;
     walked?;
@@ -420,10 +564,20 @@ enum SourceRoot {
     Single(Dir, Name),
 }
 
+/// One line of the new entries file.
+enum Item {
+    /// A record built by this backup.
+    Rec(Box<EntryRecord>),
+    /// Records `start..end` of the parent's entries file, copied as they
+    /// are (a reused block).
+    Copy(std::ops::Range<usize>),
+}
+
+/// A directory being walked: its block is done, its subdirectories are
+/// entered one by one.
 struct Frame {
-    dir: Dir,
     rel: RelPath,
-    children: Vec<Name>,
+    subdirs: Vec<(Name, Stat)>,
     next: usize,
     record_idx: usize,
 }
@@ -448,9 +602,16 @@ impl Writer<'_> {
         )
     }
 
-    /// Pre-order walk: a directory's record, then its subtree, children in
-    /// bytewise name order. Restore relies on this order.
-    async fn walk(&mut self, root: &Dir, excludes: &Excludes) -> Result<()> {
+    /// Pre-order walk. Per directory: its record, then its block (its
+    /// non-directory entries in bytewise name order), then each
+    /// subdirectory's subtree in name order. Restore relies on a directory
+    /// preceding what it holds and a hard link's leader preceding it.
+    async fn walk(
+        &mut self,
+        root: &Dir,
+        scanner: &scan::Scanner<'_>,
+        load_parent: impl FnOnce() -> Result<Option<Parent>>,
+    ) -> Result<()> {
         let rel = RelPath::root();
         let st = root
             .stat_self()
@@ -458,83 +619,199 @@ impl Writer<'_> {
         let dup = root
             .open_path(&rel)
             .map_err(|e| Error::io("open", "source", e))?;
-        let rec = self.base_record(&rel, EntryKind::Dir, &st);
-        let rec = self.with_fd_meta(rec, &dup, &rel)?;
-        self.records.push(rec);
-        self.stats.dirs += 1;
-        let children = match dup.list() {
-            Ok(c) => c,
-            Err(e) => return Err(Error::io("list", "source", e)),
-        };
-        let mut stack = vec![Frame {
-            dir: dup,
-            rel,
-            children,
-            next: 0,
-            record_idx: 0,
-        }];
+        let listing = scanner
+            .root(&rel, dup)
+            .map_err(|e| Error::io("list", "source", e))?;
+        self.parent = load_parent()?;
+        let mut stack = vec![self.enter(listing, rel, &st).await?];
         while let Some(top) = stack.last_mut() {
-            if top.next == top.children.len() {
+            if top.next == top.subdirs.len() {
                 let done = stack.pop().expect("non-empty stack");
                 // Basic keeps directories only as parents of what they hold.
                 if self.tier == PreservationTier::Basic
                     && done.record_idx != 0
-                    && self.records.len() == done.record_idx + 1
+                    && self.items.len() == done.record_idx + 1
                 {
-                    self.records.pop();
+                    self.items.pop();
                     self.stats.dirs -= 1;
                     self.stats.skipped += 1;
                 }
                 continue;
             }
             crate::interrupt::check()?;
-            let name = top.children[top.next].clone();
+            let (name, st) = top.subdirs[top.next].clone();
             top.next += 1;
-            let rel = top.rel.join(name.clone());
-            if excludes.matches(&rel) {
-                self.stats.skipped += 1;
-                continue;
-            }
-            let st = match top.dir.stat(&name) {
-                Ok(s) => s,
-                Err(e) => {
-                    self.warn(&rel, "stat", e.to_string(), true)?;
-                    continue;
+            let rel = top.rel.join(name);
+            match scanner.take(&rel) {
+                scan::Scanned::Listed(listing) => {
+                    let frame = self.enter(listing, rel, &st).await?;
+                    stack.push(frame);
                 }
-            };
-            if st.kind == FileKind::Dir {
-                let sub = match top.dir.open_dir(&name) {
-                    Ok(d) => d,
-                    Err(e) => {
-                        self.warn(&rel, "open directory", e.to_string(), true)?;
-                        continue;
-                    }
-                };
-                let children = match sub.list() {
-                    Ok(c) => c,
-                    Err(e) => {
-                        self.warn(&rel, "list", e.to_string(), true)?;
-                        continue;
-                    }
-                };
-                let rec = self.base_record(&rel, EntryKind::Dir, &st);
-                let rec = self.with_fd_meta(rec, &sub, &rel)?;
-                let record_idx = self.records.len();
-                self.records.push(rec);
-                self.stats.dirs += 1;
-                stack.push(Frame {
-                    dir: sub,
-                    rel,
-                    children,
-                    next: 0,
-                    record_idx,
-                });
-            } else {
-                let frame = stack.last().expect("non-empty stack");
-                self.entry(&frame.dir, &name, &rel, st).await?;
+                scan::Scanned::Failed(op, e) => self.warn(&rel, op, e.to_string(), true)?,
             }
         }
         Ok(())
+    }
+
+    /// Records directory `rel` (listed, every entry stat'ed) and its block,
+    /// and returns the frame that walks its subdirectories.
+    async fn enter(&mut self, listing: scan::Listing, rel: RelPath, st: &Stat) -> Result<Frame> {
+        let scan::Listing {
+            dir,
+            files,
+            subdirs,
+            failed,
+            excluded,
+        } = listing;
+        self.stats.skipped += excluded;
+        for (name, e) in failed {
+            self.warn(&rel.join(name), "stat", e.to_string(), true)?;
+        }
+        let rec = self.base_record(&rel, EntryKind::Dir, st);
+        let rec = self.with_fd_meta(rec, &*dir, &rel)?;
+        let record_idx = self.items.len();
+        self.items.push(Item::Rec(Box::new(rec)));
+        self.stats.dirs += 1;
+        let (key, ctime) = self.children_key(&files);
+        let children = match self.reusable_block(&rel, &key, &files) {
+            Some(lines) => {
+                let n = lines.len();
+                self.reuse_block(&files);
+                self.items.push(Item::Copy(lines));
+                n
+            }
+            None => {
+                let parent = self.parent.as_ref().and_then(|p| {
+                    let d = p.dirs.get(&rel.to_bytes())?;
+                    let any_file = files.iter().any(|(_, s)| s.kind == FileKind::File);
+                    any_file.then(|| p.files(d.line + 1, d.children))
+                });
+                self.block = parent.transpose()?.unwrap_or_default();
+                for (name, st) in files {
+                    let crel = rel.join(name.clone());
+                    self.entry(&dir, &name, &crel, st).await?;
+                }
+                self.block = PathMap::default();
+                self.items.len() - record_idx - 1
+            }
+        };
+        if let Item::Rec(r) = &mut self.items[record_idx] {
+            r.children = Some(children as u64);
+            r.children_key = Some(key);
+            r.children_ctime = ctime;
+        }
+        Ok(Frame {
+            rel,
+            subdirs,
+            next: 0,
+            record_idx,
+        })
+    }
+
+    /// The children key of a block: BLAKE3-256 hex over, per entry in name
+    /// order, the name and the stat fields a record is built from (atime
+    /// only from tier extended, which records it); and the newest ctime.
+    fn children_key(&self, files: &[(Name, Stat)]) -> (String, Option<crate::fs::Time>) {
+        let mut h = blake3::Hasher::new();
+        h.update(b"snap children key 1\0");
+        let mut newest: Option<crate::fs::Time> = None;
+        for (name, s) in files {
+            let atime = if self.tier >= PreservationTier::Extended {
+                s.atime
+            } else {
+                crate::fs::Time { sec: 0, nsec: 0 }
+            };
+            let kind = match s.kind {
+                FileKind::File => 1u64,
+                FileKind::Dir => 2,
+                FileKind::Symlink => 3,
+                FileKind::Fifo => 4,
+                FileKind::Char => 5,
+                FileKind::Block => 6,
+                FileKind::Socket => 7,
+            };
+            let fields = [
+                name.as_bytes().len() as u64,
+                kind,
+                u64::from(s.mode),
+                u64::from(s.nlink),
+                u64::from(s.uid),
+                u64::from(s.gid),
+                s.size,
+                s.blocks,
+                s.ino,
+                (u64::from(s.dev.0) << 32) | u64::from(s.dev.1),
+                (u64::from(s.rdev.0) << 32) | u64::from(s.rdev.1),
+                s.mtime.sec as u64,
+                u64::from(s.mtime.nsec),
+                s.ctime.sec as u64,
+                u64::from(s.ctime.nsec),
+                atime.sec as u64,
+                u64::from(atime.nsec),
+            ];
+            let mut buf = [0u8; 17 * 8];
+            for (i, f) in fields.iter().enumerate() {
+                buf[i * 8..i * 8 + 8].copy_from_slice(&f.to_le_bytes());
+            }
+            h.update(&buf);
+            h.update(name.as_bytes());
+            newest = newest.max(Some(s.ctime));
+        }
+        (h.finalize().to_hex().to_string(), newest)
+    }
+
+    /// Whether this tier keeps an entry of this kind (directories aside).
+    fn keeps(&self, kind: FileKind) -> bool {
+        match kind {
+            FileKind::File => true,
+            FileKind::Symlink | FileKind::Fifo => self.tier >= PreservationTier::Extended,
+            FileKind::Char | FileKind::Block | FileKind::Socket => {
+                self.tier == PreservationTier::Full
+            }
+            FileKind::Dir => false,
+        }
+    }
+
+    /// The parent's block for directory `rel` when it can be copied as it
+    /// is (see [`SnapshotStats::dirs_unchanged`]): as lines of the parent's
+    /// entries file.
+    fn reusable_block(
+        &self,
+        rel: &RelPath,
+        key: &str,
+        files: &[(Name, Stat)],
+    ) -> Option<std::ops::Range<usize>> {
+        // Tier full reads xattrs and inode flags of every entry again.
+        if self.tier == PreservationTier::Full || files.is_empty() {
+            return None;
+        }
+        let p = self.parent.as_ref()?;
+        let d = p.dirs.get(&rel.to_bytes())?;
+        let settled = d.ctime.is_some_and(|c| c < p.settled);
+        // A hard link's record depends on which name the walk meets first,
+        // which other directories decide.
+        let linked = files.iter().any(|(_, s)| s.nlink > 1);
+        let kept = files.iter().filter(|(_, s)| self.keeps(s.kind)).count();
+        (d.key == key && settled && !linked && kept == d.children)
+            .then(|| d.line + 1..d.line + 1 + d.children)
+    }
+
+    /// Counts a copied block in the stats, as [`Writer::entry`] would have.
+    fn reuse_block(&mut self, files: &[(Name, Stat)]) {
+        self.stats.dirs_unchanged += 1;
+        for (_, s) in files {
+            match s.kind {
+                _ if !self.keeps(s.kind) => self.stats.skipped += 1,
+                FileKind::File => {
+                    self.stats.files += 1;
+                    self.stats.files_unchanged += 1;
+                    self.stats.bytes += s.size;
+                    self.progress.inc(s.size);
+                }
+                FileKind::Symlink => self.stats.symlinks += 1,
+                _ => self.stats.special += 1,
+            }
+        }
     }
 
     fn base_record(&self, rel: &RelPath, kind: EntryKind, st: &Stat) -> EntryRecord {
@@ -643,7 +920,7 @@ impl Writer<'_> {
             if let Some(leader) = self.hardlinks.get(&(st.dev, st.ino)) {
                 let mut rec = self.base_record(rel, EntryKind::Hardlink, &st);
                 rec.set_link(&leader.clone());
-                self.records.push(rec);
+                self.items.push(Item::Rec(Box::new(rec)));
                 self.stats.hardlinks += 1;
                 return Ok(());
             }
@@ -695,21 +972,21 @@ impl Writer<'_> {
         if extended && st.nlink > 1 {
             self.hardlinks.insert((st.dev, st.ino), rel.clone());
         }
-        self.records.push(rec);
+        self.items.push(Item::Rec(Box::new(rec)));
         Ok(())
     }
 
     /// The parent snapshot's content for `rel` when its stat key matches
-    /// `st` and every chunk is still in the index.
+    /// `st`. Its chunks are in the index: the commit protocol makes the
+    /// parent's index files durable before its snapshot record.
     fn unchanged(&self, rel: &RelPath, st: &Stat) -> Option<&ParentFile> {
-        let p = self.parent.get(&rel.to_bytes())?;
+        let p = self.block.get(&rel.to_bytes())?;
         let same = p.size == st.size
             && p.mtime == st.mtime
             && p.ctime == st.ctime
             && p.ino == st.ino
             && (p.dev.major, p.dev.minor) == st.dev;
-        let stored = p.chunks.iter().all(|id| self.known.contains_key(id));
-        (same && stored).then_some(p)
+        same.then_some(p)
     }
 
     fn send(&mut self, msg: Msg) -> Result<()> {
@@ -783,7 +1060,7 @@ impl Writer<'_> {
             None => vec![(0, u64::MAX)],
         };
         // The record this content belongs to: `entry` pushes it next.
-        let idx = self.records.len();
+        let idx = self.items.len();
         let mut ri = 0usize;
         let mut pos = ranges.first().map_or(0, |r| r.0);
         let mut offset = 0u64; // bytes of stored content read so far
@@ -872,6 +1149,80 @@ impl Writer<'_> {
         Ok(Some(rec))
     }
 
+    /// The parent's entries id when the new entries file would be the
+    /// parent's, line for line: every block copied, every directory record
+    /// the same (then nothing is built, hashed or written).
+    ///
+    /// # Errors
+    ///
+    /// A record that cannot be serialised.
+    fn same_as_parent(&self) -> std::result::Result<Option<String>, serde_json::Error> {
+        let Some(p) = &self.parent else {
+            return Ok(None);
+        };
+        let mut next = 0;
+        let mut buf = Vec::with_capacity(1024);
+        for item in &self.items {
+            match item {
+                Item::Copy(lines) if lines.start == next => next = lines.end,
+                Item::Rec(r) if r.kind == EntryKind::Dir && next < p.len() => {
+                    buf.clear();
+                    serde_json::to_writer(&mut buf, &**r)?;
+                    buf.push(b'\n');
+                    if buf != p.bytes[p.lines[next]..p.lines[next + 1]] {
+                        return Ok(None);
+                    }
+                    next += 1;
+                }
+                _ => return Ok(None),
+            }
+        }
+        Ok((next == p.len()).then(|| p.id.clone()))
+    }
+
+    /// The new entries file, in parts (about one per core, serialised side
+    /// by side).
+    ///
+    /// # Errors
+    ///
+    /// A record that cannot be serialised.
+    fn serialise(&self) -> std::result::Result<Vec<Vec<u8>>, serde_json::Error> {
+        let parent = self.parent.as_ref();
+        let size = |item: &Item| match item {
+            Item::Rec(_) => 400,
+            Item::Copy(lines) => parent.map_or(0, |p| p.lines[lines.end] - p.lines[lines.start]),
+        };
+        let total: usize = self.items.iter().map(size).sum();
+        let per = total.div_ceil(crate::par::cores()).max(1 << 20);
+        let mut slices: Vec<(&[Item], usize)> = Vec::new();
+        let (mut from, mut bytes) = (0, 0);
+        for (i, item) in self.items.iter().enumerate() {
+            bytes += size(item);
+            if bytes >= per || i + 1 == self.items.len() {
+                slices.push((&self.items[from..=i], bytes));
+                (from, bytes) = (i + 1, 0);
+            }
+        }
+        crate::par::map(&slices, |&(part, bytes)| {
+            let mut out = Vec::with_capacity(bytes + bytes / 8);
+            for item in part {
+                match item {
+                    Item::Rec(r) => {
+                        serde_json::to_writer(&mut out, &**r)?;
+                        out.push(b'\n');
+                    }
+                    Item::Copy(lines) => {
+                        let p = parent.expect("a copied block has a parent");
+                        out.extend_from_slice(&p.bytes[p.lines[lines.start]..p.lines[lines.end]]);
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .into_iter()
+        .collect()
+    }
+
     /// Steps 3-6 of the commit protocol, once every pack is durable: the
     /// index file, the entries file, then the snapshot record (the commit
     /// point).
@@ -889,9 +1240,10 @@ impl Writer<'_> {
         repo: &Repo,
     ) -> Result<BackupOutcome> {
         for c in chunked.contents {
-            let rec = &mut self.records[c.idx];
-            rec.chunks = Some(c.chunks);
-            rec.hash = Some(c.hash);
+            if let Item::Rec(rec) = &mut self.items[c.idx] {
+                rec.chunks = Some(c.chunks);
+                rec.hash = Some(c.hash);
+            }
         }
         self.stats.new_blobs = chunked.new_blobs;
         self.stats.new_blob_bytes = chunked.new_blob_bytes;
@@ -914,35 +1266,25 @@ impl Writer<'_> {
             let dir = RelPath::parse(b"index").map_err(|e| Error::Usage(e.to_string()))?;
             self.stats.bytes_added += repo.write_atomic(&dir, &fname, bytes, &mut syncs).await?;
         }
-        // The parent's files are no longer needed: give their memory back
-        // before the entries file is built.
-        self.parent = PathMap::default();
-        // One slice of the records per core, serialised side by side.
-        let per = self.records.len().div_ceil(crate::par::cores()).max(4096);
-        let slices: Vec<&[EntryRecord]> = self.records.chunks(per).collect();
-        let parts = crate::par::map(&slices, |part| {
-            let mut out = Vec::with_capacity(part.len() * 400);
-            for r in *part {
-                serde_json::to_writer(&mut out, r)?;
-                out.push(b'\n');
+        let entries_id = match self.same_as_parent().map_err(|e| ser("entries", e))? {
+            Some(id) => id,
+            None => {
+                let parts = self.serialise().map_err(|e| ser("entries", e))?;
+                let mut hasher = blake3::Hasher::new();
+                for part in &parts {
+                    hasher.update(part);
+                }
+                let entries_id = hasher.finalize().to_hex().to_string();
+                let dir = repo.fanout_dir("entries", &entries_id, &mut syncs)?;
+                let fname = Name::new(format!("{entries_id}.jsonl").as_bytes())
+                    .map_err(|e| Error::Usage(e.to_string()))?;
+                self.stats.bytes_added += repo
+                    .write_atomic_parts(&dir, &fname, parts, &mut syncs)
+                    .await?
+                    .0;
+                entries_id
             }
-            Ok::<_, serde_json::Error>(out)
-        })
-        .into_iter()
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| ser("entries", e))?;
-        let mut hasher = blake3::Hasher::new();
-        for part in &parts {
-            hasher.update(part);
-        }
-        let entries_id = hasher.finalize().to_hex().to_string();
-        let dir = repo.fanout_dir("entries", &entries_id, &mut syncs)?;
-        let fname = Name::new(format!("{entries_id}.jsonl").as_bytes())
-            .map_err(|e| Error::Usage(e.to_string()))?;
-        self.stats.bytes_added += repo
-            .write_atomic_parts(&dir, &fname, parts, &mut syncs)
-            .await?
-            .0;
+        };
         self.stats.duration_ms = started.elapsed().as_millis() as u64;
         use std::os::unix::ffi::OsStrExt;
         let (src_text, src_b64) = crate::fs::bytes_to_stored(source.as_os_str().as_bytes());
@@ -958,7 +1300,14 @@ impl Writer<'_> {
             parent,
             entries: EntriesRef {
                 id: entries_id,
-                count: self.records.len() as u64,
+                count: self
+                    .items
+                    .iter()
+                    .map(|i| match i {
+                        Item::Rec(_) => 1,
+                        Item::Copy(lines) => lines.len() as u64,
+                    })
+                    .sum(),
             },
             stats: self.stats.clone(),
             durable: syncs.enabled,

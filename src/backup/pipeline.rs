@@ -115,16 +115,19 @@ struct Current {
     first: Option<blake3::Hash>,
 }
 
-/// Runs the chunker until the walker's sender is dropped.
+/// Runs the chunker until the walker's sender is dropped. The index of
+/// `repo` is loaded when the first chunk is cut (a backup that reads no file
+/// never needs it).
 ///
 /// # Errors
 ///
-/// [`downstream_gone`] when the packer stopped.
+/// [`downstream_gone`] when the packer stopped; as
+/// [`crate::repo::Repo::load_index`].
 pub fn chunker(
     rx: Receiver<Msg>,
     packs: SyncSender<PackBuilder>,
     params: ChunkerParams,
-    known: &crate::repo::IdMap<BlobLocation>,
+    repo: &crate::repo::Repo,
     recycle: Recycle,
 ) -> Result<Chunked> {
     let mut out = Chunked {
@@ -133,6 +136,7 @@ pub fn chunker(
         new_blob_bytes: 0,
     };
     let mut new: HashSet<blake3::Hash> = HashSet::new();
+    let mut known: Option<crate::repo::IdMap<BlobLocation>> = None;
     let mut pack = PackBuilder::with_capacity(PACK_TARGET);
     // Bytes of the current file waiting to be cut; its capacity is kept
     // from file to file.
@@ -140,6 +144,10 @@ pub fn chunker(
     let mut cur: Option<Current> = None;
     let segment = 2 * params.max as usize;
     let mut store = |id: blake3::Hash, bytes: &[u8], out: &mut Chunked| -> Result<()> {
+        let known = match &known {
+            Some(k) => k,
+            None => known.insert(repo.load_index()?),
+        };
         if known.contains_key(&id) || !new.insert(id) {
             return Ok(());
         }

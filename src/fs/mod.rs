@@ -275,10 +275,17 @@ impl Dir {
     ///
     /// The `getdents64(2)` error; a name that fails [`Name::new`] (the kernel
     /// never returns one) as `InvalidData`.
+    ///
+    /// Reads through this descriptor's own file offset, rewound first (one
+    /// `lseek(2)`; no second descriptor is opened, unlike `opendir(3)`), so
+    /// two threads must not list the same `Dir` at once.
     pub fn list(&self) -> io::Result<Vec<Name>> {
-        let mut d = rustix::fs::Dir::read_from(self)?;
+        rustix::fs::seek(&self.fd, rustix::fs::SeekFrom::Start(0))?;
+        // Room for at least 100 entries of the longest name (255 bytes).
+        let mut buf = Vec::<u8>::with_capacity(32 * 1024);
+        let mut d = rustix::fs::RawDir::new(&self.fd, buf.spare_capacity_mut());
         let mut out = Vec::new();
-        while let Some(ent) = d.read() {
+        while let Some(ent) = d.next() {
             let ent = ent?;
             let b = ent.file_name().to_bytes();
             if b == b"." || b == b".." {
@@ -308,14 +315,18 @@ impl Dir {
     /// The `openat(2)`/`read(2)` error.
     pub fn read_all(&self, name: &Name) -> io::Result<Vec<u8>> {
         let fd = self.open_file(name)?;
-        let mut out = Vec::new();
-        let mut buf = vec![0u8; 64 * 1024];
+        // Sized from fstat, read straight into the vector; it grows only if
+        // the file did.
+        let size = rustix::fs::fstat(&fd)?.st_size;
+        let mut out = Vec::with_capacity(usize::try_from(size).unwrap_or(0).saturating_add(1));
         loop {
-            let n = rustix::io::read(&fd, &mut buf[..])?;
+            if out.len() == out.capacity() {
+                out.reserve(64 * 1024);
+            }
+            let n = rustix::io::read(&fd, rustix::buffer::spare_capacity(&mut out))?;
             if n == 0 {
                 return Ok(out);
             }
-            out.extend_from_slice(&buf[..n]);
         }
     }
 

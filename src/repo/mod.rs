@@ -147,6 +147,14 @@ pub struct SnapshotStats {
     /// made while the parent ran cannot hide behind an unchanged stat).
     #[serde(default)]
     pub files_unchanged: u64,
+    /// Directories whose non-directory entries were copied from the
+    /// parent snapshot's records as they were, without a file being
+    /// opened: the same children key (the names and stat fields of every
+    /// non-directory entry), all of them older than the parent's start
+    /// minus 1 s, and none with more than one link. Not done at tier full,
+    /// which reads every file's xattrs and inode flags again.
+    #[serde(default)]
+    pub dirs_unchanged: u64,
     /// Blob bytes not already in the repository.
     pub new_blob_bytes: u64,
     /// Blobs not already in the repository.
@@ -299,6 +307,16 @@ pub fn random_hex(bytes: usize) -> Result<String> {
 }
 
 /// [`Error::Integrity`] unless `bytes` hash (BLAKE3-256) to the hex `id`.
+/// Checks entries file bytes read by [`Repo::read_entries_unverified`]
+/// against their id.
+///
+/// # Errors
+///
+/// [`Error::Integrity`] naming `path` when they differ.
+pub fn check_entries(bytes: &[u8], id: &str, path: &str) -> Result<()> {
+    check_id(bytes, id, path, "entries file")
+}
+
 fn check_id(bytes: &[u8], id: &str, path: &str, what: &str) -> Result<()> {
     if blake3::hash(bytes).to_hex().as_str() == id {
         Ok(())
@@ -886,6 +904,21 @@ impl Repo {
     ///
     /// [`Error::Integrity`] for a missing or altered file.
     pub fn read_entries_bytes(&self, id: &str) -> Result<(String, Vec<u8>)> {
+        let (path, bytes) = self.read_entries_unverified(id)?;
+        check_id(&bytes, id, &path, "entries file")?;
+        Ok((path, bytes))
+    }
+
+    /// The bytes of entries file `id` as stored, and its path for messages,
+    /// for a caller that checks them with [`check_entries`] before relying on
+    /// anything derived from them (backup checks its parent's entries beside
+    /// the walk, before the commit).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Integrity`] for a malformed id or a missing or unreadable
+    /// file.
+    pub fn read_entries_unverified(&self, id: &str) -> Result<(String, Vec<u8>)> {
         if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(Error::Integrity {
                 path: self.display("entries"),
@@ -901,7 +934,6 @@ impl Repo {
                 path: path.clone(),
                 detail: format!("cannot read entries file: {e}"),
             })?;
-        check_id(&bytes, id, &path, "entries file")?;
         Ok((path, bytes))
     }
 

@@ -135,6 +135,23 @@ pub struct EntryRecord {
     /// a sparse file its data extents back to back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash: Option<String>,
+    /// Directories: how many records right after this one are its
+    /// non-directory entries (its "block"; a directory's subdirectories
+    /// follow the block). Written by every backup since repository
+    /// format 2's block reuse (docs/FORMAT.md); absent in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub children: Option<u64>,
+    /// Directories: BLAKE3-256 hex of the stat key of every non-directory
+    /// entry the walk found in it (names, kinds, modes, link counts,
+    /// owners, sizes, times, inode and device numbers; docs/FORMAT.md
+    /// "Block reuse"). Equal keys tell the next backup that the block can
+    /// be copied as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub children_key: Option<String>,
+    /// Directories: the newest ctime among those entries, absent when there
+    /// are none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub children_ctime: Option<Time>,
 }
 
 impl EntryRecord {
@@ -167,6 +184,9 @@ impl EntryRecord {
             sparse: None,
             chunks: None,
             hash: None,
+            children: None,
+            children_key: None,
+            children_ctime: None,
         }
     }
 

@@ -1,0 +1,222 @@
+//! Directory scanning ahead of the backup walk: scanner threads open, list
+//! and `statx` directories before the walker reaches them, so the walk's
+//! system calls run on every core.
+//!
+//! The walker takes directories in pre-order. Scanners pick the pending
+//! directory that comes first in that order ([`RelPath`] orders by
+//! components, which is the walk's order of directories), and stay at most
+//! [`AHEAD`] directories ahead. A directory the walker needs that no
+//! scanner has started is scanned by the walker itself, so the walk never
+//! waits on a scanner that is held back.
+//!
+//! Everything goes through [`Dir`]: `openat(O_DIRECTORY|O_NOFOLLOW)`,
+//! `getdents64`, and `statx(AT_SYMLINK_NOFOLLOW)` by name.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use crate::fs::{Dir, FileKind, Name, RelPath, Stat};
+
+/// How many directories the scanners may list before the walker takes
+/// them (each holds one open dirfd).
+pub const AHEAD: usize = 256;
+
+/// A listed directory: its entries in bytewise name order, each stat'ed
+/// once.
+pub struct Listing {
+    /// The directory, opened `O_DIRECTORY|O_NOFOLLOW`.
+    pub dir: Arc<Dir>,
+    /// Entries other than directories.
+    pub files: Vec<(Name, Stat)>,
+    /// Subdirectories (queued for scanning as soon as they are found).
+    pub subdirs: Vec<(Name, Stat)>,
+    /// Entries whose `statx` failed.
+    pub failed: Vec<(Name, std::io::Error)>,
+    /// Entries left out by an exclude pattern.
+    pub excluded: u64,
+}
+
+/// What scanning one directory gave.
+pub enum Scanned {
+    /// Listed.
+    Listed(Listing),
+    /// Could not be opened or listed: the operation and its error.
+    Failed(&'static str, std::io::Error),
+}
+
+/// A directory waiting to be scanned: opened by name from its parent.
+struct Job {
+    parent: Arc<Dir>,
+    name: Name,
+}
+
+#[derive(Default)]
+struct State {
+    queue: BTreeMap<RelPath, Job>,
+    done: HashMap<RelPath, Scanned>,
+    running: usize,
+    /// Scanners waiting on `work`.
+    idle: usize,
+    /// The directory the walker waits for on `walker`.
+    wanted: Option<RelPath>,
+    stop: bool,
+}
+
+/// The shared state of the scanners and the walker. Wake-ups are aimed:
+/// a scanner is woken when there is a job it may take, the walker when the
+/// directory it waits for is done.
+pub struct Scanner<'a> {
+    state: Mutex<State>,
+    work: Condvar,
+    walker: Condvar,
+    excluded: Option<&'a (dyn Fn(&RelPath) -> bool + Sync)>,
+}
+
+impl<'a> Scanner<'a> {
+    /// A scanner with nothing queued; `excluded` tells which paths the
+    /// walk leaves out (`None`: none).
+    pub fn new(excluded: Option<&'a (dyn Fn(&RelPath) -> bool + Sync)>) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            work: Condvar::new(),
+            walker: Condvar::new(),
+            excluded,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panicking scanner is re-raised by the scope that joins it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Lists `dir` (the walk's root, at `rel`) and queues its
+    /// subdirectories.
+    ///
+    /// # Errors
+    ///
+    /// The `getdents64` error.
+    pub fn root(&self, rel: &RelPath, dir: Dir) -> std::io::Result<Listing> {
+        let listing = self.list(rel, Arc::new(dir))?;
+        let mut st = self.lock();
+        self.queue(&mut st, rel, &listing);
+        Ok(listing)
+    }
+
+    /// The scan of `rel`, a subdirectory of a listing this scanner gave:
+    /// done by a scanner, or here when none has started it.
+    pub fn take(&self, rel: &RelPath) -> Scanned {
+        let mut st = self.lock();
+        loop {
+            if let Some(s) = st.done.remove(rel) {
+                // Room for one more listing.
+                if st.idle > 0 && !st.queue.is_empty() {
+                    self.work.notify_one();
+                }
+                return s;
+            }
+            if let Some(job) = st.queue.remove(rel) {
+                drop(st);
+                let out = self.scan(rel, &job);
+                if let Scanned::Listed(l) = &out {
+                    let mut st = self.lock();
+                    self.queue(&mut st, rel, l);
+                }
+                return out;
+            }
+            st.wanted = Some(rel.clone());
+            st = self.walker.wait(st).unwrap_or_else(|e| e.into_inner());
+            st.wanted = None;
+        }
+    }
+
+    /// A scanner thread: scans queued directories, first in walk order,
+    /// until [`Scanner::stop`].
+    pub fn work(&self) {
+        loop {
+            let (rel, job) = {
+                let mut st = self.lock();
+                loop {
+                    if st.stop {
+                        return;
+                    }
+                    if st.done.len() + st.running < AHEAD {
+                        if let Some(next) = st.queue.pop_first() {
+                            st.running += 1;
+                            break next;
+                        }
+                    }
+                    st.idle += 1;
+                    st = self.work.wait(st).unwrap_or_else(|e| e.into_inner());
+                    st.idle -= 1;
+                }
+            };
+            let out = self.scan(&rel, &job);
+            let mut st = self.lock();
+            st.running -= 1;
+            if let Scanned::Listed(l) = &out {
+                self.queue(&mut st, &rel, l);
+            }
+            if st.wanted.as_ref() == Some(&rel) {
+                self.walker.notify_one();
+            }
+            st.done.insert(rel, out);
+        }
+    }
+
+    /// Ends the scanner threads (the walk is over or failed).
+    pub fn stop(&self) {
+        self.lock().stop = true;
+        self.work.notify_all();
+    }
+
+    fn scan(&self, rel: &RelPath, job: &Job) -> Scanned {
+        match job.parent.open_dir(&job.name) {
+            Ok(dir) => match self.list(rel, Arc::new(dir)) {
+                Ok(l) => Scanned::Listed(l),
+                Err(e) => Scanned::Failed("list", e),
+            },
+            Err(e) => Scanned::Failed("open directory", e),
+        }
+    }
+
+    /// Queues the subdirectories of `l` and wakes as many idle scanners
+    /// as may take them.
+    fn queue(&self, st: &mut State, rel: &RelPath, l: &Listing) {
+        let room = AHEAD.saturating_sub(st.done.len() + st.running);
+        for _ in 0..st.idle.min(l.subdirs.len()).min(room) {
+            self.work.notify_one();
+        }
+        for (name, _) in &l.subdirs {
+            st.queue.insert(
+                rel.join(name.clone()),
+                Job {
+                    parent: Arc::clone(&l.dir),
+                    name: name.clone(),
+                },
+            );
+        }
+    }
+
+    fn list(&self, rel: &RelPath, dir: Arc<Dir>) -> std::io::Result<Listing> {
+        let names = dir.list()?;
+        let mut l = Listing {
+            dir,
+            files: Vec::new(),
+            subdirs: Vec::new(),
+            failed: Vec::new(),
+            excluded: 0,
+        };
+        for name in names {
+            if self.excluded.is_some_and(|f| f(&rel.join(name.clone()))) {
+                l.excluded += 1;
+                continue;
+            }
+            match l.dir.stat(&name) {
+                Ok(s) if s.kind == FileKind::Dir => l.subdirs.push((name, s)),
+                Ok(s) => l.files.push((name, s)),
+                Err(e) => l.failed.push((name, e)),
+            }
+        }
+        Ok(l)
+    }
+}
