@@ -324,6 +324,20 @@ fn unchanged_directories_are_copied_from_the_parent_and_a_change_rebuilds_only_i
     if !moved {
         eprintln!("skipped: reading d2/y did not move its atime (noatime or strictatime mount)");
     }
+
+    // Once those changes are settled, a change in a later directory only:
+    // the new entries file starts with the parent's bytes up to it.
+    std::thread::sleep(Duration::from_millis(1500));
+    backup();
+    fs::write(src.join("d4/sub/f"), b"DEEP").unwrap();
+    let s = backup();
+    assert_eq!(s["dirs_unchanged"], 2, "d1 and d2: {s}");
+    assert_eq!(s["files_unchanged"], 5, "only d4/sub/f is read: {s}");
+    let out = env.path("out2");
+    env.restore_latest(&out).ok();
+    assert_same_tree(&src, &out, is_root());
+    assert_eq!(fs::read(out.join("d4/sub/f")).unwrap(), b"DEEP");
+    env.snap(["check", "--read-data"]).ok();
 }
 
 #[test]

@@ -165,6 +165,7 @@ struct ParentLine<'a> {
 /// The running state of the walk of one backup (the walker stage of
 /// [`pipeline`]).
 struct Writer<'a> {
+    repo: &'a Repo,
     tier: PreservationTier,
     /// The repository's minimum chunk size: a file no larger is always
     /// one chunk.
@@ -180,8 +181,15 @@ struct Writer<'a> {
     /// by raw path.
     block: PathMap<ParentFile>,
     stats: SnapshotStats,
-    /// The new entries file, in order.
-    items: Vec<Item>,
+    /// Items not yet handed to `out`, in order; the first has index
+    /// `base` (indices count every item of the walk).
+    pending: std::collections::VecDeque<Item>,
+    base: usize,
+    /// Indices of file records whose chunks the chunker has not reported.
+    waiting: std::collections::BTreeSet<usize>,
+    /// The chunker's reports.
+    contents: std::sync::mpsc::Receiver<pipeline::FileContent>,
+    out: EntriesOut,
     hardlinks: HashMap<((u32, u32), u64), RelPath>,
     users: HashMap<u32, String>,
     groups: HashMap<u32, String>,
@@ -189,15 +197,20 @@ struct Writer<'a> {
     progress: &'a indicatif::ProgressBar,
 }
 
-/// A directory of the parent snapshot: where its block of non-directory
-/// records sits in the parent's entries file, and the key it was written
-/// under.
+/// A directory of the parent snapshot: where its record and its block of
+/// non-directory records sit in the parent's entries file, and the key
+/// the block was written under.
 struct ParentDir {
-    /// Line of the directory's own record.
-    line: usize,
-    /// Records in its block (right after `line`).
-    children: usize,
-    key: String,
+    /// Byte offset and length (newline included) of the directory's own
+    /// record.
+    line: (u64, u64),
+    /// BLAKE3 of that line, to tell whether a new record is the same.
+    line_hash: blake3::Hash,
+    /// Byte offset and length of its block (right after the record).
+    block: (u64, u64),
+    /// Records in its block.
+    children: u64,
+    key: blake3::Hash,
     ctime: Option<crate::fs::Time>,
 }
 
@@ -210,21 +223,27 @@ struct DirLine<'a> {
     #[serde(default, borrow)]
     path_b64: Option<std::borrow::Cow<'a, str>>,
     children: Option<u64>,
-    children_key: Option<String>,
+    #[serde(borrow)]
+    children_key: Option<std::borrow::Cow<'a, str>>,
     children_ctime: Option<crate::fs::Time>,
 }
 
-/// The parent snapshot's entries file, kept as bytes: a directory whose
-/// children key is unchanged has its block copied from here, and a changed
-/// directory parses only its own block (docs/FORMAT.md "Block reuse").
+/// Bytes read from the parent's entries file at a time.
+const PARENT_READ: usize = 1 << 20;
+
+/// The parent snapshot's entries file, open, with where each directory's
+/// record and block are. Only that index is kept in memory (about 150
+/// bytes per directory): a reused block is read from the file when it is
+/// copied, and a changed directory reads and parses only its own block
+/// (docs/FORMAT.md "Block reuse").
 struct Parent {
     /// The entries file's id.
     id: String,
     /// The entries file, for error messages.
     path: String,
-    bytes: std::sync::Arc<Vec<u8>>,
-    /// Offset of the start of every line, then the end of the file.
-    lines: Vec<usize>,
+    fd: std::os::fd::OwnedFd,
+    /// Its length in bytes.
+    size: u64,
     /// Directories by raw path.
     dirs: PathMap<ParentDir>,
     /// The parent's start minus 1 s: a ctime before it cannot hide a
@@ -233,22 +252,23 @@ struct Parent {
 }
 
 impl Parent {
-    /// Reads the entries file of `rec` and finds its directories by
-    /// following the blocks from the root record: after a directory's
-    /// record and its block comes the next directory in pre-order. A
-    /// record without `children` (written before block reuse) ends the
-    /// search; what was found until then is used.
+    /// Reads the entries file of `rec` once, in pieces, and finds its
+    /// directories by following the blocks from the root record: after a
+    /// directory's record and its block comes the next directory in
+    /// pre-order. A record without `children` (written before block reuse)
+    /// ends the search; what was found until then is used.
     ///
-    /// The bytes are not checked against the entries id here: `load`
-    /// sends the parent to the walker through `out`, then checks them and
-    /// returns the result, which the backup awaits before its commit.
-    /// Nothing is sent when the parent's start time cannot be read.
+    /// The bytes are not checked against the entries id on that pass:
+    /// `load` sends the parent to the walker through `out`, then reads the
+    /// file again to check it and returns the result, which the backup
+    /// awaits before its commit. Nothing is sent when the parent's start
+    /// time cannot be read.
     ///
     /// # Errors
     ///
-    /// As [`Repo::read_entries_unverified`] and [`crate::repo::check_entries`];
-    /// [`Error::Integrity`] for a malformed directory record or a block past
-    /// the end of the file.
+    /// As [`Repo::open_entries`] and [`crate::repo::check_entries`]; read
+    /// errors; [`Error::Integrity`] for a malformed directory record or a
+    /// block past the end of the file.
     fn load(
         repo: &Repo,
         rec: &SnapshotRecord,
@@ -264,80 +284,159 @@ impl Parent {
             sec: start.as_secs() as i64 - 1,
             nsec: start.subsec_nanos(),
         };
-        let (path, bytes) = repo.read_entries_unverified(&rec.entries.id)?;
-        let bytes = std::sync::Arc::new(bytes);
-        let mut lines = Vec::with_capacity(bytes.len() / 256);
-        lines.push(0);
-        lines.extend(memchr::memchr_iter(b'\n', &bytes).map(|i| i + 1));
-        if lines.last() != Some(&bytes.len()) {
-            lines.push(bytes.len());
-        }
-        let n = lines.len() - 1;
+        let id = &rec.entries.id;
+        let (path, fd) = repo.open_entries(id)?;
+        let read_err = |e| Error::io("read", &path, e);
         let mut dirs = PathMap::default();
-        let mut i = 0;
-        while i < n {
-            let line = &bytes[lines[i]..lines[i + 1]];
-            let bad = |detail: String| Error::Integrity {
-                path: format!("{path}:{}", i + 1),
-                detail,
-            };
-            let d: DirLine =
-                serde_json::from_slice(line).map_err(|e| bad(format!("malformed record: {e}")))?;
-            let (EntryKind::Dir, Some(children), Some(key)) = (d.kind, d.children, d.children_key)
-            else {
+        // The line being assembled, its offset and index; the line index
+        // of the next directory record and the directory whose block
+        // ends there.
+        let mut line: Vec<u8> = Vec::new();
+        let (mut line_at, mut line_no) = (0u64, 0u64);
+        let mut next_dir = 0u64;
+        let mut open: Option<Vec<u8>> = None;
+        let mut buf = vec![0u8; PARENT_READ];
+        let mut at = 0u64;
+        'read: loop {
+            let n = crate::fs::read_at(&fd, &mut buf, at).map_err(read_err)?;
+            if n == 0 {
                 break;
-            };
-            let children = usize::try_from(children).unwrap_or(usize::MAX);
-            if children > n - i - 1 {
-                return Err(bad(format!(
-                    "directory {:?} claims {children} entries after it, past the end of the file",
-                    d.path
-                )));
             }
-            let rel = RelPath::from_stored(&d.path, d.path_b64.as_deref())
-                .map_err(|e| bad(format!("invalid path: {e}")))?;
-            dirs.insert(
-                rel.to_bytes(),
-                ParentDir {
-                    line: i,
-                    children,
-                    key,
-                    ctime: d.children_ctime,
-                },
-            );
-            i += 1 + children;
+            let mut rest = &buf[..n];
+            at += n as u64;
+            while let Some(nl) = memchr::memchr(b'\n', rest) {
+                let whole: &[u8] = if line.is_empty() {
+                    &rest[..=nl]
+                } else {
+                    line.extend_from_slice(&rest[..=nl]);
+                    &line
+                };
+                if line_no == next_dir {
+                    if let Some(p) = open.take() {
+                        if let Some(d) = dirs.get_mut(&p) {
+                            let d: &mut ParentDir = d;
+                            d.block.1 = line_at - d.block.0;
+                        }
+                    }
+                    let bad = |detail: String| Error::Integrity {
+                        path: format!("{path}:{}", line_no + 1),
+                        detail,
+                    };
+                    let d: DirLine = serde_json::from_slice(whole)
+                        .map_err(|e| bad(format!("malformed record: {e}")))?;
+                    let (EntryKind::Dir, Some(children), Some(key)) =
+                        (d.kind, d.children, d.children_key)
+                    else {
+                        break 'read;
+                    };
+                    let key = blake3::Hash::from_hex(key.as_bytes())
+                        .map_err(|e| bad(format!("invalid children_key: {e}")))?;
+                    let rel = RelPath::from_stored(&d.path, d.path_b64.as_deref())
+                        .map_err(|e| bad(format!("invalid path: {e}")))?;
+                    let len = whole.len() as u64;
+                    let raw = rel.to_bytes();
+                    dirs.insert(
+                        raw.clone(),
+                        ParentDir {
+                            line: (line_at, len),
+                            line_hash: blake3::hash(whole),
+                            block: (line_at + len, 0),
+                            children,
+                            key,
+                            ctime: d.children_ctime,
+                        },
+                    );
+                    open = Some(raw);
+                    next_dir = line_no + 1 + children;
+                }
+                line_at += whole.len() as u64;
+                line_no += 1;
+                line.clear();
+                rest = &rest[nl + 1..];
+            }
+            line.extend_from_slice(rest);
+        }
+        let size = crate::fs::fd::stat(&fd)
+            .map_err(|e| Error::io("stat", &path, e))?
+            .size;
+        if let Some(p) = open.take() {
+            if let Some(d) = dirs.get_mut(&p) {
+                if line_no < next_dir {
+                    return Err(Error::Integrity {
+                        path: path.clone(),
+                        detail: format!(
+                            "directory {:?} claims {} entries after it, past the end of the file",
+                            String::from_utf8_lossy(&p),
+                            d.children
+                        ),
+                    });
+                }
+                d.block.1 = line_at - d.block.0;
+            }
         }
         let parent = Self {
-            id: rec.entries.id.clone(),
+            id: id.clone(),
             path: path.clone(),
-            bytes: std::sync::Arc::clone(&bytes),
-            lines,
+            fd,
+            size,
             dirs,
             settled,
         };
         // The walker may have stopped already; the check still decides.
         let _ = out.send(parent);
-        crate::repo::check_entries(&bytes, &rec.entries.id, &path)
+        let (_, fd) = repo.open_entries(id)?;
+        let mut hasher = blake3::Hasher::new();
+        let mut at = 0u64;
+        loop {
+            let n =
+                crate::fs::read_at(&fd, &mut buf, at).map_err(|e| Error::io("read", &path, e))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            at += n as u64;
+        }
+        if hasher.finalize().to_hex().as_str() == id {
+            Ok(())
+        } else {
+            Err(Error::Integrity {
+                path,
+                detail: "entries file does not match its BLAKE3 id".into(),
+            })
+        }
     }
 
-    /// Number of records.
-    fn len(&self) -> usize {
-        self.lines.len() - 1
-    }
-
-    /// The regular files among records `first..first + count` whose content
-    /// may be reused: those with a full stat key and a ctime older than
-    /// [`Parent::settled`] (see [`SnapshotStats::files_unchanged`]).
+    /// Bytes `offset..offset + len` of the entries file.
     ///
     /// # Errors
     ///
-    /// [`Error::Integrity`] for a malformed record.
-    fn files(&self, first: usize, count: usize) -> Result<PathMap<ParentFile>> {
+    /// The read error; [`Error::Integrity`] when the file is shorter.
+    fn read(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let mut out = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
+        let n = crate::fs::read_at(&self.fd, &mut out, offset)
+            .map_err(|e| Error::io("read", &self.path, e))?;
+        if n < out.len() {
+            return Err(Error::Integrity {
+                path: self.path.clone(),
+                detail: "entries file is shorter than when it was indexed".into(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The regular files among the records in bytes `offset..offset + len`
+    /// whose content may be reused: those with a full stat key and a ctime
+    /// older than [`Parent::settled`] (see [`SnapshotStats::files_unchanged`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Parent::read`]; [`Error::Integrity`] for a malformed record.
+    fn files(&self, offset: u64, len: u64) -> Result<PathMap<ParentFile>> {
+        let bytes = self.read(offset, len)?;
         let mut out = PathMap::default();
-        for i in first..first + count {
-            let line = &self.bytes[self.lines[i]..self.lines[i + 1]];
+        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             let r: ParentLine = serde_json::from_slice(line).map_err(|e| Error::Integrity {
-                path: format!("{}:{}", self.path, i + 1),
+                path: self.path.clone(),
                 detail: format!("malformed record: {e}"),
             })?;
             if r.v != crate::repo::sidecar::SIDECAR_VERSION || r.kind != EntryKind::File {
@@ -376,6 +475,177 @@ impl Parent {
             );
         }
         Ok(out)
+    }
+}
+
+/// The new entries file, written as the walk goes: items leave the
+/// walker's window in order, are serialised (or copied from the parent's
+/// file) into a buffer, hashed, and written to a file in `tmp/` that the
+/// commit renames to `entries/xx/<id>.jsonl`.
+///
+/// While every item reproduces the parent's entries file (copied blocks,
+/// directory records equal to the parent's), nothing is written or hashed:
+/// the output so far is the parent's first bytes. At the first difference
+/// those bytes are copied in; when there is none, the snapshot names the
+/// parent's entries file.
+struct EntriesOut {
+    /// `Some(n)` while the output is the parent's first `n` bytes.
+    same: Option<u64>,
+    tmp: Option<crate::repo::TmpFile>,
+    buf: Vec<u8>,
+    hasher: blake3::Hasher,
+    /// Records so far.
+    count: u64,
+    scratch: Vec<u8>,
+}
+
+/// Items the walker keeps waiting for the chunker before it waits itself.
+const MAX_PENDING: usize = 1 << 16;
+
+/// Bytes gathered before a write of the new entries file.
+const ENTRIES_WRITE: usize = 1 << 20;
+
+impl EntriesOut {
+    fn new(parent: bool) -> Self {
+        Self {
+            same: parent.then_some(0),
+            tmp: None,
+            buf: Vec::with_capacity(ENTRIES_WRITE + (64 << 10)),
+            hasher: blake3::Hasher::new(),
+            count: 0,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Appends one item.
+    ///
+    /// # Errors
+    ///
+    /// Repository I/O errors; a record that cannot be serialised.
+    async fn push(&mut self, item: Item, parent: Option<&Parent>, repo: &Repo) -> Result<()> {
+        self.count += match &item {
+            Item::Rec(_) => 1,
+            Item::Copy(c) => c.lines,
+        };
+        if let (Some(off), Some(p)) = (self.same, parent) {
+            match &item {
+                Item::Copy(Copy { offset, len, .. }) if *offset == off => {
+                    self.same = Some(off + len);
+                    return Ok(());
+                }
+                Item::Rec(r) if r.kind == EntryKind::Dir => {
+                    self.scratch.clear();
+                    serde_json::to_writer(&mut self.scratch, &**r).map_err(ser_err)?;
+                    self.scratch.push(b'\n');
+                    let same = r
+                        .rel_path()
+                        .ok()
+                        .and_then(|rel| p.dirs.get(&rel.to_bytes()))
+                        .is_some_and(|d| {
+                            d.line.0 == off && blake3::hash(&self.scratch) == d.line_hash
+                        });
+                    if same {
+                        self.same = Some(off + self.scratch.len() as u64);
+                        return Ok(());
+                    }
+                }
+                _ => {}
+            }
+            self.diverge(p, repo).await?;
+        }
+        match item {
+            Item::Rec(r) => {
+                serde_json::to_writer(&mut self.buf, &*r).map_err(ser_err)?;
+                self.buf.push(b'\n');
+            }
+            Item::Copy(Copy { offset, len, .. }) => {
+                let p = parent.expect("a copied block has a parent");
+                self.copy(p, offset, len, repo).await?;
+            }
+        }
+        if self.buf.len() >= ENTRIES_WRITE {
+            self.write(repo).await?;
+        }
+        Ok(())
+    }
+
+    /// Bytes `offset..offset + len` of the parent's file, appended.
+    async fn copy(&mut self, p: &Parent, offset: u64, len: u64, repo: &Repo) -> Result<()> {
+        let (mut at, end) = (offset, offset + len);
+        while at < end {
+            let room = ENTRIES_WRITE.saturating_sub(self.buf.len()).max(64 << 10);
+            let want = room.min(usize::try_from(end - at).unwrap_or(usize::MAX));
+            let from = self.buf.len();
+            self.buf.resize(from + want, 0);
+            let n = crate::fs::read_at(&p.fd, &mut self.buf[from..], at)
+                .map_err(|e| Error::io("read", &p.path, e))?;
+            if n < want {
+                return Err(Error::Integrity {
+                    path: p.path.clone(),
+                    detail: "entries file is shorter than when it was indexed".into(),
+                });
+            }
+            at += want as u64;
+            if self.buf.len() >= ENTRIES_WRITE {
+                self.write(repo).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The output stops being the parent's: its first bytes go in.
+    async fn diverge(&mut self, p: &Parent, repo: &Repo) -> Result<()> {
+        if let Some(n) = self.same.take() {
+            self.copy(p, 0, n, repo).await?;
+        }
+        Ok(())
+    }
+
+    /// Hashes and writes what the buffer holds.
+    async fn write(&mut self, repo: &Repo) -> Result<()> {
+        if self.tmp.is_none() {
+            self.tmp = Some(repo.create_tmp().await?);
+        }
+        let tmp = self.tmp.as_mut().expect("created above");
+        self.hasher.update(&self.buf);
+        let mut b = tmp.write(std::mem::take(&mut self.buf)).await?;
+        b.clear();
+        self.buf = b;
+        Ok(())
+    }
+
+    /// Puts the entries file in place: its id and the bytes added.
+    ///
+    /// # Errors
+    ///
+    /// Repository I/O errors.
+    async fn finish(
+        mut self,
+        parent: Option<&Parent>,
+        repo: &Repo,
+        syncs: &mut Syncs,
+    ) -> Result<(String, u64)> {
+        if let (Some(n), Some(p)) = (self.same, parent) {
+            if n == p.size {
+                return Ok((p.id.clone(), 0));
+            }
+            self.diverge(p, repo).await?;
+        }
+        self.write(repo).await?;
+        let id = self.hasher.finalize().to_hex().to_string();
+        let dir = repo.fanout_dir("entries", &id, syncs)?;
+        let fname =
+            Name::new(format!("{id}.jsonl").as_bytes()).map_err(|e| Error::Usage(e.to_string()))?;
+        let tmp = self.tmp.take().expect("written above");
+        let added = repo.commit_tmp(tmp, &dir, &fname, syncs).await?;
+        Ok((id, added))
+    }
+}
+
+fn ser_err(e: serde_json::Error) -> Error {
+    Error::Integrity {
+        path: "entries".into(),
+        detail: format!("cannot serialise: {e}"),
     }
 }
 
@@ -466,7 +736,9 @@ pub fn run(
         reads_back,
         packs_back,
     };
+    let (contents_tx, contents_rx) = std::sync::mpsc::channel();
     let mut w = Writer {
+        repo,
         tier: opts.policy.tier,
         chunker_min: repo.config.chunker.min,
         tx: Some(tx),
@@ -474,7 +746,11 @@ pub fn run(
         parent: None,
         block: PathMap::default(),
         stats: SnapshotStats::default(),
-        items: Vec::new(),
+        pending: std::collections::VecDeque::new(),
+        base: 0,
+        waiting: std::collections::BTreeSet::new(),
+        contents: contents_rx,
+        out: EntriesOut::new(parent_rec.is_some()),
         hardlinks: HashMap::new(),
         users,
         groups,
@@ -496,7 +772,7 @@ pub fn run(
         let chunker = std::thread::Builder::new()
             .name("snap-chunker".into())
             .spawn_scoped(s, move || {
-                pipeline::chunker(rx, pack_tx, chunker_params, repo, recycle)
+                pipeline::chunker(rx, pack_tx, chunker_params, repo, recycle, contents_tx)
             })
             .map_err(|e| Error::io("spawn", "chunker thread", e))?;
         let packer = std::thread::Builder::new()
@@ -529,7 +805,7 @@ pub fn run(
                         .map_err(|e| Error::io("stat", &src_display, e))?;
                     let rel = RelPath::root().join(name.clone());
                     if let Some(p) = &w.parent {
-                        w.block = p.files(0, p.len())?;
+                        w.block = p.files(0, p.size)?;
                     }
                     w.entry(pdir, name, &rel, st).await
                 }
@@ -568,9 +844,17 @@ enum SourceRoot {
 enum Item {
     /// A record built by this backup.
     Rec(Box<EntryRecord>),
-    /// Records `start..end` of the parent's entries file, copied as they
-    /// are (a reused block).
-    Copy(std::ops::Range<usize>),
+    /// Records of the parent's entries file, copied as they are (a reused
+    /// block).
+    Copy(Copy),
+}
+
+/// A reused block: `len` bytes at `offset` in the parent's entries file,
+/// holding `lines` records.
+struct Copy {
+    offset: u64,
+    len: u64,
+    lines: u64,
 }
 
 /// A directory being walked: its block is done, its subdirectories are
@@ -630,9 +914,9 @@ impl Writer<'_> {
                 // Basic keeps directories only as parents of what they hold.
                 if self.tier == PreservationTier::Basic
                     && done.record_idx != 0
-                    && self.items.len() == done.record_idx + 1
+                    && self.next_idx() == done.record_idx + 1
                 {
-                    self.items.pop();
+                    self.pending.pop_back();
                     self.stats.dirs -= 1;
                     self.stats.skipped += 1;
                 }
@@ -669,22 +953,22 @@ impl Writer<'_> {
         }
         let rec = self.base_record(&rel, EntryKind::Dir, st);
         let rec = self.with_fd_meta(rec, &*dir, &rel)?;
-        let record_idx = self.items.len();
-        self.items.push(Item::Rec(Box::new(rec)));
+        let record_idx = self.next_idx();
+        self.pending.push_back(Item::Rec(Box::new(rec)));
         self.stats.dirs += 1;
         let (key, ctime) = self.children_key(&files);
         let children = match self.reusable_block(&rel, &key, &files) {
-            Some(lines) => {
-                let n = lines.len();
+            Some(copy) => {
+                let n = copy.lines;
                 self.reuse_block(&files);
-                self.items.push(Item::Copy(lines));
+                self.pending.push_back(Item::Copy(copy));
                 n
             }
             None => {
                 let parent = self.parent.as_ref().and_then(|p| {
                     let d = p.dirs.get(&rel.to_bytes())?;
                     let any_file = files.iter().any(|(_, s)| s.kind == FileKind::File);
-                    any_file.then(|| p.files(d.line + 1, d.children))
+                    any_file.then(|| p.files(d.block.0, d.block.1))
                 });
                 self.block = parent.transpose()?.unwrap_or_default();
                 for (name, st) in files {
@@ -692,14 +976,15 @@ impl Writer<'_> {
                     self.entry(&dir, &name, &crel, st).await?;
                 }
                 self.block = PathMap::default();
-                self.items.len() - record_idx - 1
+                (self.next_idx() - record_idx - 1) as u64
             }
         };
-        if let Item::Rec(r) = &mut self.items[record_idx] {
-            r.children = Some(children as u64);
-            r.children_key = Some(key);
+        if let Some(Item::Rec(r)) = self.pending.get_mut(record_idx - self.base) {
+            r.children = Some(children);
+            r.children_key = Some(key.to_hex().to_string());
             r.children_ctime = ctime;
         }
+        self.flush(false).await?;
         Ok(Frame {
             rel,
             subdirs,
@@ -711,7 +996,7 @@ impl Writer<'_> {
     /// The children key of a block: BLAKE3-256 hex over, per entry in name
     /// order, the name and the stat fields a record is built from (atime
     /// only from tier extended, which records it); and the newest ctime.
-    fn children_key(&self, files: &[(Name, Stat)]) -> (String, Option<crate::fs::Time>) {
+    fn children_key(&self, files: &[(Name, Stat)]) -> (blake3::Hash, Option<crate::fs::Time>) {
         let mut h = blake3::Hasher::new();
         h.update(b"snap children key 1\0");
         let mut newest: Option<crate::fs::Time> = None;
@@ -757,7 +1042,7 @@ impl Writer<'_> {
             h.update(name.as_bytes());
             newest = newest.max(Some(s.ctime));
         }
-        (h.finalize().to_hex().to_string(), newest)
+        (h.finalize(), newest)
     }
 
     /// Whether this tier keeps an entry of this kind (directories aside).
@@ -778,9 +1063,9 @@ impl Writer<'_> {
     fn reusable_block(
         &self,
         rel: &RelPath,
-        key: &str,
+        key: &blake3::Hash,
         files: &[(Name, Stat)],
-    ) -> Option<std::ops::Range<usize>> {
+    ) -> Option<Copy> {
         // Tier full reads xattrs and inode flags of every entry again.
         if self.tier == PreservationTier::Full || files.is_empty() {
             return None;
@@ -791,9 +1076,12 @@ impl Writer<'_> {
         // A hard link's record depends on which name the walk meets first,
         // which other directories decide.
         let linked = files.iter().any(|(_, s)| s.nlink > 1);
-        let kept = files.iter().filter(|(_, s)| self.keeps(s.kind)).count();
-        (d.key == key && settled && !linked && kept == d.children)
-            .then(|| d.line + 1..d.line + 1 + d.children)
+        let kept = files.iter().filter(|(_, s)| self.keeps(s.kind)).count() as u64;
+        (d.key == *key && settled && !linked && kept == d.children).then_some(Copy {
+            offset: d.block.0,
+            len: d.block.1,
+            lines: d.children,
+        })
     }
 
     /// Counts a copied block in the stats, as [`Writer::entry`] would have.
@@ -920,7 +1208,7 @@ impl Writer<'_> {
             if let Some(leader) = self.hardlinks.get(&(st.dev, st.ino)) {
                 let mut rec = self.base_record(rel, EntryKind::Hardlink, &st);
                 rec.set_link(&leader.clone());
-                self.items.push(Item::Rec(Box::new(rec)));
+                self.pending.push_back(Item::Rec(Box::new(rec)));
                 self.stats.hardlinks += 1;
                 return Ok(());
             }
@@ -972,7 +1260,7 @@ impl Writer<'_> {
         if extended && st.nlink > 1 {
             self.hardlinks.insert((st.dev, st.ino), rel.clone());
         }
-        self.items.push(Item::Rec(Box::new(rec)));
+        self.pending.push_back(Item::Rec(Box::new(rec)));
         Ok(())
     }
 
@@ -1060,7 +1348,7 @@ impl Writer<'_> {
             None => vec![(0, u64::MAX)],
         };
         // The record this content belongs to: `entry` pushes it next.
-        let idx = self.items.len();
+        let idx = self.next_idx();
         let mut ri = 0usize;
         let mut pos = ranges.first().map_or(0, |r| r.0);
         let mut offset = 0u64; // bytes of stored content read so far
@@ -1136,6 +1424,8 @@ impl Writer<'_> {
             end: true,
             whole: whole.map(|h| Some(h.finalize())),
         })?;
+        // `entry` pushes the record at `idx`; the chunker reports its chunks.
+        self.waiting.insert(idx);
         f.close()
             .await
             .map_err(|e| Error::io("close", rel.to_string(), e))?;
@@ -1149,78 +1439,71 @@ impl Writer<'_> {
         Ok(Some(rec))
     }
 
-    /// The parent's entries id when the new entries file would be the
-    /// parent's, line for line: every block copied, every directory record
-    /// the same (then nothing is built, hashed or written).
-    ///
-    /// # Errors
-    ///
-    /// A record that cannot be serialised.
-    fn same_as_parent(&self) -> std::result::Result<Option<String>, serde_json::Error> {
-        let Some(p) = &self.parent else {
-            return Ok(None);
-        };
-        let mut next = 0;
-        let mut buf = Vec::with_capacity(1024);
-        for item in &self.items {
-            match item {
-                Item::Copy(lines) if lines.start == next => next = lines.end,
-                Item::Rec(r) if r.kind == EntryKind::Dir && next < p.len() => {
-                    buf.clear();
-                    serde_json::to_writer(&mut buf, &**r)?;
-                    buf.push(b'\n');
-                    if buf != p.bytes[p.lines[next]..p.lines[next + 1]] {
-                        return Ok(None);
-                    }
-                    next += 1;
-                }
-                _ => return Ok(None),
-            }
-        }
-        Ok((next == p.len()).then(|| p.id.clone()))
+    /// The index the next item gets.
+    fn next_idx(&self) -> usize {
+        self.base + self.pending.len()
     }
 
-    /// The new entries file, in parts (about one per core, serialised side
-    /// by side).
+    /// Fills in the chunks the chunker has reported; with `wait`, waits for
+    /// the first report when there is none yet.
+    fn absorb(&mut self, wait: bool) {
+        let mut first = wait.then(|| self.contents.recv());
+        loop {
+            let c = match first.take() {
+                Some(Ok(c)) => c,
+                // The chunker stopped; its result says why.
+                Some(Err(_)) => return,
+                None => match self.contents.try_recv() {
+                    Ok(c) => c,
+                    Err(_) => return,
+                },
+            };
+            self.waiting.remove(&c.idx);
+            if let Some(Item::Rec(rec)) = self.pending.get_mut(c.idx - self.base) {
+                rec.chunks = Some(c.chunks);
+                rec.hash = Some(c.hash);
+            }
+        }
+    }
+
+    /// Hands the items that are final to the entries file: those before
+    /// the first file whose chunks are not reported yet, and (at tier
+    /// basic, unless `all`) not a directory record that nothing follows
+    /// yet, which the walk may still drop. The window is kept under
+    /// [`MAX_PENDING`] items by waiting for the chunker.
     ///
     /// # Errors
     ///
-    /// A record that cannot be serialised.
-    fn serialise(&self) -> std::result::Result<Vec<Vec<u8>>, serde_json::Error> {
-        let parent = self.parent.as_ref();
-        let size = |item: &Item| match item {
-            Item::Rec(_) => 400,
-            Item::Copy(lines) => parent.map_or(0, |p| p.lines[lines.end] - p.lines[lines.start]),
-        };
-        let total: usize = self.items.iter().map(size).sum();
-        let per = total.div_ceil(crate::par::cores()).max(1 << 20);
-        let mut slices: Vec<(&[Item], usize)> = Vec::new();
-        let (mut from, mut bytes) = (0, 0);
-        for (i, item) in self.items.iter().enumerate() {
-            bytes += size(item);
-            if bytes >= per || i + 1 == self.items.len() {
-                slices.push((&self.items[from..=i], bytes));
-                (from, bytes) = (i + 1, 0);
+    /// As [`EntriesOut::push`].
+    async fn flush(&mut self, all: bool) -> Result<()> {
+        self.absorb(false);
+        loop {
+            let limit = self.waiting.first().copied().unwrap_or(usize::MAX);
+            while self.base < limit {
+                let Some(front) = self.pending.front() else {
+                    break;
+                };
+                let tentative = self.tier == PreservationTier::Basic
+                    && self.pending.len() == 1
+                    && matches!(front, Item::Rec(r) if r.kind == EntryKind::Dir);
+                if tentative && !all {
+                    break;
+                }
+                let item = self.pending.pop_front().expect("checked above");
+                self.base += 1;
+                self.out.push(item, self.parent.as_ref(), self.repo).await?;
+            }
+            let stuck = !self.waiting.is_empty() && (all || self.pending.len() > MAX_PENDING);
+            if !stuck {
+                return Ok(());
+            }
+            let before = self.waiting.len();
+            self.absorb(true);
+            if self.waiting.len() == before {
+                // The chunker is gone without reporting: it failed.
+                return Err(pipeline::downstream_gone());
             }
         }
-        crate::par::map(&slices, |&(part, bytes)| {
-            let mut out = Vec::with_capacity(bytes + bytes / 8);
-            for item in part {
-                match item {
-                    Item::Rec(r) => {
-                        serde_json::to_writer(&mut out, &**r)?;
-                        out.push(b'\n');
-                    }
-                    Item::Copy(lines) => {
-                        let p = parent.expect("a copied block has a parent");
-                        out.extend_from_slice(&p.bytes[p.lines[lines.start]..p.lines[lines.end]]);
-                    }
-                }
-            }
-            Ok(out)
-        })
-        .into_iter()
-        .collect()
     }
 
     /// Steps 3-6 of the commit protocol, once every pack is durable: the
@@ -1239,12 +1522,8 @@ impl Writer<'_> {
         started: Instant,
         repo: &Repo,
     ) -> Result<BackupOutcome> {
-        for c in chunked.contents {
-            if let Item::Rec(rec) = &mut self.items[c.idx] {
-                rec.chunks = Some(c.chunks);
-                rec.hash = Some(c.hash);
-            }
-        }
+        // Every file's chunks are reported once the chunker has ended.
+        self.flush(true).await?;
         self.stats.new_blobs = chunked.new_blobs;
         self.stats.new_blob_bytes = chunked.new_blob_bytes;
         self.stats.packs = packed.packs.len() as u64;
@@ -1266,25 +1545,10 @@ impl Writer<'_> {
             let dir = RelPath::parse(b"index").map_err(|e| Error::Usage(e.to_string()))?;
             self.stats.bytes_added += repo.write_atomic(&dir, &fname, bytes, &mut syncs).await?;
         }
-        let entries_id = match self.same_as_parent().map_err(|e| ser("entries", e))? {
-            Some(id) => id,
-            None => {
-                let parts = self.serialise().map_err(|e| ser("entries", e))?;
-                let mut hasher = blake3::Hasher::new();
-                for part in &parts {
-                    hasher.update(part);
-                }
-                let entries_id = hasher.finalize().to_hex().to_string();
-                let dir = repo.fanout_dir("entries", &entries_id, &mut syncs)?;
-                let fname = Name::new(format!("{entries_id}.jsonl").as_bytes())
-                    .map_err(|e| Error::Usage(e.to_string()))?;
-                self.stats.bytes_added += repo
-                    .write_atomic_parts(&dir, &fname, parts, &mut syncs)
-                    .await?
-                    .0;
-                entries_id
-            }
-        };
+        let count = self.out.count;
+        let out = std::mem::replace(&mut self.out, EntriesOut::new(false));
+        let (entries_id, added) = out.finish(self.parent.as_ref(), repo, &mut syncs).await?;
+        self.stats.bytes_added += added;
         self.stats.duration_ms = started.elapsed().as_millis() as u64;
         use std::os::unix::ffi::OsStrExt;
         let (src_text, src_b64) = crate::fs::bytes_to_stored(source.as_os_str().as_bytes());
@@ -1300,14 +1564,7 @@ impl Writer<'_> {
             parent,
             entries: EntriesRef {
                 id: entries_id,
-                count: self
-                    .items
-                    .iter()
-                    .map(|i| match i {
-                        Item::Rec(_) => 1,
-                        Item::Copy(lines) => lines.len() as u64,
-                    })
-                    .sum(),
+                count,
             },
             stats: self.stats.clone(),
             durable: syncs.enabled,

@@ -79,8 +79,6 @@ pub struct FileContent {
 
 /// What the chunker hands back when the walker is done.
 pub struct Chunked {
-    /// One per completed file, in walk order.
-    pub contents: Vec<FileContent>,
     /// Blobs new to the repository.
     pub new_blobs: u64,
     /// Their bytes.
@@ -129,9 +127,9 @@ pub fn chunker(
     params: ChunkerParams,
     repo: &crate::repo::Repo,
     recycle: Recycle,
+    contents: std::sync::mpsc::Sender<FileContent>,
 ) -> Result<Chunked> {
     let mut out = Chunked {
-        contents: Vec::new(),
         new_blobs: 0,
         new_blob_bytes: 0,
     };
@@ -250,7 +248,8 @@ pub fn chunker(
                         })
                     }
                 };
-                out.contents.push(FileContent {
+                // The walker may have stopped; its error is reported.
+                let _ = contents.send(FileContent {
                     idx: c.idx,
                     chunks: c.chunks,
                     hash: hash.to_hex().to_string(),

@@ -183,6 +183,24 @@ pub fn open_dir_nofollow(dir: Option<&Dir>, name: &OsStr) -> io::Result<Dir> {
     Ok(Dir { fd })
 }
 
+/// Reads up to `buf.len()` bytes of `fd` at `offset` with `pread(2)`,
+/// retrying short reads; returns fewer only at end of file.
+///
+/// # Errors
+///
+/// The `pread(2)` error.
+pub fn read_at(fd: impl AsFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        let n = rustix::io::pread(&fd, &mut buf[done..], offset + done as u64)?;
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    Ok(done)
+}
+
 /// `fsync(2)` on a directory that gained or lost a name, so the change to
 /// its entries is durable (the name itself lives in the parent's data; see
 /// `fsync(2)`: "Calling fsync() does not necessarily ensure that the entry in

@@ -328,6 +328,40 @@ fn check_id(bytes: &[u8], id: &str, path: &str, what: &str) -> Result<()> {
     }
 }
 
+/// A file being written in the repository's `tmp/` (see
+/// [`Repo::create_tmp`]).
+pub struct TmpFile {
+    dir: Dir,
+    name: Name,
+    path: String,
+    file: DataFile,
+    len: u64,
+}
+
+impl TmpFile {
+    /// Appends `buf` (through io_uring) and hands it back.
+    ///
+    /// # Errors
+    ///
+    /// The write error with the path; `ENOSPC` maps to `E_NO_SPACE`. The
+    /// file is then removed at once, to give the space back.
+    pub async fn write(&mut self, buf: Vec<u8>) -> Result<Vec<u8>> {
+        let n = buf.len() as u64;
+        match self.file.write_all_at(buf, self.len).await {
+            Ok(b) => {
+                self.len += n;
+                Ok(b)
+            }
+            Err(e) => {
+                if let Err(u) = self.dir.unlink(&self.name) {
+                    eprintln!("snap: warning: could not remove {}: {u}", self.path);
+                }
+                Err(Error::io("write", &self.path, e))
+            }
+        }
+    }
+}
+
 /// A hasher for maps keyed by BLAKE3 ids: the id is already uniformly
 /// random, so its first 8 bytes are the hash (SipHash would cost more than
 /// the lookup it serves).
@@ -735,6 +769,84 @@ impl Repo {
         }
     }
 
+    /// Creates a file in `tmp/` (mode `0600`) for content written a piece at
+    /// a time ([`TmpFile::write`]) and put in place by
+    /// [`Repo::commit_tmp`]. A run that fails leaves it for the next
+    /// writer's `tmp/` cleanup.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors with the path.
+    pub async fn create_tmp(&self) -> Result<TmpFile> {
+        let tmp = self.open_dir(&["tmp"])?;
+        let name = Name::new(format!("{}.tmp", random_hex(12)?).as_bytes())
+            .map_err(|e| Error::Usage(e.to_string()))?;
+        let path = self.display(&format!("tmp/{name}"));
+        let fd = tmp
+            .create_file_uring(&name, 0o600)
+            .await
+            .map_err(|e| Error::io("create", &path, e))?;
+        Ok(TmpFile {
+            dir: tmp,
+            name,
+            path,
+            file: DataFile::new(fd),
+            len: 0,
+        })
+    }
+
+    /// Puts a [`TmpFile`] in place as the immutable file `dir/file`:
+    /// `fsync` (when `syncs` is enabled), `renameat2(RENAME_NOREPLACE)`,
+    /// `fsync` of `dir`, as [`Repo::write_atomic`]. Returns the bytes added,
+    /// 0 when a file of that (content-addressed) name already exists (the
+    /// temporary file is then removed).
+    ///
+    /// # Errors
+    ///
+    /// I/O errors with the path; `ENOSPC` maps to `E_NO_SPACE`.
+    pub async fn commit_tmp(
+        &self,
+        t: TmpFile,
+        dir: &RelPath,
+        file: &Name,
+        syncs: &mut Syncs,
+    ) -> Result<u64> {
+        let dest = self
+            .root
+            .open_path(dir)
+            .map_err(|e| Error::io("open directory", self.display(&dir.to_string()), e))?;
+        let synced = syncs.file(&t.file, &t.path).await;
+        let closed = t
+            .file
+            .close()
+            .await
+            .map_err(|e| Error::io("close", &t.path, e));
+        if let Err(e) = synced.and(closed) {
+            // Give the space back now (a full disk is the usual cause).
+            if let Err(u) = t.dir.unlink(&t.name) {
+                eprintln!("snap: warning: could not remove {}: {u}", t.path);
+            }
+            return Err(e);
+        }
+        match t.dir.rename(&t.name, &dest, file, true) {
+            Ok(()) => {
+                syncs.dir(&dest, self.display(&dir.to_string()))?;
+                Ok(t.len)
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                t.dir
+                    .unlink(&t.name)
+                    .map_err(|e| Error::io("unlink", &t.path, e))?;
+                Ok(0)
+            }
+            Err(e) => Err(Error::io(
+                "rename",
+                self.display(&format!("{dir}/{file}")),
+                e,
+            )),
+        }
+    }
+
     /// Ensures `top/<2 hex>` exists for a content-addressed id and returns
     /// its relative path; syncs `top` when the fan-out directory is new.
     ///
@@ -907,6 +1019,32 @@ impl Repo {
         let (path, bytes) = self.read_entries_unverified(id)?;
         check_id(&bytes, id, &path, "entries file")?;
         Ok((path, bytes))
+    }
+
+    /// Opens entries file `id` for reading a piece at a time (backup reads
+    /// its parent's this way), with its path for messages. Its bytes must
+    /// be checked against `id` (as [`check_entries`] does) before anything
+    /// derived from them is committed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Integrity`] for a malformed id or a missing file.
+    pub fn open_entries(&self, id: &str) -> Result<(String, std::os::fd::OwnedFd)> {
+        if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::Integrity {
+                path: self.display("entries"),
+                detail: format!("entries id {id:?} is not a BLAKE3-256 hex id"),
+            });
+        }
+        let path = self.display(&format!("entries/{}/{id}.jsonl", &id[..2]));
+        let fd = self
+            .open_dir(&["entries", &id[..2]])?
+            .open_file(&name(&format!("{id}.jsonl")))
+            .map_err(|e| Error::Integrity {
+                path: path.clone(),
+                detail: format!("cannot read entries file: {e}"),
+            })?;
+        Ok((path, fd))
     }
 
     /// The bytes of entries file `id` as stored, and its path for messages,
