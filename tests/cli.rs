@@ -85,6 +85,10 @@ fn tiers_keep_exactly_their_fields() {
     let env = Env::new();
     let src = env.path("src");
     small_tree(&src);
+    // Directories that hold nothing basic keeps, nested.
+    fs::create_dir_all(src.join("emptydir/inner/deeper")).unwrap();
+    fs::create_dir(src.join("linkonly")).unwrap();
+    std::os::unix::fs::symlink("nowhere", src.join("linkonly/l")).unwrap();
     let basic = env
         .snap([
             OsStr::new("backup"),
@@ -99,10 +103,19 @@ fn tiers_keep_exactly_their_fields() {
         .to_owned();
     let recs = entries_of(&env, &id);
     let paths: Vec<&str> = recs.iter().map(|r| r["path"].as_str().unwrap()).collect();
-    assert!(
-        !paths.contains(&"emptydir"),
-        "basic keeps no empty directories: {paths:?}"
-    );
+    for empty in [
+        "emptydir",
+        "emptydir/inner",
+        "emptydir/inner/deeper",
+        "linkonly",
+    ] {
+        assert!(
+            !paths.contains(&empty),
+            "basic keeps no empty directories: {paths:?}"
+        );
+    }
+    let dirs = recs.iter().filter(|r| r["kind"] == "dir").count();
+    assert_eq!(basic.fact("backup.summary")["stats"]["dirs"], dirs);
     assert!(
         !paths.contains(&"link"),
         "basic keeps no symlinks: {paths:?}"

@@ -916,6 +916,8 @@ impl Writer<'_> {
                     && done.record_idx != 0
                     && self.next_idx() == done.record_idx + 1
                 {
+                    // Still pending: `flush` holds back trailing directories.
+                    debug_assert!(self.base <= done.record_idx);
                     self.pending.pop_back();
                     self.stats.dirs -= 1;
                     self.stats.skipped += 1;
@@ -1467,29 +1469,27 @@ impl Writer<'_> {
     }
 
     /// Hands the items that are final to the entries file: those before
-    /// the first file whose chunks are not reported yet, and (at tier
-    /// basic, unless `all`) not a directory record that nothing follows
-    /// yet, which the walk may still drop. The window is kept under
-    /// [`MAX_PENDING`] items by waiting for the chunker.
+    /// the first file whose chunks are not reported yet and, at tier basic
+    /// (unless `all`), before the directory records that only directory
+    /// records follow yet, which the walk may still drop. The window is
+    /// kept under [`MAX_PENDING`] items by waiting for the chunker.
     ///
     /// # Errors
     ///
     /// As [`EntriesOut::push`].
     async fn flush(&mut self, all: bool) -> Result<()> {
         self.absorb(false);
+        let is_dir = |i: &Item| matches!(i, Item::Rec(r) if r.kind == EntryKind::Dir);
         loop {
-            let limit = self.waiting.first().copied().unwrap_or(usize::MAX);
+            let mut limit = self.waiting.first().copied().unwrap_or(usize::MAX);
+            if self.tier == PreservationTier::Basic && !all {
+                let dirs = self.pending.iter().rev().take_while(|i| is_dir(i)).count();
+                limit = limit.min(self.next_idx() - dirs);
+            }
             while self.base < limit {
-                let Some(front) = self.pending.front() else {
+                let Some(item) = self.pending.pop_front() else {
                     break;
                 };
-                let tentative = self.tier == PreservationTier::Basic
-                    && self.pending.len() == 1
-                    && matches!(front, Item::Rec(r) if r.kind == EntryKind::Dir);
-                if tentative && !all {
-                    break;
-                }
-                let item = self.pending.pop_front().expect("checked above");
                 self.base += 1;
                 self.out.push(item, self.parent.as_ref(), self.repo).await?;
             }
