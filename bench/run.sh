@@ -7,6 +7,7 @@
 #   bench/run.sh                       # all trees, 3 runs each (needs root for apt-get)
 #   TREES="gen" RUNS=1 bench/run.sh    # quick: only the generated tree
 #   GEN_FILES=2000 ...                 # smaller generated tree
+#   SCALE="1000 10000" ...             # file counts of the memory table ("" skips it)
 #
 # Trees: usr-share (/usr/share), gen (GEN_FILES files of 1-16 KiB in
 # GEN_FILES/100 directories, default 100,000), big (one BIG_MIB MiB file of
@@ -14,9 +15,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
+RUNS_SAVED=$RUNS
 TREES=${TREES:-"usr-share gen big"}
 GEN_FILES=${GEN_FILES:-100000}
 BIG_MIB=${BIG_MIB:-4096}
+SCALE=${SCALE-"10000 100000 300000"}
 OUT=${OUT:-docs/BENCHMARKS.md}
 WORK=${WORK:-$(mktemp -d /var/tmp/snap-bench.XXXXXX)}
 export RESTIC_PASSWORD=bench BORG_PASSPHRASE="" BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
@@ -179,6 +182,34 @@ for tree in $TREES; do
   rm -rf "$s" "$rr" "$br"
 done
 
+# --- memory against file count --------------------------------------------
+# Trees of N files of 1 KiB in N/100 directories: peak RSS of snap's first
+# backup, of a re-backup with no change, and of a restore (one run each).
+scale_rows=()
+for n in $SCALE; do
+  d="$WORK/scale-$n"; s="$WORK/snap-repo"
+  python3 - "$d" "$n" <<'PY'
+import os, sys
+root, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    d = os.path.join(root, f"d{i // 100:05d}")
+    if i % 100 == 0:
+        os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, f"f{i % 100:03d}"), "wb") as f:
+        f.write(os.urandom(1024))
+PY
+  sleep 2
+  RUNS=1
+  read -r b_t b_rss < <(measure snap "rm -rf $s; sync" "$SNAP --repo $s backup $d")
+  read -r i_t i_rss < <(measure snap "" "$SNAP --repo $s backup $d")
+  read -r r_t r_rss < <(measure snap "fresh_fs $((n * 8192))" "$SNAP --repo $s restore latest --target $MNT/out")
+  fresh_fs_off
+  RUNS=${RUNS_SAVED:-3}
+  scale_rows+=("| $n | $((b_rss / 1024)) MiB ($b_t s) | $((i_rss / 1024)) MiB ($i_t s) | $((r_rss / 1024)) MiB ($r_t s) |")
+  echo "${scale_rows[-1]}" >&2
+  rm -rf "$d" "$s"
+done
+
 {
   echo "# Benchmarks"
   echo
@@ -197,6 +228,14 @@ done
   echo "| --- | --- | --- | --- |"
   printf '%s\n' "${rows[@]}"
   echo
+  if [ ${#scale_rows[@]} -gt 0 ]; then
+    echo "Peak RSS against file count (files of 1 KiB, 100 per directory; one run each):"
+    echo
+    echo "| files | backup | re-backup, no change | restore |"
+    echo "| --- | --- | --- | --- |"
+    printf '%s\n' "${scale_rows[@]}"
+    echo
+  fi
   cat bench/analysis.md
 } > "$OUT"
 echo "wrote $OUT" >&2
