@@ -54,7 +54,7 @@ fresh_fs_off() {
 fresh_fs() { # fresh_fs BYTES: a fresh filesystem at $MNT with room for BYTES
   fresh_fs_off
   truncate -s "$(( $1 * 3 / 2 + (1 << 30) ))" "$WORK/fs.img"
-  mkfs.ext4 -q -F -O ^has_journal -E lazy_itable_init=1,nodiscard "$WORK/fs.img"
+  mkfs.ext4 -q -F -i 8192 -O ^has_journal -E lazy_itable_init=1,nodiscard "$WORK/fs.img"
   mkdir -p "$MNT"
   mount "$(losetup --direct-io=on --show -f "$WORK/fs.img")" "$MNT"
 }

@@ -130,14 +130,25 @@ type PathMap<V> = HashMap<Vec<u8>, V, std::hash::BuildHasherDefault<Fnv>>;
 
 /// The content of a file in the parent snapshot, with the stat fields
 /// that tell whether it changed.
+#[derive(Clone, Copy)]
 struct ParentFile {
     size: u64,
     mtime: crate::fs::Time,
+    atime: Option<crate::fs::Time>,
     ctime: crate::fs::Time,
     ino: u64,
     dev: DevNum,
+    /// Byte offset and length (newline included) of its record in the
+    /// parent's entries file.
+    line: (u64, u64),
+}
+
+/// The content fields of a parent's file record, parsed only when the
+/// record cannot be copied as it is.
+#[derive(serde::Deserialize)]
+struct ParentContent {
     sparse: Option<Vec<[u64; 2]>>,
-    chunks: Vec<blake3::Hash>,
+    chunks: Vec<String>,
     hash: String,
 }
 
@@ -153,13 +164,10 @@ struct ParentLine<'a> {
     path_b64: Option<std::borrow::Cow<'a, str>>,
     size: Option<u64>,
     mtime: crate::fs::Time,
+    atime: Option<crate::fs::Time>,
     ctime: Option<crate::fs::Time>,
     ino: Option<u64>,
     dev: Option<DevNum>,
-    sparse: Option<Vec<[u64; 2]>>,
-    #[serde(borrow)]
-    chunks: Option<Vec<&'a str>>,
-    hash: Option<String>,
 }
 
 /// The running state of the walk of one backup (the walker stage of
@@ -177,9 +185,10 @@ struct Writer<'a> {
     /// The parent snapshot's entries, when it has the same source, host
     /// and tier.
     parent: Option<Parent>,
-    /// The parent's reusable regular files of the directory being walked,
-    /// by raw path.
-    block: PathMap<ParentFile>,
+    /// The parent's block of the directory being walked.
+    block: Block,
+    /// Records pushed so far (a copy counts its lines).
+    records: u64,
     stats: SnapshotStats,
     /// Items not yet handed to `out`, in order; the first has index
     /// `base` (indices count every item of the walk).
@@ -266,9 +275,9 @@ impl Parent {
     ///
     /// # Errors
     ///
-    /// As [`Repo::open_entries`] and [`crate::repo::check_entries`]; read
-    /// errors; [`Error::Integrity`] for a malformed directory record or a
-    /// block past the end of the file.
+    /// As [`Repo::open_entries`]; read errors; [`Error::Integrity`] when
+    /// the file does not match its id, for a malformed directory record,
+    /// or for a block past the end of the file.
     fn load(
         repo: &Repo,
         rec: &SnapshotRecord,
@@ -424,17 +433,21 @@ impl Parent {
         Ok(out)
     }
 
-    /// The regular files among the records in bytes `offset..offset + len`
-    /// whose content may be reused: those with a full stat key and a ctime
-    /// older than [`Parent::settled`] (see [`SnapshotStats::files_unchanged`]).
+    /// The records in bytes `offset..offset + len` (a block), and among
+    /// them the regular files whose content may be reused: those with a
+    /// full stat key and a ctime older than [`Parent::settled`] (see
+    /// [`SnapshotStats::files_unchanged`]).
     ///
     /// # Errors
     ///
     /// As [`Parent::read`]; [`Error::Integrity`] for a malformed record.
-    fn files(&self, offset: u64, len: u64) -> Result<PathMap<ParentFile>> {
+    fn files(&self, offset: u64, len: u64) -> Result<Block> {
         let bytes = self.read(offset, len)?;
-        let mut out = PathMap::default();
-        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let mut files = PathMap::default();
+        let mut at = 0usize;
+        for line in bytes.split_inclusive(|b| *b == b'\n') {
+            let start = at;
+            at += line.len();
             let r: ParentLine = serde_json::from_slice(line).map_err(|e| Error::Integrity {
                 path: self.path.clone(),
                 detail: format!("malformed record: {e}"),
@@ -442,39 +455,53 @@ impl Parent {
             if r.v != crate::repo::sidecar::SIDECAR_VERSION || r.kind != EntryKind::File {
                 continue;
             }
-            let (Some(size), Some(ctime), Some(ino), Some(dev), Some(chunks), Some(hash)) =
-                (r.size, r.ctime, r.ino, r.dev, r.chunks, r.hash)
+            let (Some(size), Some(ctime), Some(ino), Some(dev)) = (r.size, r.ctime, r.ino, r.dev)
             else {
                 continue;
             };
             if ctime >= self.settled {
                 continue;
             }
-            let Ok(chunks) = chunks
-                .iter()
-                .map(blake3::Hash::from_hex)
-                .collect::<std::result::Result<Vec<_>, _>>()
-            else {
-                continue;
-            };
             let Ok(rel) = RelPath::from_stored(&r.path, r.path_b64.as_deref()) else {
                 continue;
             };
-            out.insert(
+            files.insert(
                 rel.to_bytes(),
                 ParentFile {
                     size,
                     mtime: r.mtime,
+                    atime: r.atime,
                     ctime,
                     ino,
                     dev,
-                    sparse: r.sparse,
-                    chunks,
-                    hash,
+                    line: (offset + start as u64, line.len() as u64),
                 },
             );
         }
-        Ok(out)
+        Ok(Block {
+            offset,
+            bytes,
+            files,
+        })
+    }
+}
+
+/// A block of the parent's entries file being used by the walk of one
+/// changed directory.
+#[derive(Default)]
+struct Block {
+    /// Where it starts in the parent's file.
+    offset: u64,
+    bytes: Vec<u8>,
+    /// Its reusable regular files by raw path.
+    files: PathMap<ParentFile>,
+}
+
+impl Block {
+    /// The record of `f` (one of `files`).
+    fn line(&self, f: &ParentFile) -> &[u8] {
+        let from = (f.line.0 - self.offset) as usize;
+        &self.bytes[from..from + f.line.1 as usize]
     }
 }
 
@@ -744,7 +771,8 @@ pub fn run(
         tx: Some(tx),
         reads_pool,
         parent: None,
-        block: PathMap::default(),
+        block: Block::default(),
+        records: 0,
         stats: SnapshotStats::default(),
         pending: std::collections::VecDeque::new(),
         base: 0,
@@ -849,8 +877,15 @@ enum Item {
     Copy(Copy),
 }
 
-/// A reused block: `len` bytes at `offset` in the parent's entries file,
-/// holding `lines` records.
+/// What [`Writer::file`] gives: a new record, or the parent's record of
+/// an unchanged file, copied as it is.
+enum FileOut {
+    Rec(EntryRecord),
+    Copy(Copy),
+}
+
+/// A reused block, or records of unchanged files: `len` bytes at `offset`
+/// in the parent's entries file, holding `lines` records.
 struct Copy {
     offset: u64,
     len: u64,
@@ -919,6 +954,7 @@ impl Writer<'_> {
                     // Still pending: `flush` holds back trailing directories.
                     debug_assert!(self.base <= done.record_idx);
                     self.pending.pop_back();
+                    self.records -= 1;
                     self.stats.dirs -= 1;
                     self.stats.skipped += 1;
                 }
@@ -956,15 +992,14 @@ impl Writer<'_> {
         let rec = self.base_record(&rel, EntryKind::Dir, st);
         let rec = self.with_fd_meta(rec, &*dir, &rel)?;
         let record_idx = self.next_idx();
-        self.pending.push_back(Item::Rec(Box::new(rec)));
+        self.push_rec(rec);
+        let before = self.records;
         self.stats.dirs += 1;
         let (key, ctime) = self.children_key(&files);
-        let children = match self.reusable_block(&rel, &key, &files) {
+        match self.reusable_block(&rel, &key, &files) {
             Some(copy) => {
-                let n = copy.lines;
                 self.reuse_block(&files);
-                self.pending.push_back(Item::Copy(copy));
-                n
+                self.push_copy(copy);
             }
             None => {
                 let parent = self.parent.as_ref().and_then(|p| {
@@ -977,10 +1012,10 @@ impl Writer<'_> {
                     let crel = rel.join(name.clone());
                     self.entry(&dir, &name, &crel, st).await?;
                 }
-                self.block = PathMap::default();
-                (self.next_idx() - record_idx - 1) as u64
+                self.block = Block::default();
             }
-        };
+        }
+        let children = self.records - before;
         if let Some(Item::Rec(r)) = self.pending.get_mut(record_idx - self.base) {
             r.children = Some(children);
             r.children_key = Some(key.to_hex().to_string());
@@ -1210,7 +1245,7 @@ impl Writer<'_> {
             if let Some(leader) = self.hardlinks.get(&(st.dev, st.ino)) {
                 let mut rec = self.base_record(rel, EntryKind::Hardlink, &st);
                 rec.set_link(&leader.clone());
-                self.pending.push_back(Item::Rec(Box::new(rec)));
+                self.push_rec(rec);
                 self.stats.hardlinks += 1;
                 return Ok(());
             }
@@ -1228,12 +1263,12 @@ impl Writer<'_> {
                 let mut r = self.base_record(rel, EntryKind::Symlink, &st);
                 r.set_target(&target);
                 self.stats.symlinks += 1;
-                self.with_name_meta(r, dir, name, rel)?
+                FileOut::Rec(self.with_name_meta(r, dir, name, rel)?)
             }
             FileKind::Fifo if extended => {
                 self.stats.special += 1;
                 let r = self.base_record(rel, EntryKind::Fifo, &st);
-                self.with_name_meta(r, dir, name, rel)?
+                FileOut::Rec(self.with_name_meta(r, dir, name, rel)?)
             }
             FileKind::Char | FileKind::Block | FileKind::Socket
                 if self.tier == PreservationTier::Full =>
@@ -1251,7 +1286,7 @@ impl Writer<'_> {
                     });
                 }
                 self.stats.special += 1;
-                self.with_name_meta(r, dir, name, rel)?
+                FileOut::Rec(self.with_name_meta(r, dir, name, rel)?)
             }
             _ => {
                 // Not kept by this tier.
@@ -1262,15 +1297,18 @@ impl Writer<'_> {
         if extended && st.nlink > 1 {
             self.hardlinks.insert((st.dev, st.ino), rel.clone());
         }
-        self.pending.push_back(Item::Rec(Box::new(rec)));
+        match rec {
+            FileOut::Rec(rec) => self.push_rec(rec),
+            FileOut::Copy(c) => self.push_copy(c),
+        }
         Ok(())
     }
 
     /// The parent snapshot's content for `rel` when its stat key matches
     /// `st`. Its chunks are in the index: the commit protocol makes the
     /// parent's index files durable before its snapshot record.
-    fn unchanged(&self, rel: &RelPath, st: &Stat) -> Option<&ParentFile> {
-        let p = self.block.get(&rel.to_bytes())?;
+    fn unchanged(&self, rel: &RelPath, st: &Stat) -> Option<ParentFile> {
+        let p = *self.block.files.get(&rel.to_bytes())?;
         let same = p.size == st.size
             && p.mtime == st.mtime
             && p.ctime == st.ctime
@@ -1293,17 +1331,37 @@ impl Writer<'_> {
         name: &Name,
         rel: &RelPath,
         st: &Stat,
-    ) -> Result<Option<EntryRecord>> {
+    ) -> Result<Option<FileOut>> {
         let mut rec = self.base_record(rel, EntryKind::File, st);
         if let Some(p) = self.unchanged(rel, st) {
-            rec.size = Some(p.size);
-            rec.sparse = p.sparse.clone();
-            rec.chunks = Some(p.chunks.iter().map(|c| c.to_hex().to_string()).collect());
-            rec.hash = Some(p.hash.clone());
-            let stored = match &p.sparse {
+            // The record would be the parent's, byte for byte: every field
+            // but atime is covered by the stat key (mode and owner changes
+            // move ctime), and tier full reads xattrs and flags again.
+            let atime_same = self.tier < PreservationTier::Extended || p.atime == Some(st.atime);
+            if self.tier != PreservationTier::Full && atime_same {
+                self.stats.files += 1;
+                self.stats.files_unchanged += 1;
+                self.stats.bytes += p.size;
+                self.progress.inc(p.size);
+                return Ok(Some(FileOut::Copy(Copy {
+                    offset: p.line.0,
+                    len: p.line.1,
+                    lines: 1,
+                })));
+            }
+            let c: ParentContent =
+                serde_json::from_slice(self.block.line(&p)).map_err(|e| Error::Integrity {
+                    path: rel.to_string(),
+                    detail: format!("malformed parent record: {e}"),
+                })?;
+            let stored = match &c.sparse {
                 Some(e) => e.iter().map(|[_, l]| *l).sum(),
                 None => p.size,
             };
+            rec.size = Some(p.size);
+            rec.sparse = c.sparse;
+            rec.chunks = Some(c.chunks);
+            rec.hash = Some(c.hash);
             if self.tier == PreservationTier::Full {
                 // Xattrs and inode flags are read through a descriptor,
                 // opened as for reading content (O_NONBLOCK: a name swapped
@@ -1321,7 +1379,7 @@ impl Writer<'_> {
             self.stats.files_unchanged += 1;
             self.stats.bytes += stored;
             self.progress.inc(stored);
-            return Ok(Some(rec));
+            return Ok(Some(FileOut::Rec(rec)));
         }
         let fd = match dir.open_file_read_uring(name).await {
             Ok(fd) => fd,
@@ -1438,7 +1496,27 @@ impl Writer<'_> {
         self.progress.inc(offset);
         self.progress
             .set_message(format!("{} files", self.stats.files));
-        Ok(Some(rec))
+        Ok(Some(FileOut::Rec(rec)))
+    }
+
+    fn push_rec(&mut self, rec: EntryRecord) {
+        self.records += 1;
+        self.pending.push_back(Item::Rec(Box::new(rec)));
+    }
+
+    /// Pushes copied records, joined to the copy before them when they
+    /// follow it in the parent's file (one read and one item for a run of
+    /// unchanged records).
+    fn push_copy(&mut self, c: Copy) {
+        self.records += c.lines;
+        if let Some(Item::Copy(b)) = self.pending.back_mut() {
+            if b.offset + b.len == c.offset {
+                b.len += c.len;
+                b.lines += c.lines;
+                return;
+            }
+        }
+        self.pending.push_back(Item::Copy(c));
     }
 
     /// The index the next item gets.

@@ -5,7 +5,7 @@
 //! The walker takes directories in pre-order. Scanners pick the pending
 //! directory that comes first in that order ([`RelPath`] orders by
 //! components, which is the walk's order of directories), and stay at most
-//! [`AHEAD`] directories ahead. A directory the walker needs that no
+//! [`ahead`] directories ahead. A directory the walker needs that no
 //! scanner has started is scanned by the walker itself, so the walk never
 //! waits on a scanner that is held back.
 //!
@@ -18,8 +18,17 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use crate::fs::{Dir, FileKind, Name, RelPath, Stat};
 
 /// How many directories the scanners may list before the walker takes
-/// them (each holds one open dirfd).
-pub const AHEAD: usize = 256;
+/// them, at most (each holds one open dirfd; see [`ahead`]).
+pub const AHEAD: usize = 4096;
+
+/// How far ahead the scanners may go: [`AHEAD`], or a quarter of the
+/// open-file limit (`RLIMIT_NOFILE`, whose soft value
+/// [`crate::fs::raise_nofile_limit`] lifts to the hard one) when that is
+/// lower; at least 16.
+pub fn ahead() -> usize {
+    let limit = crate::fs::raise_nofile_limit();
+    usize::try_from(limit / 4).unwrap_or(AHEAD).clamp(16, AHEAD)
+}
 
 /// A listed directory: its entries in bytewise name order, each stat'ed
 /// once.
@@ -70,6 +79,7 @@ pub struct Scanner<'a> {
     work: Condvar,
     walker: Condvar,
     excluded: Option<&'a (dyn Fn(&RelPath) -> bool + Sync)>,
+    ahead: usize,
 }
 
 impl<'a> Scanner<'a> {
@@ -77,6 +87,7 @@ impl<'a> Scanner<'a> {
     /// walk leaves out (`None`: none).
     pub fn new(excluded: Option<&'a (dyn Fn(&RelPath) -> bool + Sync)>) -> Self {
         Self {
+            ahead: ahead(),
             state: Mutex::new(State::default()),
             work: Condvar::new(),
             walker: Condvar::new(),
@@ -139,7 +150,7 @@ impl<'a> Scanner<'a> {
                     if st.stop {
                         return;
                     }
-                    if st.done.len() + st.running < AHEAD {
+                    if st.done.len() + st.running < self.ahead {
                         if let Some(next) = st.queue.pop_first() {
                             st.running += 1;
                             break next;
@@ -182,7 +193,7 @@ impl<'a> Scanner<'a> {
     /// Queues the subdirectories of `l` and wakes as many idle scanners
     /// as may take them.
     fn queue(&self, st: &mut State, rel: &RelPath, l: &Listing) {
-        let room = AHEAD.saturating_sub(st.done.len() + st.running);
+        let room = self.ahead.saturating_sub(st.done.len() + st.running);
         for _ in 0..st.idle.min(l.subdirs.len()).min(room) {
             self.work.notify_one();
         }

@@ -307,16 +307,6 @@ pub fn random_hex(bytes: usize) -> Result<String> {
 }
 
 /// [`Error::Integrity`] unless `bytes` hash (BLAKE3-256) to the hex `id`.
-/// Checks entries file bytes read by [`Repo::read_entries_unverified`]
-/// against their id.
-///
-/// # Errors
-///
-/// [`Error::Integrity`] naming `path` when they differ.
-pub fn check_entries(bytes: &[u8], id: &str, path: &str) -> Result<()> {
-    check_id(bytes, id, path, "entries file")
-}
-
 fn check_id(bytes: &[u8], id: &str, path: &str, what: &str) -> Result<()> {
     if blake3::hash(bytes).to_hex().as_str() == id {
         Ok(())
@@ -1016,15 +1006,29 @@ impl Repo {
     ///
     /// [`Error::Integrity`] for a missing or altered file.
     pub fn read_entries_bytes(&self, id: &str) -> Result<(String, Vec<u8>)> {
-        let (path, bytes) = self.read_entries_unverified(id)?;
+        if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::Integrity {
+                path: self.display("entries"),
+                detail: format!("entries id {id:?} is not a BLAKE3-256 hex id"),
+            });
+        }
+        let rel = format!("entries/{}/{id}.jsonl", &id[..2]);
+        let path = self.display(&rel);
+        let dir = self.open_dir(&["entries", &id[..2]])?;
+        let bytes = dir
+            .read_all(&name(&format!("{id}.jsonl")))
+            .map_err(|e| Error::Integrity {
+                path: path.clone(),
+                detail: format!("cannot read entries file: {e}"),
+            })?;
         check_id(&bytes, id, &path, "entries file")?;
         Ok((path, bytes))
     }
 
     /// Opens entries file `id` for reading a piece at a time (backup reads
     /// its parent's this way), with its path for messages. Its bytes must
-    /// be checked against `id` (as [`check_entries`] does) before anything
-    /// derived from them is committed.
+    /// be checked against `id` before anything derived from them is
+    /// committed.
     ///
     /// # Errors
     ///
@@ -1045,34 +1049,6 @@ impl Repo {
                 detail: format!("cannot read entries file: {e}"),
             })?;
         Ok((path, fd))
-    }
-
-    /// The bytes of entries file `id` as stored, and its path for messages,
-    /// for a caller that checks them with [`check_entries`] before relying on
-    /// anything derived from them (backup checks its parent's entries beside
-    /// the walk, before the commit).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Integrity`] for a malformed id or a missing or unreadable
-    /// file.
-    pub fn read_entries_unverified(&self, id: &str) -> Result<(String, Vec<u8>)> {
-        if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Error::Integrity {
-                path: self.display("entries"),
-                detail: format!("entries id {id:?} is not a BLAKE3-256 hex id"),
-            });
-        }
-        let rel = format!("entries/{}/{id}.jsonl", &id[..2]);
-        let path = self.display(&rel);
-        let dir = self.open_dir(&["entries", &id[..2]])?;
-        let bytes = dir
-            .read_all(&name(&format!("{id}.jsonl")))
-            .map_err(|e| Error::Integrity {
-                path: path.clone(),
-                detail: format!("cannot read entries file: {e}"),
-            })?;
-        Ok((path, bytes))
     }
 
     /// Opens pack `id` for reading through io_uring.
