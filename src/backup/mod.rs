@@ -880,7 +880,7 @@ enum Item {
 /// What [`Writer::file`] gives: a new record, or the parent's record of
 /// an unchanged file, copied as it is.
 enum FileOut {
-    Rec(EntryRecord),
+    Rec(Box<EntryRecord>),
     Copy(Copy),
 }
 
@@ -1263,12 +1263,12 @@ impl Writer<'_> {
                 let mut r = self.base_record(rel, EntryKind::Symlink, &st);
                 r.set_target(&target);
                 self.stats.symlinks += 1;
-                FileOut::Rec(self.with_name_meta(r, dir, name, rel)?)
+                FileOut::Rec(self.with_name_meta(r, dir, name, rel)?.into())
             }
             FileKind::Fifo if extended => {
                 self.stats.special += 1;
                 let r = self.base_record(rel, EntryKind::Fifo, &st);
-                FileOut::Rec(self.with_name_meta(r, dir, name, rel)?)
+                FileOut::Rec(self.with_name_meta(r, dir, name, rel)?.into())
             }
             FileKind::Char | FileKind::Block | FileKind::Socket
                 if self.tier == PreservationTier::Full =>
@@ -1286,7 +1286,7 @@ impl Writer<'_> {
                     });
                 }
                 self.stats.special += 1;
-                FileOut::Rec(self.with_name_meta(r, dir, name, rel)?)
+                FileOut::Rec(self.with_name_meta(r, dir, name, rel)?.into())
             }
             _ => {
                 // Not kept by this tier.
@@ -1379,7 +1379,7 @@ impl Writer<'_> {
             self.stats.files_unchanged += 1;
             self.stats.bytes += stored;
             self.progress.inc(stored);
-            return Ok(Some(FileOut::Rec(rec)));
+            return Ok(Some(FileOut::Rec(rec.into())));
         }
         let fd = match dir.open_file_read_uring(name).await {
             Ok(fd) => fd,
@@ -1496,12 +1496,12 @@ impl Writer<'_> {
         self.progress.inc(offset);
         self.progress
             .set_message(format!("{} files", self.stats.files));
-        Ok(Some(FileOut::Rec(rec)))
+        Ok(Some(FileOut::Rec(rec.into())))
     }
 
-    fn push_rec(&mut self, rec: EntryRecord) {
+    fn push_rec(&mut self, rec: impl Into<Box<EntryRecord>>) {
         self.records += 1;
-        self.pending.push_back(Item::Rec(Box::new(rec)));
+        self.pending.push_back(Item::Rec(rec.into()));
     }
 
     /// Pushes copied records, joined to the copy before them when they
