@@ -21,6 +21,11 @@ use crate::fs::{Dir, FileKind, Name, RelPath, Stat};
 /// them, at most (each holds one open dirfd; see [`ahead`]).
 pub const AHEAD: usize = 4096;
 
+/// How many entries the listings the walker has not taken may hold (about
+/// 150 bytes each): when the walker is slow (reading files), scanners stop
+/// here rather than list the tree into memory.
+pub const AHEAD_ENTRIES: usize = 1 << 16;
+
 /// How far ahead the scanners may go: [`AHEAD`], or a quarter of the
 /// open-file limit (`RLIMIT_NOFILE`, whose soft value
 /// [`crate::fs::raise_nofile_limit`] lifts to the hard one) when that is
@@ -64,6 +69,8 @@ struct State {
     queue: BTreeMap<RelPath, Job>,
     done: HashMap<RelPath, Scanned>,
     running: usize,
+    /// Entries in `done`.
+    done_entries: usize,
     /// Scanners waiting on `work`.
     idle: usize,
     /// The directory the walker waits for on `walker`.
@@ -119,6 +126,7 @@ impl<'a> Scanner<'a> {
         let mut st = self.lock();
         loop {
             if let Some(s) = st.done.remove(rel) {
+                st.done_entries -= entries(&s);
                 // Room for one more listing.
                 if st.idle > 0 && !st.queue.is_empty() {
                     self.work.notify_one();
@@ -150,7 +158,7 @@ impl<'a> Scanner<'a> {
                     if st.stop {
                         return;
                     }
-                    if st.done.len() + st.running < self.ahead {
+                    if st.done.len() + st.running < self.ahead && st.done_entries < AHEAD_ENTRIES {
                         if let Some(next) = st.queue.pop_first() {
                             st.running += 1;
                             break next;
@@ -170,6 +178,7 @@ impl<'a> Scanner<'a> {
             if st.wanted.as_ref() == Some(&rel) {
                 self.walker.notify_one();
             }
+            st.done_entries += entries(&out);
             st.done.insert(rel, out);
         }
     }
@@ -229,5 +238,12 @@ impl<'a> Scanner<'a> {
             }
         }
         Ok(l)
+    }
+}
+
+fn entries(s: &Scanned) -> usize {
+    match s {
+        Scanned::Listed(l) => l.files.len() + l.subdirs.len() + l.failed.len(),
+        Scanned::Failed(..) => 0,
     }
 }
