@@ -8,6 +8,7 @@
 #   TREES="gen" RUNS=1 bench/run.sh    # quick: only the generated tree
 #   GEN_FILES=2000 ...                 # smaller generated tree
 #   SCALE="1000 10000" ...             # file counts of the memory table ("" skips it)
+#   TREES="" bench/run.sh             # only the memory table
 #
 # Trees: usr-share (/usr/share), gen (GEN_FILES files of 1-16 KiB in
 # GEN_FILES/100 directories, default 100,000), big (one BIG_MIB MiB file of
@@ -16,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
 RUNS_SAVED=$RUNS
-TREES=${TREES:-"usr-share gen big"}
+TREES=${TREES-"usr-share gen big"}
 GEN_FILES=${GEN_FILES:-100000}
 BIG_MIB=${BIG_MIB:-4096}
 SCALE=${SCALE-"10000 100000 300000"}
