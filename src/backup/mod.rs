@@ -153,7 +153,8 @@ struct ParentContent {
 }
 
 /// The fields of a sidecar record the parent lookup needs, borrowed from
-/// the entries file (the rest is skipped unparsed).
+/// the entries file (the rest is skipped unparsed): the stat key of files,
+/// the block fields of directories.
 #[derive(serde::Deserialize)]
 struct ParentLine<'a> {
     v: u32,
@@ -168,6 +169,10 @@ struct ParentLine<'a> {
     ctime: Option<crate::fs::Time>,
     ino: Option<u64>,
     dev: Option<DevNum>,
+    children: Option<u64>,
+    #[serde(borrow)]
+    children_key: Option<std::borrow::Cow<'a, str>>,
+    children_ctime: Option<crate::fs::Time>,
 }
 
 /// The running state of the walk of one backup (the walker stage of
@@ -221,20 +226,6 @@ struct ParentDir {
     children: u64,
     key: blake3::Hash,
     ctime: Option<crate::fs::Time>,
-}
-
-/// The fields of a directory record the parent lookup needs.
-#[derive(serde::Deserialize)]
-struct DirLine<'a> {
-    kind: EntryKind,
-    #[serde(borrow)]
-    path: std::borrow::Cow<'a, str>,
-    #[serde(default, borrow)]
-    path_b64: Option<std::borrow::Cow<'a, str>>,
-    children: Option<u64>,
-    #[serde(borrow)]
-    children_key: Option<std::borrow::Cow<'a, str>>,
-    children_ctime: Option<crate::fs::Time>,
 }
 
 /// Bytes read from the parent's entries file at a time.
@@ -331,7 +322,7 @@ impl Parent {
                         path: format!("{path}:{}", line_no + 1),
                         detail,
                     };
-                    let d: DirLine = serde_json::from_slice(whole)
+                    let d: ParentLine = serde_json::from_slice(whole)
                         .map_err(|e| bad(format!("malformed record: {e}")))?;
                     let (EntryKind::Dir, Some(children), Some(key)) =
                         (d.kind, d.children, d.children_key)
@@ -422,15 +413,25 @@ impl Parent {
     /// The read error; [`Error::Integrity`] when the file is shorter.
     fn read(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
         let mut out = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
-        let n = crate::fs::read_at(&self.fd, &mut out, offset)
+        self.read_into(&mut out, offset)?;
+        Ok(out)
+    }
+
+    /// Fills `buf` from `offset` of the entries file.
+    ///
+    /// # Errors
+    ///
+    /// As [`Parent::read`].
+    fn read_into(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let n = crate::fs::read_at(&self.fd, buf, offset)
             .map_err(|e| Error::io("read", &self.path, e))?;
-        if n < out.len() {
+        if n < buf.len() {
             return Err(Error::Integrity {
                 path: self.path.clone(),
                 detail: "entries file is shorter than when it was indexed".into(),
             });
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The records in bytes `offset..offset + len` (a block), and among
@@ -604,14 +605,7 @@ impl EntriesOut {
             let want = room.min(usize::try_from(end - at).unwrap_or(usize::MAX));
             let from = self.buf.len();
             self.buf.resize(from + want, 0);
-            let n = crate::fs::read_at(&p.fd, &mut self.buf[from..], at)
-                .map_err(|e| Error::io("read", &p.path, e))?;
-            if n < want {
-                return Err(Error::Integrity {
-                    path: p.path.clone(),
-                    detail: "entries file is shorter than when it was indexed".into(),
-                });
-            }
+            p.read_into(&mut self.buf[from..], at)?;
             at += want as u64;
             if self.buf.len() >= ENTRIES_WRITE {
                 self.write(repo).await?;

@@ -200,6 +200,26 @@ pub fn raise_nofile_limit() -> u64 {
     lim.current.unwrap_or(u64::MAX)
 }
 
+/// Reads `fd` from its offset to the end, into a vector sized from
+/// `fstat(2)` (it grows only if the file did).
+///
+/// # Errors
+///
+/// The `fstat(2)` or `read(2)` error.
+pub fn read_to_end(fd: impl AsFd) -> io::Result<Vec<u8>> {
+    let size = rustix::fs::fstat(&fd)?.st_size;
+    let mut out = Vec::with_capacity(usize::try_from(size).unwrap_or(0).saturating_add(1));
+    loop {
+        if out.len() == out.capacity() {
+            out.reserve(64 * 1024);
+        }
+        let n = rustix::io::read(&fd, rustix::buffer::spare_capacity(&mut out))?;
+        if n == 0 {
+            return Ok(out);
+        }
+    }
+}
+
 /// Reads up to `buf.len()` bytes of `fd` at `offset` with `pread(2)`,
 /// retrying short reads; returns fewer only at end of file.
 ///
@@ -349,20 +369,7 @@ impl Dir {
     ///
     /// The `openat(2)`/`read(2)` error.
     pub fn read_all(&self, name: &Name) -> io::Result<Vec<u8>> {
-        let fd = self.open_file(name)?;
-        // Sized from fstat, read straight into the vector; it grows only if
-        // the file did.
-        let size = rustix::fs::fstat(&fd)?.st_size;
-        let mut out = Vec::with_capacity(usize::try_from(size).unwrap_or(0).saturating_add(1));
-        loop {
-            if out.len() == out.capacity() {
-                out.reserve(64 * 1024);
-            }
-            let n = rustix::io::read(&fd, rustix::buffer::spare_capacity(&mut out))?;
-            if n == 0 {
-                return Ok(out);
-            }
-        }
+        read_to_end(self.open_file(name)?)
     }
 
     /// Opens or creates `name` read-write without truncating (for the

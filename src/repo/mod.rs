@@ -674,89 +674,21 @@ impl Repo {
         bytes: Vec<u8>,
         syncs: &mut Syncs,
     ) -> Result<(u64, Option<Vec<u8>>)> {
-        let (added, mut back) = self
-            .write_atomic_parts(dir, file, vec![bytes], syncs)
-            .await?;
-        Ok((added, back.pop()))
-    }
-
-    /// [`Repo::write_atomic`] of the concatenation of `parts`, written one
-    /// after another (no copy into one buffer); the parts come back.
-    ///
-    /// # Errors
-    ///
-    /// As [`Repo::write_atomic`].
-    pub async fn write_atomic_parts(
-        &self,
-        dir: &RelPath,
-        file: &Name,
-        parts: Vec<Vec<u8>>,
-        syncs: &mut Syncs,
-    ) -> Result<(u64, Vec<Vec<u8>>)> {
         let dest = self
             .root
             .open_path(dir)
             .map_err(|e| Error::io("open directory", self.display(&dir.to_string()), e))?;
-        let dest_path = self.display(&format!("{dir}/{file}"));
         if dest
             .stat_opt(file)
-            .map_err(|e| Error::io("stat", &dest_path, e))?
+            .map_err(|e| Error::io("stat", self.display(&format!("{dir}/{file}")), e))?
             .is_some()
         {
-            return Ok((0, parts));
+            return Ok((0, Some(bytes)));
         }
-        let tmp = self.open_dir(&["tmp"])?;
-        let tmp_name = Name::new(format!("{}.tmp", random_hex(12)?).as_bytes())
-            .map_err(|e| Error::Usage(e.to_string()))?;
-        let tmp_path = self.display(&format!("tmp/{tmp_name}"));
-        let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
-        let fd = tmp
-            .create_file_uring(&tmp_name, 0o600)
-            .await
-            .map_err(|e| Error::io("create", &tmp_path, e))?;
-        let mut f = DataFile::new(fd);
-        let written = async {
-            let mut back = Vec::with_capacity(parts.len());
-            let mut at = 0u64;
-            for part in parts {
-                let n = part.len() as u64;
-                back.push(
-                    f.write_all_at(part, at)
-                        .await
-                        .map_err(|e| Error::io("write", &tmp_path, e))?,
-                );
-                at += n;
-            }
-            syncs.file(&f, &tmp_path).await?;
-            f.close()
-                .await
-                .map_err(|e| Error::io("close", &tmp_path, e))?;
-            Ok(back)
-        }
-        .await;
-        let back = match written {
-            Ok(b) => b,
-            Err(e) => {
-                // Give the space back now (a full disk is the usual cause);
-                // the next writer's tmp/ cleanup is the fallback.
-                if let Err(u) = tmp.unlink(&tmp_name) {
-                    eprintln!("snap: warning: could not remove {tmp_path}: {u}");
-                }
-                return Err(e);
-            }
-        };
-        match tmp.rename(&tmp_name, &dest, file, true) {
-            Ok(()) => {
-                syncs.dir(&dest, self.display(&dir.to_string()))?;
-                Ok((len, back))
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                tmp.unlink(&tmp_name)
-                    .map_err(|e| Error::io("unlink", &tmp_path, e))?;
-                Ok((0, back))
-            }
-            Err(e) => Err(Error::io("rename", dest_path, e)),
-        }
+        let mut t = self.create_tmp().await?;
+        let back = t.write(bytes).await?;
+        let added = self.commit_tmp(t, dir, file, syncs).await?;
+        Ok((added, Some(back)))
     }
 
     /// Creates a file in `tmp/` (mode `0600`) for content written a piece at
@@ -1006,21 +938,11 @@ impl Repo {
     ///
     /// [`Error::Integrity`] for a missing or altered file.
     pub fn read_entries_bytes(&self, id: &str) -> Result<(String, Vec<u8>)> {
-        if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Error::Integrity {
-                path: self.display("entries"),
-                detail: format!("entries id {id:?} is not a BLAKE3-256 hex id"),
-            });
-        }
-        let rel = format!("entries/{}/{id}.jsonl", &id[..2]);
-        let path = self.display(&rel);
-        let dir = self.open_dir(&["entries", &id[..2]])?;
-        let bytes = dir
-            .read_all(&name(&format!("{id}.jsonl")))
-            .map_err(|e| Error::Integrity {
-                path: path.clone(),
-                detail: format!("cannot read entries file: {e}"),
-            })?;
+        let (path, fd) = self.open_entries(id)?;
+        let bytes = crate::fs::read_to_end(&fd).map_err(|e| Error::Integrity {
+            path: path.clone(),
+            detail: format!("cannot read entries file: {e}"),
+        })?;
         check_id(&bytes, id, &path, "entries file")?;
         Ok((path, bytes))
     }
