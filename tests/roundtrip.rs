@@ -144,6 +144,85 @@ fn generated_tree_round_trips_at_tier_extended() {
     assert_eq!(staging_dirs(env.dir.path()), 0);
 }
 
+/// Restores of one path or at a lower tier, read a piece at a time from
+/// the entries file: a hard link whose leader (`small`, first in walk
+/// order) is not restored carries the content itself, and tier basic makes
+/// every name a file of its own.
+#[test]
+fn hard_links_restore_from_a_path_and_at_tier_basic() {
+    let env = Env::new();
+    let src = env.path("src");
+    build_tree(&src);
+    env.snap([
+        OsStr::new("backup"),
+        OsStr::new("--tier"),
+        OsStr::new("extended"),
+        src.as_os_str(),
+    ])
+    .ok();
+    let restore = |target: &Path, extra: &[&str]| {
+        let mut args = vec![
+            OsStr::new("restore"),
+            OsStr::new("latest"),
+            OsStr::new("--target"),
+            target.as_os_str(),
+        ];
+        args.extend(extra.iter().map(OsStr::new));
+        env.snap(args).ok()
+    };
+    let file = |p: &Path| {
+        let m = fs::symlink_metadata(p).unwrap();
+        assert!(
+            m.file_type().is_file(),
+            "{} is not a regular file",
+            p.display()
+        );
+        (fs::read(p).unwrap(), m.nlink())
+    };
+    let hello = b"hello snap\n".to_vec();
+
+    // A directory holding only a hard link (x/hl2).
+    let x = env.path("x");
+    let r = restore(&x, &["--path", "x"]);
+    assert_eq!(r.fact("restore.summary")["hardlinks"], 0);
+    assert_eq!(file(&x.join("hl2")), (hello.clone(), 1));
+    assert_eq!(fs::read_dir(&x).unwrap().count(), 1);
+    assert_eq!(fs::metadata(&x).unwrap().mode() & 0o7777, 0o700);
+    // A hard link as the path itself.
+    let one = env.path("one");
+    restore(&one, &["--path", "a/b/c/hl"]);
+    assert_eq!(file(&one.join("hl")), (hello.clone(), 1));
+    // A subtree holding the leader and a link to it.
+    let top = env.path("top");
+    let r = restore(&top, &["--path", "a"]);
+    assert_eq!(r.fact("restore.summary")["hardlinks"], 0);
+    assert_eq!(file(&top.join("b/c/hl")), (hello.clone(), 1));
+    assert_eq!(
+        file(&top.join("b/c/big")).0,
+        fs::read(src.join("a/b/c/big")).unwrap()
+    );
+
+    // Tier basic: no hard links, symlinks or FIFOs; every name has the
+    // content.
+    let basic = env.path("basic");
+    let r = restore(&basic, &["--tier", "basic"]);
+    assert_eq!(r.fact("restore.summary")["hardlinks"], 0);
+    for p in ["small", "a/b/c/hl", "x/hl2"] {
+        assert_eq!(file(&basic.join(p)), (hello.clone(), 1), "{p}");
+    }
+    for p in ["fifo", "abs", "a/b/rel", "dangling"] {
+        assert!(
+            fs::symlink_metadata(basic.join(p)).is_err(),
+            "{p} restored at basic"
+        );
+    }
+    // The whole tree at its own tier links the three names again.
+    let all = env.path("all");
+    let r = restore(&all, &[]);
+    assert_eq!(r.fact("restore.summary")["hardlinks"], 2);
+    assert_eq!(file(&all.join("x/hl2")), (hello, 3));
+}
+
 fn system_tree() -> &'static Path {
     if Path::new("/usr/share/doc").is_dir() {
         Path::new("/usr/share/doc")

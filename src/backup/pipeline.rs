@@ -19,7 +19,7 @@ use std::sync::mpsc::{Receiver, SyncSender};
 use crate::error::{Error, Result};
 use crate::fs::Name;
 use crate::repo::pack::PackBuilder;
-use crate::repo::{BlobLocation, ChunkerParams, IndexBlob, IndexPack, Repo, Syncs, PACK_TARGET};
+use crate::repo::{ChunkerParams, IndexBlob, IndexPack, Repo, Syncs, PACK_TARGET};
 
 /// Reads that may wait for the chunker.
 pub const DATA_QUEUE: usize = 8;
@@ -134,7 +134,7 @@ pub fn chunker(
         new_blob_bytes: 0,
     };
     let mut new: HashSet<blake3::Hash> = HashSet::new();
-    let mut known: Option<crate::repo::IdMap<BlobLocation>> = None;
+    let mut known: Option<crate::repo::Index> = None;
     let mut pack = PackBuilder::with_capacity(PACK_TARGET);
     // Bytes of the current file waiting to be cut; its capacity is kept
     // from file to file.
@@ -146,7 +146,7 @@ pub fn chunker(
             Some(k) => k,
             None => known.insert(repo.load_index()?),
         };
-        if known.contains_key(&id) || !new.insert(id) {
+        if known.contains(&id) || !new.insert(id) {
             return Ok(());
         }
         pack.add(id, bytes);

@@ -510,31 +510,44 @@ fn create_repo(path: &std::path::Path, facts: &mut Emitter) -> Result<Repo> {
     }
 }
 
-/// Loads the snapshot a restore into `target` would apply (at the policy's
-/// tier when one was chosen, else the snapshot's, which is then written
-/// into `policy`) and runs the restore preflight checks.
-fn restore_preflight(
+/// Loads the snapshot (at `subpath`) a restore would apply, at the
+/// policy's tier when one was chosen, else the snapshot's, which is then
+/// written into `policy`.
+fn restore_load(
     repo: &Repo,
     snapshot: &str,
-    target: &std::path::Path,
+    subpath: Option<&RelPath>,
     policy: &mut Policy,
     explicit_tier: bool,
+) -> Result<crate::restore::Loaded> {
+    let loaded = crate::restore::load(
+        repo,
+        snapshot,
+        explicit_tier.then_some(policy.tier),
+        subpath,
+    )?;
+    policy.tier = loaded.tier;
+    Ok(loaded)
+}
+
+/// The restore preflight checks for `loaded` into `target`.
+fn restore_preflight(
+    repo: &Repo,
+    loaded: &crate::restore::Loaded,
+    target: &std::path::Path,
+    policy: &Policy,
     lock_held: bool,
     replacing: bool,
-) -> Result<(crate::restore::Loaded, crate::preflight::Report)> {
-    let loaded = crate::restore::load(repo, snapshot, explicit_tier.then_some(policy.tier))?;
-    policy.tier = loaded.tier;
-    let needs = crate::preflight::Needs::of(&loaded.records);
-    let report = crate::preflight::restore(
+) -> crate::preflight::Report {
+    crate::preflight::restore(
         &repo.path,
         target,
-        &needs,
+        &loaded.needs,
         policy,
         lock_held,
         loaded.record.stats.bytes,
         replacing,
-    );
-    Ok((loaded, report))
+    )
 }
 
 fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
@@ -634,15 +647,16 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
             let capture = *replace && target_exists && policy.capture_restore_snapshot;
             let lock = repo.lock(capture, policy.lock_wait_ms)?;
             lock_fact(facts, &repo, &lock)?;
-            let (loaded, report) = restore_preflight(
+            let subpath = path.as_deref().map(parse_subpath).transpose()?;
+            let loaded = restore_load(&repo, snapshot, subpath.as_ref(), &mut policy, explicit)?;
+            let report = restore_preflight(
                 &repo,
-                snapshot,
+                &loaded,
                 &abs_target,
-                &mut policy,
-                explicit,
+                &policy,
                 true,
                 *replace && target_exists,
-            )?;
+            );
             gate(facts, "restore", report, &policy)?;
             let pre_restore = if capture {
                 repo.clean_tmp()?;
@@ -664,12 +678,10 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
             } else {
                 None
             };
-            let subpath = path.as_deref().map(parse_subpath).transpose()?;
             let pb = progress_bar(Some(0));
             let opts = crate::restore::RestoreOptions {
                 snapshot: snapshot.clone(),
                 target: target.clone(),
-                subpath,
                 run_id: facts.run_id().to_owned(),
                 by_name: *by_name,
                 policy,
@@ -737,15 +749,8 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
                     let abs = std::path::absolute(target)
                         .map_err(|e| Error::io("resolve", target.display(), e))?;
                     let replacing = crate::fs::lstat_path(&abs).ok().flatten().is_some();
-                    let (_, report) = restore_preflight(
-                        &repo,
-                        snapshot,
-                        &abs,
-                        &mut policy,
-                        explicit,
-                        false,
-                        replacing,
-                    )?;
+                    let loaded = restore_load(&repo, snapshot, None, &mut policy, explicit)?;
+                    let report = restore_preflight(&repo, &loaded, &abs, &policy, false, replacing);
                     ("restore", report, policy)
                 }
             };

@@ -1251,7 +1251,9 @@ pub fn flags_unsupported(e: &io::Error) -> bool {
         || c == Errno::NOSYS.raw_os_error())
 }
 
-/// The effective user id of this process.
+/// The effective user id of this process, asked of the kernel once (snap
+/// never changes its ids; restore's scan asks per entry).
 pub fn euid() -> u32 {
-    rustix::process::geteuid().as_raw()
+    static EUID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *EUID.get_or_init(|| rustix::process::geteuid().as_raw())
 }

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fs::{fd, Dir, FileKind, Name};
 use crate::policy::{OnDegraded, Policy, PreservationTier};
-use crate::repo::sidecar::{EntryKind, EntryRecord};
+use crate::repo::sidecar::EntryKind;
 
 /// The environment variable that switches the inode flags ioctl off, so
 /// tests can exercise the `lsattr` fallback: `SNAP_TEST_FLAGS_METHOD=lsattr`
@@ -410,27 +410,38 @@ pub struct Needs {
 }
 
 impl Needs {
-    /// Scans the records (already limited to the tier restore applies).
-    pub fn of(records: &[EntryRecord]) -> Needs {
-        let euid = crate::fs::euid();
-        let mut n = Needs::default();
-        for r in records {
-            n.foreign_owner |= r.uid.is_some_and(|u| u != euid);
-            n.protect_flags |= r.flags.is_some_and(|f| f & 0x30 != 0);
-            n.devices |= matches!(r.kind, EntryKind::Char | EntryKind::Block);
-            if let Some(x) = &r.xattrs {
-                n.xattrs |= !x.is_empty();
-                n.trusted |= x.keys().any(|k| k.starts_with("trusted."));
-                n.caps |= x.contains_key("security.capability");
-                n.selinux |= x.contains_key("security.selinux");
-                n.security_other |= x.keys().any(|k| {
-                    k.starts_with("security.")
-                        && k != "security.capability"
-                        && k != "security.selinux"
-                });
-            }
+    /// Adds what `other` needs.
+    pub fn merge(&mut self, other: &Needs) {
+        self.foreign_owner |= other.foreign_owner;
+        self.protect_flags |= other.protect_flags;
+        self.trusted |= other.trusted;
+        self.caps |= other.caps;
+        self.selinux |= other.selinux;
+        self.security_other |= other.security_other;
+        self.xattrs |= other.xattrs;
+        self.devices |= other.devices;
+    }
+
+    /// Adds one record's needs (a record already limited to the tier
+    /// restore applies): its owner, inode flags, kind and xattr names.
+    pub fn add<'a>(
+        &mut self,
+        uid: Option<u32>,
+        flags: Option<u32>,
+        kind: EntryKind,
+        xattrs: impl IntoIterator<Item = &'a str>,
+    ) {
+        self.foreign_owner |= uid.is_some_and(|u| u != crate::fs::euid());
+        self.protect_flags |= flags.is_some_and(|f| f & 0x30 != 0);
+        self.devices |= matches!(kind, EntryKind::Char | EntryKind::Block);
+        for k in xattrs {
+            self.xattrs = true;
+            self.trusted |= k.starts_with("trusted.");
+            self.caps |= k == "security.capability";
+            self.selinux |= k == "security.selinux";
+            self.security_other |=
+                k.starts_with("security.") && k != "security.capability" && k != "security.selinux";
         }
-        n
     }
 }
 

@@ -83,6 +83,52 @@ pub struct BlobLocation {
     pub length: u32,
 }
 
+/// Every blob of a repository and where it lives, as loaded from its
+/// index files by [`Repo::load_index`].
+///
+/// Memory: 48 bytes per blob slot (the 32-byte id and a 16-byte location
+/// naming its pack by number) plus 32 bytes per pack; a map keyed by id
+/// with a [`BlobLocation`] value would take 80 per slot.
+#[derive(Debug, Default)]
+pub struct Index {
+    packs: Vec<blake3::Hash>,
+    blobs: IdMap<Slot>,
+}
+
+/// Where a blob lives, its pack named by number in [`Index::packs`].
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    pack: u32,
+    length: u32,
+    offset: u64,
+}
+
+impl Index {
+    /// Where blob `id` lives.
+    pub fn get(&self, id: &blake3::Hash) -> Option<BlobLocation> {
+        self.blobs.get(id).map(|s| BlobLocation {
+            pack: self.packs[s.pack as usize],
+            offset: s.offset,
+            length: s.length,
+        })
+    }
+
+    /// Whether blob `id` is stored.
+    pub fn contains(&self, id: &blake3::Hash) -> bool {
+        self.blobs.contains_key(id)
+    }
+
+    /// Number of blobs.
+    pub fn len(&self) -> usize {
+        self.blobs.len()
+    }
+
+    /// Whether no blob is stored.
+    pub fn is_empty(&self) -> bool {
+        self.blobs.is_empty()
+    }
+}
+
 /// One index file (`index/<id>.idx`): which blobs each pack holds.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 pub struct IndexFile {
@@ -307,6 +353,116 @@ pub fn random_hex(bytes: usize) -> Result<String> {
 }
 
 /// [`Error::Integrity`] unless `bytes` hash (BLAKE3-256) to the hex `id`.
+/// Parses the records of `part`, a run of whole lines of the entries file
+/// shown as `path` whose first line is number `first_line` (from 1).
+///
+/// # Errors
+///
+/// [`Error::Integrity`] naming `path:line` for a malformed record.
+pub fn parse_lines(path: &str, part: &[u8], first_line: usize) -> Result<Vec<EntryRecord>> {
+    lines(part)
+        .enumerate()
+        .filter(|(_, l)| !l.is_empty())
+        .map(|(i, line)| {
+            EntryRecord::from_line(line).map_err(|detail| Error::Integrity {
+                path: format!("{path}:{}", first_line + i),
+                detail,
+            })
+        })
+        .collect()
+}
+
+/// The lines of `part` without their `\n` (a last line may lack one),
+/// found with memchr.
+pub fn lines(part: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = part;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let (line, next) = match memchr::memchr(b'\n', rest) {
+            Some(nl) => (&rest[..nl], &rest[nl + 1..]),
+            None => (rest, &rest[rest.len()..]),
+        };
+        rest = next;
+        Some(line)
+    })
+}
+
+/// An entries file read a piece at a time (restore streams its snapshot's
+/// this way, so its memory does not grow with the number of entries).
+/// Every byte goes into a running BLAKE3; the last piece is handed out
+/// only once the whole file matched its id.
+pub struct EntriesReader {
+    /// Bytes read at once.
+    piece: usize,
+    path: String,
+    id: String,
+    fd: std::os::fd::OwnedFd,
+    hasher: blake3::Hasher,
+    at: u64,
+    /// A line begun in the last read, not yet ended.
+    carry: Vec<u8>,
+    /// Number (from 1) of the next piece's first line.
+    next_line: usize,
+    done: bool,
+}
+
+impl EntriesReader {
+    /// The file's path, for messages.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The next piece: whole lines of about the piece size the reader was
+    /// opened with (more when one line is longer) and the number (from 1) of its first line; `None` after the
+    /// last.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Integrity`] for a read error, or at the end when the bytes
+    /// read do not match the file's id.
+    pub fn next_piece(&mut self) -> Result<Option<(Vec<u8>, usize)>> {
+        if self.done {
+            return Ok(None);
+        }
+        let mut buf = std::mem::take(&mut self.carry);
+        loop {
+            let old = buf.len();
+            buf.resize(old + self.piece, 0);
+            let n = crate::fs::read_at(&self.fd, &mut buf[old..], self.at).map_err(|e| {
+                Error::Integrity {
+                    path: self.path.clone(),
+                    detail: format!("cannot read entries file: {e}"),
+                }
+            })?;
+            buf.truncate(old + n);
+            self.hasher.update(&buf[old..]);
+            self.at += n as u64;
+            if n == 0 {
+                self.done = true;
+                if self.hasher.finalize().to_hex().as_str() != self.id {
+                    return Err(Error::Integrity {
+                        path: self.path.clone(),
+                        detail: "entries file does not match its BLAKE3 id".into(),
+                    });
+                }
+                if buf.is_empty() {
+                    return Ok(None);
+                }
+                break;
+            }
+            if let Some(end) = memchr::memrchr(b'\n', &buf[old..]) {
+                self.carry = buf.split_off(old + end + 1);
+                break;
+            }
+        }
+        let first = self.next_line;
+        self.next_line += memchr::memchr_iter(b'\n', &buf).count();
+        Ok(Some((buf, first)))
+    }
+}
+
 fn check_id(bytes: &[u8], id: &str, path: &str, what: &str) -> Result<()> {
     if blake3::hash(bytes).to_hex().as_str() == id {
         Ok(())
@@ -398,18 +554,144 @@ pub fn split_lines(bytes: &[u8], n: usize) -> Vec<(&[u8], usize)> {
         if end > start {
             let part = &bytes[start..end];
             out.push((part, line));
-            line += part.iter().filter(|b| **b == b'\n').count();
+            line += memchr::memchr_iter(b'\n', part).count();
             start = end;
         }
     }
     out
 }
 
-fn parse_hash(hex: &str, what: &str, path: &str) -> Result<blake3::Hash> {
-    blake3::Hash::from_hex(hex).map_err(|_| Error::Integrity {
-        path: path.to_owned(),
-        detail: format!("{what} {hex:?} is not a BLAKE3-256 hex id"),
-    })
+/// Adds the blobs of one index file ([`IndexFile`] JSON) to `map`,
+/// parsing every id where it lies in `bytes`: no string or record per blob
+/// is allocated (a 300,000-blob index would otherwise need about 40 MB
+/// beside the map). Room for the file's blobs is made first, counted by
+/// their `"offset"` keys, so the map does not grow (and briefly exist
+/// twice) while it is filled.
+///
+/// # Errors
+///
+/// A message for malformed JSON, a missing pack id or an id that is not
+/// BLAKE3-256 hex.
+fn index_into(bytes: &[u8], map: &mut Index) -> serde_json::Result<()> {
+    use serde::de::{DeserializeSeed, Deserializer, Error as _, IgnoredAny, MapAccess, Visitor};
+    use std::fmt;
+
+    /// A BLAKE3-256 hex id, parsed from the string in place.
+    struct Hex(blake3::Hash);
+    impl<'de> Deserialize<'de> for Hex {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Hex, D::Error> {
+            struct V;
+            impl Visitor<'_> for V {
+                type Value = Hex;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("a BLAKE3-256 hex id")
+                }
+                fn visit_str<E: serde::de::Error>(self, s: &str) -> std::result::Result<Hex, E> {
+                    blake3::Hash::from_hex(s)
+                        .map(Hex)
+                        .map_err(|_| E::custom(format!("{s:?} is not a BLAKE3-256 hex id")))
+                }
+            }
+            d.deserialize_str(V)
+        }
+    }
+    #[derive(Deserialize)]
+    struct Blob {
+        id: Hex,
+        offset: u64,
+        length: u32,
+    }
+    #[derive(Deserialize)]
+    #[serde(field_identifier, rename_all = "lowercase")]
+    enum Field {
+        Packs,
+        Id,
+        Blobs,
+        #[serde(other)]
+        Other,
+    }
+    /// The file (a map holding `packs`) or one pack (a map holding `id` and
+    /// `blobs`, in either order), as `outer`.
+    struct Seed<'m> {
+        map: &'m mut Index,
+        outer: bool,
+    }
+    impl<'de> DeserializeSeed<'de> for Seed<'_> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Seed<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str(if self.outer {
+                "an index file"
+            } else {
+                "a pack"
+            })
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> std::result::Result<(), A::Error> {
+            let (mut id, mut blobs) = (None, Vec::<Blob>::new());
+            while let Some(k) = a.next_key::<Field>()? {
+                match k {
+                    Field::Packs if self.outer => a.next_value_seed(Packs(&mut *self.map))?,
+                    Field::Id if !self.outer => id = Some(a.next_value::<Hex>()?.0),
+                    Field::Blobs if !self.outer => blobs = a.next_value()?,
+                    _ => {
+                        a.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            if self.outer {
+                return Ok(());
+            }
+            let pack = id.ok_or_else(|| A::Error::missing_field("id"))?;
+            let n = u32::try_from(self.map.packs.len())
+                .map_err(|_| A::Error::custom("more than 2^32 packs"))?;
+            self.map.packs.push(pack);
+            for b in blobs {
+                let slot = Slot {
+                    pack: n,
+                    length: b.length,
+                    offset: b.offset,
+                };
+                self.map.blobs.insert(b.id.0, slot);
+            }
+            Ok(())
+        }
+    }
+    struct Packs<'m>(&'m mut Index);
+    impl<'de> DeserializeSeed<'de> for Packs<'_> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Packs<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a list of packs")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut a: A,
+        ) -> std::result::Result<(), A::Error> {
+            while a
+                .next_element_seed(Seed {
+                    map: &mut *self.0,
+                    outer: false,
+                })?
+                .is_some()
+            {}
+            Ok(())
+        }
+    }
+    map.blobs
+        .reserve(memchr::memmem::find_iter(bytes, b"\"offset\"").count());
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    Seed { map, outer: true }.deserialize(&mut de)?;
+    de.end()
 }
 
 impl Repo {
@@ -877,26 +1159,26 @@ impl Repo {
     ///
     /// [`Error::Integrity`] for a file that does not match its id or does
     /// not parse; I/O errors.
-    pub fn load_index(&self) -> Result<IdMap<BlobLocation>> {
-        let mut map = IdMap::default();
-        for (_, path, bytes) in self.read_verified_dir("index", ".idx", "index file")? {
-            let idx: IndexFile = serde_json::from_slice(&bytes).map_err(|e| Error::Integrity {
+    pub fn load_index(&self) -> Result<Index> {
+        let mut map = Index::default();
+        let dir = self.open_dir(&["index"])?;
+        // One file at a time, parsed straight into the map: memory is the
+        // map and the largest file, not every file and a parsed copy.
+        for n in dir
+            .list()
+            .map_err(|e| Error::io("list", self.display("index"), e))?
+        {
+            let fname = n.to_string();
+            let Some(id) = fname.strip_suffix(".idx") else {
+                continue;
+            };
+            let path = self.display(&format!("index/{fname}"));
+            let bytes = dir.read_all(&n).map_err(|e| Error::io("read", &path, e))?;
+            check_id(&bytes, id, &path, "index file")?;
+            index_into(&bytes, &mut map).map_err(|e| Error::Integrity {
                 path: path.clone(),
                 detail: format!("malformed index: {e}"),
             })?;
-            for p in &idx.packs {
-                let pack = parse_hash(&p.id, "pack id", &path)?;
-                for b in &p.blobs {
-                    map.insert(
-                        parse_hash(&b.id, "blob id", &path)?,
-                        BlobLocation {
-                            pack,
-                            offset: b.offset,
-                            length: b.length,
-                        },
-                    );
-                }
-            }
         }
         Ok(map)
     }
@@ -909,26 +1191,35 @@ impl Repo {
     /// record's line number is named).
     pub fn read_entries(&self, id: &str) -> Result<Vec<EntryRecord>> {
         let (path, bytes) = self.read_entries_bytes(id)?;
-        let parse = |part: &[u8], first_line: usize| -> Result<Vec<EntryRecord>> {
-            part.split(|b| *b == b'\n')
-                .enumerate()
-                .filter(|(_, l)| !l.is_empty())
-                .map(|(i, line)| {
-                    EntryRecord::from_line(line).map_err(|detail| Error::Integrity {
-                        path: format!("{path}:{}", first_line + i),
-                        detail,
-                    })
-                })
-                .collect()
-        };
         // One part per core, split at line ends: parsing is most of the
-        // time a restore spends before its first entry.
+        // time spent before the first entry is used.
         let parts = split_lines(&bytes, crate::par::cores());
         let mut out = Vec::new();
-        for part in crate::par::map(&parts, |&(part, first)| parse(part, first)) {
+        for part in crate::par::map(&parts, |&(part, first)| parse_lines(&path, part, first)) {
             out.extend(part?);
         }
         Ok(out)
+    }
+
+    /// Opens entries file `id` for reading as a stream of pieces of whole
+    /// lines of about `piece` bytes, each checked into a running BLAKE3 (see [`EntriesReader`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Repo::open_entries`].
+    pub fn entries_reader(&self, id: &str, piece: usize) -> Result<EntriesReader> {
+        let (path, fd) = self.open_entries(id)?;
+        Ok(EntriesReader {
+            piece: piece.max(1),
+            path,
+            id: id.to_owned(),
+            fd,
+            hasher: blake3::Hasher::new(),
+            at: 0,
+            carry: Vec::new(),
+            next_line: 1,
+            done: false,
+        })
     }
 
     /// Reads the entries file `id` unparsed, checked against its id:
@@ -1023,6 +1314,122 @@ mod tests {
         // Small inputs stay whole; an empty one has no part.
         assert_eq!(split_lines(b"a\nb\n", 4), vec![(&b"a\nb\n"[..], 1)]);
         assert!(split_lines(b"", 2).is_empty());
+    }
+
+    /// Writes `text` as entries file `id` of a new repository in `dir`.
+    fn entries_file(dir: &std::path::Path, id: &str, text: &[u8]) -> super::Repo {
+        let repo = super::Repo::init(&dir.join("repo")).unwrap();
+        let sub = dir.join(format!("repo/entries/{}", &id[..2]));
+        std::fs::create_dir_all(&sub).unwrap();
+        std::fs::write(sub.join(format!("{id}.jsonl")), text).unwrap();
+        repo
+    }
+
+    #[test]
+    fn entries_reader_hands_out_whole_lines_and_checks_the_id_at_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = Vec::new();
+        for i in 0..500 {
+            // Lines of 1 to 300 bytes: some longer than a piece of 64.
+            text.extend_from_slice(format!("{i} {}\n", "y".repeat(i * 7 % 300)).as_bytes());
+        }
+        text.extend_from_slice(b"last line without a line end");
+        let id = blake3::hash(&text).to_hex().to_string();
+        let repo = entries_file(dir.path(), &id, &text);
+        let mut r = repo.entries_reader(&id, 64).unwrap();
+        let (mut all, mut pieces, mut line) = (Vec::new(), 0, 1);
+        while let Some((piece, first)) = r.next_piece().unwrap() {
+            assert_eq!(first, line, "piece {pieces} numbered from its first line");
+            assert!(piece.starts_with(format!("{} ", first - 1).as_bytes()) || first == 501);
+            line += memchr::memchr_iter(b'\n', &piece).count();
+            all.extend_from_slice(&piece);
+            pieces += 1;
+        }
+        assert_eq!(all, text);
+        assert!(pieces > 100, "{pieces} pieces");
+        assert!(r.next_piece().unwrap().is_none());
+
+        // An altered file: its last piece is withheld and the id error
+        // comes instead.
+        let mut bad = text.clone();
+        bad[10] ^= 1;
+        let other = entries_file(&dir.path().join("b"), &id, &bad);
+        let mut r = other.entries_reader(&id, 1 << 20).unwrap();
+        let err = loop {
+            match r.next_piece() {
+                Ok(Some((piece, _))) => assert!(!piece.ends_with(b"without a line end")),
+                Ok(None) => panic!("an altered entries file read to its end"),
+                Err(e) => break e.to_string(),
+            }
+        };
+        assert!(err.contains("does not match its BLAKE3 id"), "{err}");
+    }
+
+    #[test]
+    fn lines_splits_at_line_ends() {
+        let got: Vec<&[u8]> = super::lines(b"a\n\nbc\nd").collect();
+        assert_eq!(got, vec![&b"a"[..], b"", b"bc", b"d"]);
+        assert_eq!(super::lines(b"x\n").count(), 1);
+        assert_eq!(super::lines(b"").count(), 0);
+    }
+
+    #[test]
+    fn index_into_reads_every_blob_in_either_key_order_and_refuses_bad_ids() {
+        use super::{index_into, BlobLocation, Index, IndexBlob, IndexFile, IndexPack};
+        let id = |n: u32| blake3::hash(&n.to_le_bytes());
+        let file = IndexFile {
+            v: 1,
+            packs: (0..3)
+                .map(|p| IndexPack {
+                    id: id(1000 + p).to_hex().to_string(),
+                    blobs: (0..50)
+                        .map(|b| IndexBlob {
+                            id: id(p * 50 + b).to_hex().to_string(),
+                            offset: u64::from(b) * 4096,
+                            length: 4096 + b,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        };
+        let mut map = Index::default();
+        index_into(&serde_json::to_vec(&file).unwrap(), &mut map).unwrap();
+        assert_eq!(map.len(), 150);
+        assert!(map.contains(&id(149)) && !map.contains(&id(150)));
+        assert_eq!(
+            map.get(&id(2 * 50 + 7)).unwrap(),
+            BlobLocation {
+                pack: id(1002),
+                offset: 7 * 4096,
+                length: 4103
+            }
+        );
+        // Blobs before the pack id, and an unknown key.
+        let text = format!(
+            r#"{{"packs":[{{"x":[1],"blobs":[{{"id":"{}","offset":5,"length":6}}],"id":"{}"}}],"v":1}}"#,
+            id(7).to_hex(),
+            id(8).to_hex()
+        );
+        index_into(text.as_bytes(), &mut map).unwrap();
+        assert_eq!(map.get(&id(7)).unwrap().pack, id(8));
+        assert_eq!(
+            map.get(&id(2)).unwrap().pack,
+            id(1000),
+            "earlier files stay"
+        );
+        for bad in [
+            r#"{"v":1,"packs":[{"id":"zz","blobs":[]}]}"#.to_owned(),
+            format!(
+                r#"{{"v":1,"packs":[{{"blobs":[{{"id":"{}","offset":0,"length":1}}]}}]}}"#,
+                id(1).to_hex()
+            ),
+            r#"{"v":1,"packs":[]} trailing"#.to_owned(),
+        ] {
+            assert!(
+                index_into(bad.as_bytes(), &mut Index::default()).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     trait Concat {

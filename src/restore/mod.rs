@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use base64::Engine as _;
@@ -20,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::facts::{FieldCount, RestoreSummary};
 use crate::fs::{fd, DataFile, Dir, Name, RelPath};
 use crate::repo::sidecar::{EntryKind, EntryRecord};
-use crate::repo::{BlobLocation, Repo};
+use crate::repo::{parse_lines, EntriesReader, Repo};
 
 /// What to restore and where.
 #[derive(Debug, Clone)]
@@ -29,9 +30,6 @@ pub struct RestoreOptions {
     pub snapshot: String,
     /// The directory to create; must not exist.
     pub target: PathBuf,
-    /// Restore only this path of the snapshot (its subtree becomes the
-    /// target; a non-directory is placed inside a new target directory).
-    pub subpath: Option<RelPath>,
     /// Run id, used to name the staging directory.
     pub run_id: String,
     /// Map owners by the recorded user/group names through this host's
@@ -74,14 +72,26 @@ const BATCH_BYTES: u64 = 8 << 20;
 /// this window.
 const PACK_WINDOW: usize = 8 << 20;
 
+/// Entries file bytes the scan before a restore reads at once (split
+/// between the cores).
+const SCAN_PIECE: usize = 8 << 20;
+/// Entries file bytes the build reads and parses at once; at most three
+/// such pieces are parsed ahead of the plan.
+const BUILD_PIECE: usize = 1 << 20;
+
 /// A regular file to create: where, and the record holding its content
 /// and metadata (a hard link leader's when this name carries its content).
 struct FileWork {
     rel: RelPath,
-    rec: usize,
+    rec: Arc<EntryRecord>,
     /// Position in creation order (for the inode flags pass).
     order: usize,
 }
+
+/// A directory whose metadata is applied once its subtree is built: its
+/// record (`None` for a target directory the snapshot has no record of),
+/// path and position in creation order.
+type DirWork = (Option<Arc<EntryRecord>>, RelPath, usize);
 
 /// A range of a pack held in memory.
 struct Window {
@@ -96,8 +106,7 @@ type IdNames = (HashMap<String, u32>, HashMap<String, u32>);
 /// What the restore threads share, read-only.
 struct Shared<'a> {
     repo: &'a Repo,
-    records: &'a [EntryRecord],
-    index: &'a crate::repo::IdMap<BlobLocation>,
+    index: &'a crate::repo::Index,
     staging: &'a Dir,
     chown: bool,
     progress: &'a indicatif::ProgressBar,
@@ -150,60 +159,10 @@ pub fn run(
     progress: &indicatif::ProgressBar,
 ) -> Result<(RestoreSummary, Vec<RestoreWarning>)> {
     let started = Instant::now();
-    let Loaded {
-        snapshot_id,
-        record,
-        records,
-        ..
-    } = loaded;
-    let entries_path = repo.display(&format!("entries/{}", record.entries.id));
-    let mut rels = Vec::with_capacity(records.len());
-    for (i, r) in records.iter().enumerate() {
-        rels.push(r.rel_path().map_err(|e| {
-            integrity(
-                format!("{entries_path}:{}", i + 1),
-                format!("invalid path {:?}: {e}", r.path),
-            )
-        })?);
-    }
-
-    // Which records, and where each lands relative to the target.
-    let sub = opts.subpath.clone().unwrap_or_default();
-    let root_idx = rels.iter().position(|r| *r == sub);
-    let mut selected: Vec<(usize, RelPath)> = Vec::new();
-    let root_record = match root_idx {
-        Some(i) if records[i].kind == EntryKind::Dir => {
-            for (j, rel) in rels.iter().enumerate() {
-                if j != i {
-                    if let Some(new) = rel.strip_prefix(&sub) {
-                        selected.push((j, new));
-                    }
-                }
-            }
-            Some(i)
-        }
-        Some(i) => {
-            let name = sub
-                .file_name()
-                .cloned()
-                .ok_or_else(|| integrity(&entries_path, "non-directory root entry"))?;
-            selected.push((i, RelPath::root().join(name)));
-            None
-        }
-        None if sub.is_root() => {
-            // A snapshot of a single file: its one entry sits at the top.
-            for (j, rel) in rels.iter().enumerate() {
-                selected.push((j, rel.clone()));
-            }
-            None
-        }
-        None => {
-            return Err(Error::SnapshotNotFound {
-                query: format!("{}:{sub}", opts.snapshot),
-                detail: format!("snapshot {} holds no path {sub}", &snapshot_id[..12]),
-            })
-        }
-    };
+    // The second read of the entries file, the one the tree is built from
+    // (checked against its id again: it could have changed since the scan).
+    let reader = repo.entries_reader(&loaded.record.entries.id, BUILD_PIECE)?;
+    let sub = loaded.subpath.clone();
 
     // The target: its parent must exist, its name must not.
     let target = std::path::absolute(&opts.target)
@@ -289,8 +248,7 @@ pub fn run(
         let staging = parent
             .open_dir(&staging_name)
             .map_err(|e| Error::io("open staging directory", &staging_display, e))?;
-        let total: u64 = selected.iter().filter_map(|(i, _)| records[*i].size).sum();
-        progress.set_length(total);
+        progress.set_length(loaded.bytes);
         let names = if opts.by_name {
             let (u, g) = crate::fs::id_names(Path::new("/etc"))
                 .map_err(|e| Error::io("read", "/etc/passwd", e))?;
@@ -300,7 +258,6 @@ pub fn run(
         };
         let shared = Shared {
             repo,
-            records: &records,
             index: &index,
             staging: &staging,
             chown: crate::fs::euid() == 0,
@@ -310,7 +267,7 @@ pub fn run(
         };
         let summary = RestoreSummary {
             repo: repo.path.display().to_string(),
-            snapshot_id: snapshot_id.clone(),
+            snapshot_id: loaded.snapshot_id.clone(),
             target: target_display.clone(),
             policy: opts.policy.clone(),
             path: if sub.is_root() {
@@ -351,7 +308,7 @@ pub fn run(
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
             });
-            let built = r.build(&selected, root_record, &rels);
+            let built = r.build(reader, &loaded);
             building.store(false, std::sync::atomic::Ordering::Relaxed);
             built
         });
@@ -432,86 +389,260 @@ pub fn run(
     Ok((summary, warnings))
 }
 
-/// A snapshot resolved and its entries read and verified, ready for
-/// preflight and [`run`].
+/// A snapshot resolved and its entries scanned and verified, ready for
+/// preflight and [`run`]. Holds no entry records: [`run`] reads the
+/// entries file again, a piece at a time.
 #[derive(Debug, Clone)]
 pub struct Loaded {
     /// Snapshot id.
     pub snapshot_id: String,
     /// Its record.
     pub record: crate::repo::SnapshotRecord,
-    /// Its entries, limited to the tier being applied.
-    pub records: Vec<EntryRecord>,
     /// The tier being applied.
     pub tier: crate::policy::PreservationTier,
+    /// What the snapshot's entries (at that tier) ask of a restore.
+    pub needs: crate::preflight::Needs,
+    /// The snapshot path restored (the root: all of it). Its subtree
+    /// becomes the target; a non-directory is placed inside a new target
+    /// directory.
+    pub subpath: RelPath,
+    /// Content bytes of the entries restored (the progress total).
+    pub bytes: u64,
+    /// What sits at `subpath`.
+    shape: Shape,
+    /// Paths that hard link entries name as their leader.
+    leaders: std::collections::HashSet<RelPath>,
 }
 
-/// Resolves `query` and reads its entries, dropping every field the
-/// restore tier does not apply (so a full snapshot can be restored at tier
-/// extended or basic). `tier: None` applies the snapshot's own tier.
+/// What a restore's path is in the snapshot.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Shape {
+    /// A directory: it becomes the target, its subtree the target's.
+    Tree,
+    /// A non-directory: placed inside a new target directory.
+    One,
+    /// The root of a snapshot of a single file (no root record): its one
+    /// entry goes inside a new target directory.
+    Whole,
+}
+
+/// Where one snapshot entry goes in a restore.
+enum Place {
+    /// It is the restored directory itself.
+    Root,
+    /// At this path under the target.
+    At(RelPath),
+    /// Not restored.
+    Skip,
+}
+
+impl Loaded {
+    fn place(&self, rel: &RelPath) -> Place {
+        let sub = &self.subpath;
+        match self.shape {
+            Shape::Tree if rel == sub => Place::Root,
+            Shape::Tree => match rel.strip_prefix(sub) {
+                Some(new) => Place::At(new),
+                None => Place::Skip,
+            },
+            Shape::One if rel == sub => match rel.file_name() {
+                Some(name) => Place::At(RelPath::root().join(name.clone())),
+                None => Place::Skip,
+            },
+            Shape::One => Place::Skip,
+            Shape::Whole => Place::At(rel.clone()),
+        }
+    }
+}
+
+fn second_record(sub: &RelPath) -> String {
+    if sub.is_root() {
+        "a second record for the snapshot root".into()
+    } else {
+        format!("a second record for {sub}")
+    }
+}
+
+/// Whether entries of `kind` are restored at `tier`: devices and sockets
+/// from full, symlinks and FIFOs from extended (basic keeps directories and
+/// regular files, and gives hard link names their leader's content).
+fn kept(kind: EntryKind, tier: crate::policy::PreservationTier) -> bool {
+    use crate::policy::PreservationTier as T;
+    match kind {
+        EntryKind::Char | EntryKind::Block | EntryKind::Socket => tier >= T::Full,
+        EntryKind::Symlink | EntryKind::Fifo => tier >= T::Extended,
+        EntryKind::Dir | EntryKind::File | EntryKind::Hardlink => true,
+    }
+}
+
+/// Drops every field of `r` that `tier` does not apply, so a full snapshot
+/// can be restored at tier extended or basic.
+fn limit(r: &mut EntryRecord, tier: crate::policy::PreservationTier) {
+    use crate::policy::PreservationTier as T;
+    if tier < T::Full {
+        r.xattrs = None;
+        r.flags = None;
+        r.sparse = None;
+        r.user = None;
+        r.group = None;
+    }
+    if tier < T::Extended {
+        r.uid = None;
+        r.gid = None;
+        r.atime = None;
+    }
+}
+
+/// The fields of an entry record the scan before a restore reads,
+/// borrowed from the line (chunk lists and the rest are skipped unparsed).
+#[derive(serde::Deserialize)]
+struct ScanLine<'a> {
+    v: u32,
+    #[serde(borrow)]
+    path: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    path_b64: Option<std::borrow::Cow<'a, str>>,
+    kind: EntryKind,
+    #[serde(default)]
+    uid: Option<u32>,
+    #[serde(default)]
+    size: Option<u64>,
+    #[serde(default)]
+    flags: Option<u32>,
+    #[serde(default, borrow)]
+    xattrs: Option<std::collections::BTreeMap<std::borrow::Cow<'a, str>, serde::de::IgnoredAny>>,
+    #[serde(default, borrow)]
+    link: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    link_b64: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// What the scan of one part of the entries file found.
+#[derive(Default)]
+struct ScanPart {
+    needs: crate::preflight::Needs,
+    /// Content bytes of entries strictly under the restored path.
+    under: u64,
+    /// The entry at the restored path: (kind, size).
+    at: Option<(EntryKind, u64)>,
+    leaders: std::collections::HashSet<RelPath>,
+}
+
+/// Resolves `query` and scans its entries file once, a piece at a time:
+/// checks it against its id, finds what sits at `subpath` and what the
+/// entries (limited to the restore tier) ask of the restore. `tier: None`
+/// applies the snapshot's own tier. Memory stays bounded by the piece size
+/// and the number of hard link leaders, not by the number of entries.
 ///
 /// # Errors
 ///
-/// As [`Repo::resolve`] and [`Repo::read_entries`].
+/// As [`Repo::resolve`] and [`Repo::entries_reader`]; [`Error::Integrity`]
+/// for a malformed record or a file that does not match its id;
+/// [`Error::SnapshotNotFound`] (`E_BACKUP_MISSING`) when the snapshot holds
+/// no `subpath`.
 pub fn load(
     repo: &Repo,
     query: &str,
     tier: Option<crate::policy::PreservationTier>,
+    subpath: Option<&RelPath>,
 ) -> Result<Loaded> {
     use crate::policy::PreservationTier as T;
     let (snapshot_id, record) = repo.resolve(query)?;
     let tier = tier.unwrap_or(record.tier);
-    let mut records = repo.read_entries(&record.entries.id)?;
-    for r in &mut records {
-        if tier < T::Full {
-            r.xattrs = None;
-            r.flags = None;
-            r.sparse = None;
-            r.user = None;
-            r.group = None;
-        }
-        if tier < T::Extended {
-            r.uid = None;
-            r.gid = None;
-            r.atime = None;
-        }
-    }
-    if tier < T::Full {
-        records.retain(|r| {
-            !matches!(
-                r.kind,
-                EntryKind::Char | EntryKind::Block | EntryKind::Socket
-            )
-        });
-    }
-    if tier < T::Extended {
-        records.retain(|r| !matches!(r.kind, EntryKind::Symlink | EntryKind::Fifo));
-        // Without hard links, every name carries its leader's content.
-        let leaders: HashMap<(String, Option<String>), EntryRecord> = records
-            .iter()
-            .filter(|r| r.kind == EntryKind::File)
-            .map(|r| ((r.path.clone(), r.path_b64.clone()), r.clone()))
-            .collect();
-        for r in &mut records {
-            if r.kind != EntryKind::Hardlink {
+    let sub = subpath.cloned().unwrap_or_default();
+    let sub_raw = sub.to_bytes();
+    let mut reader = repo.entries_reader(&record.entries.id, SCAN_PIECE)?;
+    let path = reader.path().to_owned();
+    let scan = |part: &[u8], first: usize| -> Result<ScanPart> {
+        let mut out = ScanPart::default();
+        for (i, line) in crate::repo::lines(part).enumerate() {
+            if line.is_empty() {
                 continue;
             }
-            let key = (r.link.clone().unwrap_or_default(), r.link_b64.clone());
-            if let Some(l) = leaders.get(&key) {
-                r.kind = EntryKind::File;
-                r.chunks = l.chunks.clone();
-                r.hash = l.hash.clone();
-                r.size = l.size;
-                r.link = None;
-                r.link_b64 = None;
+            let bad = |detail: String| integrity(format!("{path}:{}", first + i), detail);
+            let l: ScanLine =
+                serde_json::from_slice(line).map_err(|e| bad(format!("malformed record: {e}")))?;
+            if l.v != crate::repo::sidecar::SIDECAR_VERSION {
+                return Err(bad(format!(
+                    "sidecar record version {} is not supported (this snap reads version {})",
+                    l.v,
+                    crate::repo::sidecar::SIDECAR_VERSION
+                )));
+            }
+            if !kept(l.kind, tier) {
+                continue;
+            }
+            let raw: std::borrow::Cow<[u8]> = match &l.path_b64 {
+                None => std::borrow::Cow::Borrowed(l.path.as_bytes()),
+                Some(b) => crate::fs::stored_to_bytes(&l.path, Some(b))
+                    .map_err(|e| bad(format!("invalid path: {e}")))?
+                    .into(),
+            };
+            let full = tier >= T::Full;
+            out.needs.add(
+                l.uid.filter(|_| tier >= T::Extended),
+                l.flags.filter(|_| full),
+                l.kind,
+                l.xattrs
+                    .iter()
+                    .filter(|_| full)
+                    .flat_map(|x| x.keys().map(|k| k.as_ref())),
+            );
+            if l.kind == EntryKind::Hardlink {
+                let link = l.link.as_deref().unwrap_or_default();
+                let leader = RelPath::from_stored(link, l.link_b64.as_deref())
+                    .map_err(|e| bad(format!("invalid hard link leader: {e}")))?;
+                out.leaders.insert(leader);
+            }
+            let size = l.size.unwrap_or(0);
+            if *raw == *sub_raw {
+                if out.at.is_some() {
+                    return Err(bad(second_record(&sub)));
+                }
+                out.at = Some((l.kind, size));
+            } else if sub_raw.is_empty()
+                || (raw.starts_with(&sub_raw) && raw.get(sub_raw.len()) == Some(&b'/'))
+            {
+                out.under += size;
             }
         }
+        Ok(out)
+    };
+    let mut total = ScanPart::default();
+    while let Some((piece, first)) = reader.next_piece()? {
+        let parts = crate::repo::split_lines(&piece, crate::par::cores());
+        let parts = crate::par::map(&parts, |&(part, line)| scan(part, first + line - 1));
+        for part in parts {
+            let part = part?;
+            total.needs.merge(&part.needs);
+            total.under += part.under;
+            if total.at.is_some() && part.at.is_some() {
+                return Err(integrity(&path, second_record(&sub)));
+            }
+            total.at = total.at.or(part.at);
+            total.leaders.extend(part.leaders);
+        }
     }
+    let (shape, bytes) = match total.at {
+        Some((EntryKind::Dir, _)) => (Shape::Tree, total.under),
+        Some((_, size)) => (Shape::One, size),
+        None if sub.is_root() => (Shape::Whole, total.under),
+        None => {
+            return Err(Error::SnapshotNotFound {
+                query: format!("{query}:{sub}"),
+                detail: format!("snapshot {} holds no path {sub}", &snapshot_id[..12]),
+            })
+        }
+    };
     Ok(Loaded {
         snapshot_id,
         record,
-        records,
         tier,
+        needs: total.needs,
+        subpath: sub,
+        bytes,
+        shape,
+        leaders: total.leaders,
     })
 }
 
@@ -607,23 +738,41 @@ impl<'a> Restorer<'a> {
     /// 3. Hard links, once every leader exists.
     /// 4. Directory metadata, children before parents.
     /// 5. Inode flags, last entry first.
-    fn build(
-        &mut self,
-        selected: &[(usize, RelPath)],
-        root_record: Option<usize>,
-        rels: &[RelPath],
-    ) -> Result<Option<u32>> {
+    fn build(&mut self, mut reader: EntriesReader, loaded: &Loaded) -> Result<Option<u32>> {
         use std::sync::atomic::Ordering;
         let sh = self.sh;
         let template = self.summary.clone();
+        let tier = loaded.tier;
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<FileWork>>(64);
         let rx = std::sync::Mutex::new(rx);
+        // Parsed pieces of the entries file, a few ahead of the plan.
+        let (etx, erx) = std::sync::mpsc::sync_channel::<Result<Vec<EntryRecord>>>(2);
         let workers = crate::par::cores();
         let (planned, results) = std::thread::scope(|s| {
+            s.spawn(move || loop {
+                let piece = reader.next_piece().and_then(|p| {
+                    p.map(|(bytes, first)| {
+                        let mut records = parse_lines(reader.path(), &bytes, first)?;
+                        for r in &mut records {
+                            limit(r, tier);
+                        }
+                        Ok(records)
+                    })
+                    .transpose()
+                });
+                let Some(piece) = piece.transpose() else {
+                    break;
+                };
+                let failed = piece.is_err();
+                // A closed channel means the plan stopped; it reports why.
+                if etx.send(piece).is_err() || failed {
+                    break;
+                }
+            });
             let handles: Vec<_> = (0..workers)
                 .map(|_| s.spawn(|| Self::worker(sh, &template, &rx)))
                 .collect();
-            let planned = self.plan(selected, root_record, rels, tx);
+            let planned = self.plan(erx, loaded, tx);
             if planned.is_err() {
                 sh.abort.store(true, Ordering::Relaxed);
             }
@@ -678,7 +827,7 @@ impl<'a> Restorer<'a> {
                 detail: format!("open directory: {e}"),
             })?;
             match rec {
-                Some(i) => self.apply_fd_metadata(&dir, &sh.records[*i], rel, *order, &shown)?,
+                Some(r) => self.apply_fd_metadata(&dir, r, rel, *order, &shown)?,
                 // A synthetic target directory: as mkdir(1) would make it.
                 None if rel.is_root() => fd::chmod(&dir, 0o777 & !crate::fs::umask())
                     .map_err(|e| Error::io("chmod", &self.summary.target, e))?,
@@ -689,22 +838,27 @@ impl<'a> Restorer<'a> {
     }
 
     /// Step 1 of [`Restorer::build`], on the calling thread: directories,
-    /// symlinks, FIFOs and devices in entry order; regular files go to the
-    /// workers in batches as soon as their directory exists. Returns the
-    /// directories as (record, path, creation order) in pre-order, and the
-    /// hard links to make as (new name, leader's path).
+    /// symlinks, FIFOs and devices in entry order as the parsed pieces of
+    /// the entries file arrive; regular files go to the workers in batches
+    /// as soon as their directory exists. Returns the directories as
+    /// (record, path, creation order) in pre-order, and the hard links to
+    /// make as (new name, leader's path).
+    ///
+    /// Memory: a piece of records at a time, plus the directories, the
+    /// hard link leaders' records and the files queued for the workers.
     #[allow(clippy::type_complexity)]
     fn plan(
         &mut self,
-        selected: &[(usize, RelPath)],
-        root_record: Option<usize>,
-        rels: &[RelPath],
+        entries: std::sync::mpsc::Receiver<Result<Vec<EntryRecord>>>,
+        loaded: &Loaded,
         tx: std::sync::mpsc::SyncSender<Vec<FileWork>>,
-    ) -> Result<(
-        Vec<(Option<usize>, RelPath, usize)>,
-        Vec<(RelPath, RelPath)>,
-    )> {
+    ) -> Result<(Vec<DirWork>, Vec<(RelPath, RelPath)>)> {
+        use crate::policy::PreservationTier as T;
         let sh = self.sh;
+        let id = &loaded.record.entries.id;
+        let entries_path = sh
+            .repo
+            .display(&format!("entries/{}/{id}.jsonl", &id[..2.min(id.len())]));
         let root = sh
             .staging
             .open_path(&RelPath::root())
@@ -712,115 +866,166 @@ impl<'a> Restorer<'a> {
         let mut stack: Vec<(RelPath, Dir)> = vec![(RelPath::root(), root)];
         self.summary.entries += 1;
         self.summary.dirs += 1;
-        let mut dirs: Vec<(Option<usize>, RelPath, usize)> =
-            vec![(root_record, RelPath::root(), 0)];
+        let mut dirs: Vec<DirWork> = vec![(None, RelPath::root(), 0)];
         let mut links: Vec<(RelPath, RelPath)> = Vec::new();
-        // Per record: its position in `selected` once it exists.
-        let mut created: Vec<Option<usize>> = vec![None; sh.records.len()];
-        // Built at the first hard link only.
-        let mut by_path: Option<HashMap<&RelPath, usize>> = None;
+        // Hard link leaders seen so far: their record, and where they were
+        // created when they were.
+        let mut leaders: HashMap<RelPath, (Arc<EntryRecord>, Option<RelPath>)> = HashMap::new();
         let mut batch: Vec<FileWork> = Vec::new();
         let mut batch_bytes = 0u64;
         let gone = || Error::Interrupted;
-        for (n, (idx, rel)) in selected.iter().enumerate() {
-            crate::interrupt::check()?;
-            if sh.abort.load(std::sync::atomic::Ordering::Relaxed) {
-                return Err(gone());
-            }
-            let order = n + 1;
-            let rec = &sh.records[*idx];
-            let parent_rel = rel.parent().unwrap_or_default();
-            while stack.last().is_some_and(|f| f.0 != parent_rel) {
-                stack.pop();
-            }
-            let Some((_, top)) = stack.last() else {
-                return Err(integrity(
-                    sh.repo.display("entries"),
-                    format!("entry {:?} appears outside of its directory", rec.path),
-                ));
-            };
-            let Some(name) = rel.file_name().cloned() else {
-                return Err(integrity(
-                    sh.repo.display("entries"),
-                    "a second record for the snapshot root",
-                ));
-            };
-            let shown = rel.to_string();
-            let ctx = |op: &str, e: std::io::Error| Error::Restore {
-                path: shown.clone(),
-                detail: format!("{op}: {e}"),
-            };
-            // The record whose content and metadata a file takes.
-            let mut file_from = None;
-            match rec.kind {
-                EntryKind::Dir => {
-                    top.mkdir(&name, 0o700).map_err(|e| ctx("mkdir", e))?;
-                    let dir = top.open_dir(&name).map_err(|e| ctx("open directory", e))?;
-                    self.summary.dirs += 1;
-                    dirs.push((Some(*idx), rel.clone(), order));
-                    stack.push((rel.clone(), dir));
+        let (mut n, mut order) = (0usize, 0usize);
+        for piece in entries {
+            for rec in piece? {
+                n += 1;
+                crate::interrupt::check()?;
+                if sh.abort.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Err(gone());
                 }
-                EntryKind::File => file_from = Some(*idx),
-                EntryKind::Hardlink => {
-                    let leader = rec
-                        .link_path()
-                        .map_err(|e| integrity(&shown, format!("invalid hard link leader: {e}")))?
-                        .ok_or_else(|| integrity(&shown, "hard link without leader"))?;
-                    let by_path = by_path.get_or_insert_with(|| {
-                        rels.iter().enumerate().map(|(i, r)| (r, i)).collect()
-                    });
-                    let li = *by_path.get(&leader).ok_or_else(|| {
-                        integrity(&shown, format!("hard link leader {leader} not in snapshot"))
-                    })?;
-                    match created[li] {
-                        Some(at) => links.push((rel.clone(), selected[at].1.clone())),
-                        None => {
+                let snap_rel = rec.rel_path().map_err(|e| {
+                    integrity(
+                        format!("{entries_path} record {n}"),
+                        format!("invalid path {:?}: {e}", rec.path),
+                    )
+                })?;
+                let is_leader = loaded.leaders.contains(&snap_rel);
+                if is_leader {
+                    leaders.insert(snap_rel.clone(), (Arc::new(rec.clone()), None));
+                }
+                if !kept(rec.kind, loaded.tier) {
+                    continue;
+                }
+                let rel = match loaded.place(&snap_rel) {
+                    Place::Skip => continue,
+                    Place::Root if dirs[0].0.is_some() => {
+                        return Err(integrity(&entries_path, second_record(&loaded.subpath)))
+                    }
+                    Place::Root => {
+                        dirs[0].0 = Some(Arc::new(rec));
+                        continue;
+                    }
+                    Place::At(rel) => rel,
+                };
+                order += 1;
+                let parent_rel = rel.parent().unwrap_or_default();
+                while stack.last().is_some_and(|f| f.0 != parent_rel) {
+                    stack.pop();
+                }
+                let Some((_, top)) = stack.last() else {
+                    return Err(integrity(
+                        &entries_path,
+                        format!("entry {:?} appears outside of its directory", rec.path),
+                    ));
+                };
+                let Some(name) = rel.file_name().cloned() else {
+                    return Err(integrity(
+                        &entries_path,
+                        "a second record for the snapshot root",
+                    ));
+                };
+                let shown = rel.to_string();
+                let ctx = |op: &str, e: std::io::Error| Error::Restore {
+                    path: shown.clone(),
+                    detail: format!("{op}: {e}"),
+                };
+                // The record whose content and metadata a file takes.
+                let mut file_from: Option<Arc<EntryRecord>> = None;
+                match rec.kind {
+                    EntryKind::Dir => {
+                        top.mkdir(&name, 0o700).map_err(|e| ctx("mkdir", e))?;
+                        let dir = top.open_dir(&name).map_err(|e| ctx("open directory", e))?;
+                        self.summary.dirs += 1;
+                        dirs.push((Some(Arc::new(rec)), rel.clone(), order));
+                        stack.push((rel, dir));
+                        self.summary.entries += 1;
+                        continue;
+                    }
+                    EntryKind::File => file_from = Some(Arc::new(rec)),
+                    EntryKind::Hardlink => {
+                        let leader = rec
+                            .link_path()
+                            .map_err(|e| {
+                                integrity(&shown, format!("invalid hard link leader: {e}"))
+                            })?
+                            .ok_or_else(|| integrity(&shown, "hard link without leader"))?;
+                        let Some((lrec, at)) = leaders.get(&leader) else {
+                            return Err(integrity(
+                                &shown,
+                                format!(
+                                    "hard link leader {leader} is not in the snapshot before it"
+                                ),
+                            ));
+                        };
+                        if !kept(lrec.kind, loaded.tier) {
+                            // Its leader's kind is not restored at this
+                            // tier, so neither is this name.
+                            continue;
+                        }
+                        match (at, lrec.kind) {
+                            // Basic keeps no hard links: every name carries
+                            // its leader's content, with its own metadata.
+                            (_, EntryKind::File) if loaded.tier < T::Extended => {
+                                let mut own = rec;
+                                own.kind = EntryKind::File;
+                                own.chunks = lrec.chunks.clone();
+                                own.hash = lrec.hash.clone();
+                                own.size = lrec.size;
+                                own.link = None;
+                                own.link_b64 = None;
+                                file_from = Some(Arc::new(own));
+                            }
+                            (Some(at), _) => links.push((rel.clone(), at.clone())),
                             // The leader is outside the restored path: this
                             // name carries the content itself.
-                            let lrec = &sh.records[li];
-                            match lrec.kind {
-                                EntryKind::File => file_from = Some(li),
+                            (None, EntryKind::File) => file_from = Some(lrec.clone()),
+                            (
+                                None,
                                 EntryKind::Symlink
                                 | EntryKind::Fifo
                                 | EntryKind::Char
-                                | EntryKind::Block => self.special(top, &name, lrec, &shown)?,
-                                other => {
-                                    return Err(integrity(
-                                        &shown,
-                                        format!("hard link leader {leader} is a {other:?} entry"),
-                                    ))
-                                }
+                                | EntryKind::Block,
+                            ) => {
+                                let lrec = lrec.clone();
+                                self.special(top, &name, &lrec, &shown)?;
+                            }
+                            (None, other) => {
+                                return Err(integrity(
+                                    &shown,
+                                    format!("hard link leader {leader} is a {other:?} entry"),
+                                ))
                             }
                         }
                     }
+                    _ => self.special(top, &name, &rec, &shown)?,
                 }
-                _ => self.special(top, &name, rec, &shown)?,
-            }
-            if rec.kind != EntryKind::Dir {
-                created[*idx] = Some(n);
-            }
-            if let Some(from) = file_from {
-                // A batch holds one directory's files where it can, so the
-                // workers do not queue on the same directory's lock.
-                if batch
-                    .last()
-                    .is_some_and(|f: &FileWork| f.rel.parent() != rel.parent())
-                {
-                    tx.send(std::mem::take(&mut batch)).map_err(|_| gone())?;
-                    batch_bytes = 0;
+                if is_leader {
+                    if let Some(l) = leaders.get_mut(&snap_rel) {
+                        l.1 = Some(rel.clone());
+                    }
                 }
-                batch_bytes += sh.records[from].size.unwrap_or(0);
-                batch.push(FileWork {
-                    rel: rel.clone(),
-                    rec: from,
-                    order,
-                });
-                if batch.len() >= BATCH_FILES || batch_bytes >= BATCH_BYTES {
-                    tx.send(std::mem::take(&mut batch)).map_err(|_| gone())?;
-                    batch_bytes = 0;
+                if let Some(from) = file_from {
+                    // A batch holds one directory's files where it can, so
+                    // the workers do not queue on the same directory's lock.
+                    if batch
+                        .last()
+                        .is_some_and(|f: &FileWork| f.rel.parent() != rel.parent())
+                    {
+                        tx.send(std::mem::take(&mut batch)).map_err(|_| gone())?;
+                        batch_bytes = 0;
+                    }
+                    batch_bytes += from.size.unwrap_or(0);
+                    batch.push(FileWork {
+                        rel,
+                        rec: from,
+                        order,
+                    });
+                    if batch.len() >= BATCH_FILES || batch_bytes >= BATCH_BYTES {
+                        tx.send(std::mem::take(&mut batch)).map_err(|_| gone())?;
+                        batch_bytes = 0;
+                    }
                 }
+                self.summary.entries += 1;
             }
-            self.summary.entries += 1;
         }
         if !batch.is_empty() {
             tx.send(batch).map_err(|_| gone())?;
@@ -850,10 +1055,7 @@ impl<'a> Restorer<'a> {
             loop {
                 let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
                 let Ok(batch) = next else { return Ok(()) };
-                w.ahead = batch
-                    .iter()
-                    .map(|f| sh.records[f.rec].size.unwrap_or(0))
-                    .sum();
+                w.ahead = batch.iter().map(|f| f.rec.size.unwrap_or(0)).sum();
                 for f in &batch {
                     if sh.abort.load(Ordering::Relaxed) {
                         return Ok(());
@@ -888,9 +1090,7 @@ impl<'a> Restorer<'a> {
             .rel
             .file_name()
             .ok_or_else(|| integrity(&shown, "a file record for the snapshot root"))?;
-        let res = self
-            .file(&dir, name, &sh.records[f.rec], &f.rel, f.order, &shown)
-            .await;
+        let res = self.file(&dir, name, &f.rec, &f.rel, f.order, &shown).await;
         self.dir_cache = Some((parent, dir));
         res
     }
@@ -1120,7 +1320,7 @@ impl<'a> Restorer<'a> {
     /// is read alone, leaving the window in place.
     async fn read_blob(&mut self, id: &blake3::Hash) -> Result<&[u8]> {
         let sh = self.sh;
-        let loc = *sh.index.get(id).ok_or_else(|| {
+        let loc = sh.index.get(id).ok_or_else(|| {
             integrity(
                 sh.repo.display("index"),
                 format!("blob {id} is in no index"),
