@@ -149,9 +149,12 @@ fn integrity(path: impl Into<String>, detail: impl Into<String>) -> Error {
 /// [`Error::SnapshotNotFound`] (`E_BACKUP_MISSING`) for an unknown snapshot
 /// or path; [`Error::TargetExists`] when the target exists (it is left
 /// untouched); [`Error::Integrity`] when a blob, pack, index or entries file
-/// does not match its BLAKE3 id (checked before any byte reaches the
-/// staging tree); [`Error::Restore`] or I/O errors for entries that cannot
-/// be created. In every error case no target is created.
+/// does not match its BLAKE3 id (a blob is checked before its bytes are
+/// written; the entries file was checked by [`load`] before anything was
+/// created, and is checked again as the build reads it, so a file changed
+/// in between fails the run at its end); [`Error::Restore`] or I/O errors
+/// for entries that cannot be created. In every error case the staging tree
+/// is removed and no target is created.
 pub fn run(
     repo: &Repo,
     opts: &RestoreOptions,
