@@ -996,6 +996,12 @@ pub struct DataFile {
 }
 
 impl DataFile {
+    /// The descriptor, for submissions that borrow it while awaited.
+    fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.file.as_raw_fd()
+    }
+
     /// Hands `fd` to the compio runtime. Must run inside a compio runtime.
     pub fn new(fd: OwnedFd) -> Self {
         // SAFETY: `into_raw_fd` transfers ownership of a valid open

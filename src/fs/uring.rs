@@ -36,6 +36,43 @@ unsafe impl OpCode for OpenAt2 {
     }
 }
 
+/// One `sync_file_range(2)` submission (`IORING_OP_SYNC_FILE_RANGE`) over
+/// the whole file with `SYNC_FILE_RANGE_WRITE`: starts write-out of the
+/// file's dirty pages without waiting for it.
+struct StartWriteback {
+    fd: RawFd,
+}
+
+// SAFETY: the entry holds no pointer; `fd` is borrowed from a `DataFile`
+// that outlives the awaited submission.
+unsafe impl OpCode for StartWriteback {
+    fn create_entry(self: Pin<&mut Self>) -> OpEntry {
+        /// `SYNC_FILE_RANGE_WRITE` from `include/uapi/linux/fs.h`.
+        const SYNC_FILE_RANGE_WRITE: u32 = 2;
+        opcode::SyncFileRange::new(types::Fd(self.fd), 0)
+            .offset(0)
+            .flags(SYNC_FILE_RANGE_WRITE)
+            .build()
+            .into()
+    }
+}
+
+impl super::DataFile {
+    /// Starts write-out of the file's dirty pages (`sync_file_range(2)`
+    /// with `SYNC_FILE_RANGE_WRITE`, offset 0 and length 0: to the end)
+    /// and returns without waiting for it to finish. Not a durability
+    /// guarantee (see the man page): a later `fsync` is, and finds little
+    /// left to write.
+    ///
+    /// # Errors
+    ///
+    /// The submission's error (`EIO`, `ENOSPC`).
+    pub async fn start_writeback(&self) -> io::Result<()> {
+        let op = StartWriteback { fd: self.raw_fd() };
+        compio::runtime::submit(op).await.0.map(|_| ())
+    }
+}
+
 fn resolve() -> u64 {
     (ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS).bits()
 }

@@ -277,6 +277,24 @@ impl Syncs {
         Ok(())
     }
 
+    /// One `syncfs(2)` of the filesystem holding `d`, when enabled: every
+    /// dirty file, inode and directory on it reaches the disk, with one
+    /// cache flush instead of one per `fsync`. Since Linux 5.8 it reports
+    /// writeback errors of any file on the filesystem.
+    ///
+    /// # Errors
+    ///
+    /// The syncfs error, with `path`.
+    pub fn filesystem(&mut self, d: &Dir, path: impl std::fmt::Display) -> Result<()> {
+        if self.enabled {
+            let t = Instant::now();
+            d.syncfs().map_err(|e| Error::io("syncfs", path, e))?;
+            self.count += 1;
+            self.elapsed += t.elapsed();
+        }
+        Ok(())
+    }
+
     /// `fsync` of a directory that gained a name, when enabled.
     ///
     /// # Errors
@@ -505,6 +523,32 @@ impl TmpFile {
                 Err(Error::io("write", &self.path, e))
             }
         }
+    }
+}
+
+impl TmpFile {
+    /// Closes and removes the file (after a failure elsewhere), warning on
+    /// stderr when it cannot be removed (the next writer's `tmp/` cleanup
+    /// will).
+    pub async fn discard(self) {
+        let _ = self.file.close().await;
+        if let Err(u) = self.dir.unlink(&self.name) {
+            eprintln!("snap: warning: could not remove {}: {u}", self.path);
+        }
+    }
+
+    /// Starts write-out of what was written so far, without waiting (see
+    /// [`DataFile::start_writeback`]): the packer does so for each pack and
+    /// commits it a few packs later, when its `fsync` has little left.
+    ///
+    /// # Errors
+    ///
+    /// The error with the path.
+    pub async fn start_writeback(&self) -> Result<()> {
+        self.file
+            .start_writeback()
+            .await
+            .map_err(|e| Error::io("sync_file_range", &self.path, e))
     }
 }
 
@@ -956,21 +1000,29 @@ impl Repo {
         bytes: Vec<u8>,
         syncs: &mut Syncs,
     ) -> Result<(u64, Option<Vec<u8>>)> {
-        let dest = self
-            .root
-            .open_path(dir)
-            .map_err(|e| Error::io("open directory", self.display(&dir.to_string()), e))?;
-        if dest
-            .stat_opt(file)
-            .map_err(|e| Error::io("stat", self.display(&format!("{dir}/{file}")), e))?
-            .is_some()
-        {
+        if self.has(dir, file)? {
             return Ok((0, Some(bytes)));
         }
         let mut t = self.create_tmp().await?;
         let back = t.write(bytes).await?;
         let added = self.commit_tmp(t, dir, file, syncs).await?;
         Ok((added, Some(back)))
+    }
+
+    /// Whether `dir/file` exists (a content-addressed file already stored).
+    ///
+    /// # Errors
+    ///
+    /// I/O errors with the path.
+    pub fn has(&self, dir: &RelPath, file: &Name) -> Result<bool> {
+        let dest = self
+            .root
+            .open_path(dir)
+            .map_err(|e| Error::io("open directory", self.display(&dir.to_string()), e))?;
+        Ok(dest
+            .stat_opt(file)
+            .map_err(|e| Error::io("stat", self.display(&format!("{dir}/{file}")), e))?
+            .is_some())
     }
 
     /// Creates a file in `tmp/` (mode `0600`) for content written a piece at
@@ -1015,33 +1067,57 @@ impl Repo {
         file: &Name,
         syncs: &mut Syncs,
     ) -> Result<u64> {
+        let synced = syncs.file(&t.file, &t.path).await;
+        let (added, dest) = self.place_tmp(t, dir, file, synced).await?;
+        if let Some(dest) = dest {
+            syncs.dir(&dest, self.display(&dir.to_string()))?;
+        }
+        Ok(added)
+    }
+
+    /// Closes a [`TmpFile`] the caller has made durable (`synced` says
+    /// whether that worked) and renames it to `dir/file`
+    /// (`RENAME_NOREPLACE`) without syncing anything. Returns the bytes
+    /// added and the directory that gained the name, or 0 and `None` when
+    /// a file of that name exists (the temporary file is removed). On an
+    /// error the temporary file is removed.
+    ///
+    /// # Errors
+    ///
+    /// `synced`'s error; close and rename errors with the path.
+    pub async fn place_tmp(
+        &self,
+        t: TmpFile,
+        dir: &RelPath,
+        file: &Name,
+        synced: Result<()>,
+    ) -> Result<(u64, Option<Dir>)> {
         let dest = self
             .root
             .open_path(dir)
-            .map_err(|e| Error::io("open directory", self.display(&dir.to_string()), e))?;
-        let synced = syncs.file(&t.file, &t.path).await;
+            .map_err(|e| Error::io("open directory", self.display(&dir.to_string()), e));
         let closed = t
             .file
             .close()
             .await
             .map_err(|e| Error::io("close", &t.path, e));
-        if let Err(e) = synced.and(closed) {
-            // Give the space back now (a full disk is the usual cause).
-            if let Err(u) = t.dir.unlink(&t.name) {
-                eprintln!("snap: warning: could not remove {}: {u}", t.path);
+        let dest = match synced.and(closed).and(dest) {
+            Ok(d) => d,
+            Err(e) => {
+                // Give the space back now (a full disk is the usual cause).
+                if let Err(u) = t.dir.unlink(&t.name) {
+                    eprintln!("snap: warning: could not remove {}: {u}", t.path);
+                }
+                return Err(e);
             }
-            return Err(e);
-        }
+        };
         match t.dir.rename(&t.name, &dest, file, true) {
-            Ok(()) => {
-                syncs.dir(&dest, self.display(&dir.to_string()))?;
-                Ok(t.len)
-            }
+            Ok(()) => Ok((t.len, Some(dest))),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 t.dir
                     .unlink(&t.name)
                     .map_err(|e| Error::io("unlink", &t.path, e))?;
-                Ok(0)
+                Ok((0, None))
             }
             Err(e) => Err(Error::io(
                 "rename",
@@ -1058,15 +1134,28 @@ impl Repo {
     ///
     /// I/O errors with the path.
     pub fn fanout_dir(&self, top: &str, id: &str, syncs: &mut Syncs) -> Result<RelPath> {
+        let (rel, created) = self.fanout_dir_unsynced(top, id)?;
+        if let Some(parent) = created {
+            syncs.dir(&parent, self.display(top))?;
+        }
+        Ok(rel)
+    }
+
+    /// [`Repo::fanout_dir`] without the sync: returns the relative path
+    /// and, when the fan-out directory is new, `top` (which gained a name
+    /// the caller must make durable).
+    ///
+    /// # Errors
+    ///
+    /// I/O errors with the path.
+    pub fn fanout_dir_unsynced(&self, top: &str, id: &str) -> Result<(RelPath, Option<Dir>)> {
         let parent = self.open_dir(&[top])?;
         let sub = &id[..2];
         let created = parent
             .ensure_dir(&name(sub), 0o700)
             .map_err(|e| Error::io("mkdir", self.display(&format!("{top}/{sub}")), e))?;
-        if created {
-            syncs.dir(&parent, self.display(top))?;
-        }
-        Ok(RelPath::root().join(name(top)).join(name(sub)))
+        let rel = RelPath::root().join(name(top)).join(name(sub));
+        Ok((rel, created.then_some(parent)))
     }
 
     /// Reads every `<id><suffix>` file in the directory `top`, each checked
