@@ -6,8 +6,9 @@
 //! 2. the chunker cuts them into FastCDC chunks, hashes each with BLAKE3,
 //!    keeps the blobs the repository lacks and fills 16 MiB packs;
 //! 3. the packer writes each finished pack through its own io_uring ring
-//!    (tmp -> fsync -> `RENAME_NOREPLACE` -> fsync of the fan-out
-//!    directory), so waiting for the disk overlaps reading and hashing.
+//!    to `tmp/` and makes them durable in batches (one `syncfs`, then
+//!    `RENAME_NOREPLACE` into place; see [`packer`]), so waiting for the
+//!    disk overlaps reading and hashing.
 //!
 //! Memory is bounded by the channels: at most [`DATA_QUEUE`] reads of
 //! up to 4 MiB wait for the chunker, which holds at most 2 × 8 MiB of one

@@ -606,9 +606,10 @@ pub fn split_lines(bytes: &[u8], n: usize) -> Vec<(&[u8], usize)> {
 }
 
 /// Adds the blobs of one index file ([`IndexFile`] JSON) to `map`,
-/// parsing every id where it lies in `bytes`: no string or record per blob
-/// is allocated (a 300,000-blob index would otherwise need about 40 MB
-/// beside the map). Room for the file's blobs is made first, counted by
+/// parsing every id where it lies in `bytes`: no string is allocated per
+/// id, and only one pack's blobs (48 bytes each) are held until the pack's
+/// own id is known (parsed into `IndexFile` records, a 300,000-blob index
+/// needed about 40 MB beside the map). Room for the file's blobs is made first, counted by
 /// their `"offset"` keys, so the map does not grow (and briefly exist
 /// twice) while it is filled.
 ///
@@ -984,29 +985,12 @@ impl Repo {
         bytes: Vec<u8>,
         syncs: &mut Syncs,
     ) -> Result<u64> {
-        Ok(self.write_atomic_reuse(dir, file, bytes, syncs).await?.0)
-    }
-
-    /// [`Repo::write_atomic`], handing the buffer back (when it was
-    /// written) so the caller can fill it again.
-    ///
-    /// # Errors
-    ///
-    /// As [`Repo::write_atomic`].
-    pub async fn write_atomic_reuse(
-        &self,
-        dir: &RelPath,
-        file: &Name,
-        bytes: Vec<u8>,
-        syncs: &mut Syncs,
-    ) -> Result<(u64, Option<Vec<u8>>)> {
         if self.has(dir, file)? {
-            return Ok((0, Some(bytes)));
+            return Ok(0);
         }
         let mut t = self.create_tmp().await?;
-        let back = t.write(bytes).await?;
-        let added = self.commit_tmp(t, dir, file, syncs).await?;
-        Ok((added, Some(back)))
+        t.write(bytes).await?;
+        self.commit_tmp(t, dir, file, syncs).await
     }
 
     /// Whether `dir/file` exists (a content-addressed file already stored).
