@@ -287,7 +287,7 @@ async fn place(
     }
     let mut added = 0;
     for (t, dir, fname) in batch {
-        added += repo.place_tmp(t, &dir, &fname, Ok(())).await?.0;
+        added += repo.place_tmp(t, &dir, &fname).await?.0;
     }
     Ok(added)
 }

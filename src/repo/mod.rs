@@ -433,8 +433,8 @@ impl EntriesReader {
     }
 
     /// The next piece: whole lines of about the piece size the reader was
-    /// opened with (more when one line is longer) and the number (from 1) of its first line; `None` after the
-    /// last.
+    /// opened with (more when one line is longer), and the number (from 1)
+    /// of its first line; `None` after the last.
     ///
     /// # Errors
     ///
@@ -459,12 +459,12 @@ impl EntriesReader {
             self.at += n as u64;
             if n == 0 {
                 self.done = true;
-                if self.hasher.finalize().to_hex().as_str() != self.id {
-                    return Err(Error::Integrity {
-                        path: self.path.clone(),
-                        detail: "entries file does not match its BLAKE3 id".into(),
-                    });
-                }
+                check_hash(
+                    &self.hasher.finalize(),
+                    &self.id,
+                    &self.path,
+                    "entries file",
+                )?;
                 if buf.is_empty() {
                     return Ok(None);
                 }
@@ -482,7 +482,13 @@ impl EntriesReader {
 }
 
 fn check_id(bytes: &[u8], id: &str, path: &str, what: &str) -> Result<()> {
-    if blake3::hash(bytes).to_hex().as_str() == id {
+    check_hash(&blake3::hash(bytes), id, path, what)
+}
+
+/// `Ok` when `hash` is `id` (hex), else [`Error::Integrity`] saying that
+/// `what` at `path` does not match its id.
+fn check_hash(hash: &blake3::Hash, id: &str, path: &str, what: &str) -> Result<()> {
+    if hash.to_hex().as_str() == id {
         Ok(())
     } else {
         Err(Error::Integrity {
@@ -538,8 +544,8 @@ impl TmpFile {
     }
 
     /// Starts write-out of what was written so far, without waiting (see
-    /// [`DataFile::start_writeback`]): the packer does so for each pack and
-    /// commits it a few packs later, when its `fsync` has little left.
+    /// [`DataFile::start_writeback`]): the packer does so for each pack, so
+    /// the `syncfs` that makes a batch of packs durable has little left.
     ///
     /// # Errors
     ///
@@ -609,9 +615,9 @@ pub fn split_lines(bytes: &[u8], n: usize) -> Vec<(&[u8], usize)> {
 /// parsing every id where it lies in `bytes`: no string is allocated per
 /// id, and only one pack's blobs (48 bytes each) are held until the pack's
 /// own id is known (parsed into `IndexFile` records, a 300,000-blob index
-/// needed about 40 MB beside the map). Room for the file's blobs is made first, counted by
-/// their `"offset"` keys, so the map does not grow (and briefly exist
-/// twice) while it is filled.
+/// needed about 40 MB beside the map). Room for the file's blobs is made
+/// first, counted by their `"offset"` keys, so the map does not grow (and
+/// briefly exist twice) while it is filled.
 ///
 /// # Errors
 ///
@@ -1051,30 +1057,32 @@ impl Repo {
         file: &Name,
         syncs: &mut Syncs,
     ) -> Result<u64> {
-        let synced = syncs.file(&t.file, &t.path).await;
-        let (added, dest) = self.place_tmp(t, dir, file, synced).await?;
+        if let Err(e) = syncs.file(&t.file, &t.path).await {
+            // Give the space back now (a full disk is the usual cause).
+            t.discard().await;
+            return Err(e);
+        }
+        let (added, dest) = self.place_tmp(t, dir, file).await?;
         if let Some(dest) = dest {
             syncs.dir(&dest, self.display(&dir.to_string()))?;
         }
         Ok(added)
     }
 
-    /// Closes a [`TmpFile`] the caller has made durable (`synced` says
-    /// whether that worked) and renames it to `dir/file`
-    /// (`RENAME_NOREPLACE`) without syncing anything. Returns the bytes
-    /// added and the directory that gained the name, or 0 and `None` when
-    /// a file of that name exists (the temporary file is removed). On an
-    /// error the temporary file is removed.
+    /// Closes a [`TmpFile`] the caller has made durable and renames it to
+    /// `dir/file` (`RENAME_NOREPLACE`) without syncing anything. Returns
+    /// the bytes added and the directory that gained the name, or 0 and
+    /// `None` when a file of that name exists (the temporary file is
+    /// removed). On an error the temporary file is removed.
     ///
     /// # Errors
     ///
-    /// `synced`'s error; close and rename errors with the path.
+    /// Close and rename errors with the path.
     pub async fn place_tmp(
         &self,
         t: TmpFile,
         dir: &RelPath,
         file: &Name,
-        synced: Result<()>,
     ) -> Result<(u64, Option<Dir>)> {
         let dest = self
             .root
@@ -1085,10 +1093,9 @@ impl Repo {
             .close()
             .await
             .map_err(|e| Error::io("close", &t.path, e));
-        let dest = match synced.and(closed).and(dest) {
+        let dest = match closed.and(dest) {
             Ok(d) => d,
             Err(e) => {
-                // Give the space back now (a full disk is the usual cause).
                 if let Err(u) = t.dir.unlink(&t.name) {
                     eprintln!("snap: warning: could not remove {}: {u}", t.path);
                 }

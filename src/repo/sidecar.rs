@@ -247,14 +247,8 @@ impl EntryRecord {
         struct Version {
             v: u32,
         }
-        let unsupported = |v: u32| {
-            format!(
-                "sidecar record version {v} is not supported (this snap reads version {SIDECAR_VERSION})"
-            )
-        };
         match serde_json::from_slice::<Self>(line) {
-            Ok(r) if r.v == SIDECAR_VERSION => Ok(r),
-            Ok(r) => Err(unsupported(r.v)),
+            Ok(r) => check_version(r.v).map(|()| r),
             // Another version may have another shape: name the version.
             Err(e) => match serde_json::from_slice::<Version>(line) {
                 Ok(ver) if ver.v != SIDECAR_VERSION => Err(unsupported(ver.v)),
@@ -262,4 +256,24 @@ impl EntryRecord {
             },
         }
     }
+}
+
+/// `Ok` for a record of [`SIDECAR_VERSION`], else the message naming both
+/// versions.
+///
+/// # Errors
+///
+/// That message.
+pub fn check_version(v: u32) -> Result<(), String> {
+    if v == SIDECAR_VERSION {
+        Ok(())
+    } else {
+        Err(unsupported(v))
+    }
+}
+
+fn unsupported(v: u32) -> String {
+    format!(
+        "sidecar record version {v} is not supported (this snap reads version {SIDECAR_VERSION})"
+    )
 }

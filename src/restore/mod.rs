@@ -478,18 +478,26 @@ fn kept(kind: EntryKind, tier: crate::policy::PreservationTier) -> bool {
     }
 }
 
+/// Which record fields `tier` applies beyond basic's: (owners and atimes,
+/// from extended; xattrs, inode flags, sparse maps and owner names, at
+/// full). The one rule for [`limit`] and the scan in [`load`].
+fn applies(tier: crate::policy::PreservationTier) -> (bool, bool) {
+    use crate::policy::PreservationTier as T;
+    (tier >= T::Extended, tier >= T::Full)
+}
+
 /// Drops every field of `r` that `tier` does not apply, so a full snapshot
 /// can be restored at tier extended or basic.
 fn limit(r: &mut EntryRecord, tier: crate::policy::PreservationTier) {
-    use crate::policy::PreservationTier as T;
-    if tier < T::Full {
+    let (extended, full) = applies(tier);
+    if !full {
         r.xattrs = None;
         r.flags = None;
         r.sparse = None;
         r.user = None;
         r.group = None;
     }
-    if tier < T::Extended {
+    if !extended {
         r.uid = None;
         r.gid = None;
         r.atime = None;
@@ -549,7 +557,6 @@ pub fn load(
     tier: Option<crate::policy::PreservationTier>,
     subpath: Option<&RelPath>,
 ) -> Result<Loaded> {
-    use crate::policy::PreservationTier as T;
     let (snapshot_id, record) = repo.resolve(query)?;
     let tier = tier.unwrap_or(record.tier);
     let sub = subpath.cloned().unwrap_or_default();
@@ -565,13 +572,7 @@ pub fn load(
             let bad = |detail: String| integrity(format!("{path}:{}", first + i), detail);
             let l: ScanLine =
                 serde_json::from_slice(line).map_err(|e| bad(format!("malformed record: {e}")))?;
-            if l.v != crate::repo::sidecar::SIDECAR_VERSION {
-                return Err(bad(format!(
-                    "sidecar record version {} is not supported (this snap reads version {})",
-                    l.v,
-                    crate::repo::sidecar::SIDECAR_VERSION
-                )));
-            }
+            crate::repo::sidecar::check_version(l.v).map_err(bad)?;
             if !kept(l.kind, tier) {
                 continue;
             }
@@ -581,9 +582,9 @@ pub fn load(
                     .map_err(|e| bad(format!("invalid path: {e}")))?
                     .into(),
             };
-            let full = tier >= T::Full;
+            let (extended, full) = applies(tier);
             out.needs.add(
-                l.uid.filter(|_| tier >= T::Extended),
+                l.uid.filter(|_| extended),
                 l.flags.filter(|_| full),
                 l.kind,
                 l.xattrs
