@@ -7,6 +7,7 @@
 //! and the snapshot record into the repository. Nothing becomes visible as a
 //! snapshot until the final rename of the record.
 
+mod cdc;
 mod pipeline;
 mod scan;
 
@@ -752,11 +753,7 @@ pub fn run(
     let (tx, rx) = sync_channel(pipeline::DATA_QUEUE);
     let (pack_tx, pack_rx) = sync_channel(pipeline::PACK_QUEUE);
     let (reads_back, reads_pool) = sync_channel(pipeline::DATA_QUEUE);
-    let (packs_back_tx, packs_back) = sync_channel(2);
-    let recycle = pipeline::Recycle {
-        reads_back,
-        packs_back,
-    };
+    let recycle = pipeline::Recycle { reads_back };
     let (contents_tx, contents_rx) = std::sync::mpsc::channel();
     let mut w = Writer {
         repo,
@@ -799,9 +796,7 @@ pub fn run(
             .map_err(|e| Error::io("spawn", "chunker thread", e))?;
         let packer = std::thread::Builder::new()
             .name("snap-packer".into())
-            .spawn_scoped(s, move || {
-                pipeline::packer(pack_rx, repo, durable, packs_back_tx)
-            })
+            .spawn_scoped(s, move || pipeline::packer(pack_rx, repo, durable))
             .map_err(|e| Error::io("spawn", "packer thread", e))?;
         for i in 0..crate::par::cores() {
             std::thread::Builder::new()

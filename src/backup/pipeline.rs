@@ -3,23 +3,32 @@
 //!
 //! 1. the walker (the caller's thread, with its io_uring ring) stats,
 //!    opens and reads files and sends their bytes as [`Msg`]s;
-//! 2. the chunker cuts them into FastCDC chunks, hashes each with BLAKE3,
-//!    keeps the blobs the repository lacks and fills 16 MiB packs;
+//! 2. the chunker cuts them into FastCDC chunks where they lie (a
+//!    [`Cutter`] carries the cut search from one read buffer to the next),
+//!    hashes each with BLAKE3, keeps the blobs the repository lacks and
+//!    collects them for 16 MiB packs as pieces of the read buffers;
 //! 3. the packer writes each finished pack through its own io_uring ring
-//!    to `tmp/` and makes them durable in batches (one `syncfs`, then
-//!    `RENAME_NOREPLACE` into place; see [`packer`]), so waiting for the
-//!    disk overlaps reading and hashing.
+//!    to `tmp/` with vectored writes from those buffers and makes them
+//!    durable in batches (one `syncfs`, then `RENAME_NOREPLACE` into place;
+//!    see [`packer`]), so waiting for the disk overlaps reading and hashing.
+//!
+//! No blob byte is copied in user space between the read and the pack
+//! write: a read buffer is shared ([`Shared`]) by the chunker and the packs
+//! holding chunks of it, and goes back to the walker when the last lets go.
 //!
 //! Memory is bounded by the channels: at most [`DATA_QUEUE`] reads of
-//! up to 4 MiB wait for the chunker, which holds at most 2 × 8 MiB of one
-//! file and one pack, and at most [`PACK_QUEUE`] packs wait for the packer.
+//! up to 4 MiB wait for the chunker, which holds the read buffers of one
+//! unfinished chunk (at most 8 MiB, so three buffers) and those of one
+//! pack's blobs (16 MiB, and up to two partly used 4 MiB buffers), and at
+//! most [`PACK_QUEUE`] packs wait for the packer.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::mpsc::{Receiver, SyncSender};
 
+use super::cdc::Cutter;
 use crate::error::{Error, Result};
 use crate::fs::Name;
-use crate::repo::pack::PackBuilder;
+use crate::repo::pack::{FinishedPack, PackBuilder, Part};
 use crate::repo::{ChunkerParams, IndexBlob, IndexPack, Repo, Syncs, PACK_TARGET};
 
 /// Reads that may wait for the chunker.
@@ -27,24 +36,52 @@ pub const DATA_QUEUE: usize = 8;
 /// Finished packs that may wait for the packer.
 pub const PACK_QUEUE: usize = 1;
 
-/// Buffers handed back up the pipeline, so large reads and packs reuse
-/// memory that is already mapped instead of faulting in fresh pages.
+/// Large read buffers go back to the walker once neither the chunker nor
+/// a pack holds them, so reads reuse memory that is already mapped instead
+/// of faulting in fresh pages.
 pub struct Recycle {
     /// Read buffers, back to the walker.
     pub reads_back: SyncSender<Vec<u8>>,
-    /// Pack buffers, back from the packer.
-    pub packs_back: Receiver<Vec<u8>>,
 }
 
 /// Read buffers smaller than this are left to the allocator.
 pub const RECYCLE_FROM: usize = 1 << 20;
 
-impl Recycle {
-    /// Returns a large read buffer to the walker (dropped when its pool is
-    /// full).
-    fn give_back(&self, buf: Vec<u8>) {
-        if buf.capacity() >= RECYCLE_FROM {
-            let _ = self.reads_back.try_send(buf);
+/// A read buffer shared by the chunker's pending bytes and the packs that
+/// hold chunks of it; the last holder to drop it hands it back to the
+/// walker's pool (dropped when the pool is full).
+#[derive(Clone)]
+pub struct Shared {
+    buf: Option<std::sync::Arc<Vec<u8>>>,
+    back: Option<SyncSender<Vec<u8>>>,
+}
+
+impl Shared {
+    fn new(buf: Vec<u8>, recycle: &Recycle) -> Self {
+        let back = (buf.capacity() >= RECYCLE_FROM).then(|| recycle.reads_back.clone());
+        Self {
+            buf: Some(std::sync::Arc::new(buf)),
+            back,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.as_ref().len()
+    }
+}
+
+impl AsRef<[u8]> for Shared {
+    fn as_ref(&self) -> &[u8] {
+        self.buf.as_deref().map_or(&[], |b| b.as_slice())
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let (Some(back), Some(buf)) = (&self.back, self.buf.take()) {
+            if let Some(buf) = std::sync::Arc::into_inner(buf) {
+                let _ = back.try_send(buf);
+            }
         }
     }
 }
@@ -124,7 +161,7 @@ struct Current {
 /// [`crate::repo::Repo::load_index`].
 pub fn chunker(
     rx: Receiver<Msg>,
-    packs: SyncSender<PackBuilder>,
+    packs: SyncSender<PackBuilder<Shared>>,
     params: ChunkerParams,
     repo: &crate::repo::Repo,
     recycle: Recycle,
@@ -136,13 +173,20 @@ pub fn chunker(
     };
     let mut new: HashSet<blake3::Hash> = HashSet::new();
     let mut known: Option<crate::repo::Index> = None;
-    let mut pack = PackBuilder::with_capacity(PACK_TARGET);
-    // Bytes of the current file waiting to be cut; its capacity is kept
-    // from file to file.
-    let mut acc: Vec<u8> = Vec::new();
+    let mut pack = PackBuilder::default();
+    // The current file's bytes not yet cut, as the walker's read buffers
+    // (the first from `head` on): chunks are hashed and packed from them
+    // where they lie.
+    let mut pending: VecDeque<Shared> = VecDeque::new();
+    let mut head = 0usize;
+    let mut avail = 0usize;
+    let mut cutter = Cutter::new(&params)?;
     let mut cur: Option<Current> = None;
-    let segment = 2 * params.max as usize;
-    let mut store = |id: blake3::Hash, bytes: &[u8], out: &mut Chunked| -> Result<()> {
+    let mut store = |id: blake3::Hash,
+                     parts: &mut dyn Iterator<Item = Part<Shared>>,
+                     len: usize,
+                     out: &mut Chunked|
+     -> Result<()> {
         let known = match &known {
             Some(k) => k,
             None => known.insert(repo.load_index()?),
@@ -150,54 +194,15 @@ pub fn chunker(
         if known.contains(&id) || !new.insert(id) {
             return Ok(());
         }
-        pack.add(id, bytes);
+        pack.add(id, parts);
         out.new_blobs += 1;
-        out.new_blob_bytes += bytes.len() as u64;
+        out.new_blob_bytes += len as u64;
         if pack.data_len() >= PACK_TARGET {
-            let next = match recycle.packs_back.try_recv() {
-                Ok(buf) => PackBuilder::with_buffer(buf),
-                Err(_) => PackBuilder::with_capacity(PACK_TARGET),
-            };
-            let full = std::mem::replace(&mut pack, next);
+            let full = std::mem::take(&mut pack);
             packs.send(full).map_err(|_| downstream_gone())?;
         }
         Ok(())
     };
-    // Cuts what `c.buf` holds; at end of file everything, otherwise all
-    // but the last chunk (whose end may move when more bytes come).
-    let mut cut =
-        |c: &mut Current, buf: &mut Vec<u8>, eof: bool, out: &mut Chunked| -> Result<()> {
-            let cuts: Vec<(usize, usize)> =
-                fastcdc::v2020::FastCDC::new(buf, params.min, params.avg, params.max)
-                    .map(|ch| (ch.offset, ch.length))
-                    .collect();
-            let take = if eof {
-                cuts.len()
-            } else {
-                cuts.len().saturating_sub(1).max(1)
-            };
-            let mut consumed = 0;
-            for &(off, len) in &cuts[..take] {
-                let bytes = &buf[off..off + len];
-                let id = blake3::hash(bytes);
-                // The whole-file hash of a one-chunk file is that chunk's id:
-                // only files of several chunks are hashed a second time.
-                if c.chunks.is_empty() && eof && cuts.len() == 1 {
-                    c.first = Some(id);
-                } else if let Some(w) = c.whole.as_mut() {
-                    w.update(bytes);
-                }
-                store(id, bytes, out)?;
-                c.chunks.push(id.to_hex().to_string());
-                consumed = off + len;
-            }
-            if consumed == buf.len() {
-                buf.clear();
-            } else {
-                buf.drain(..consumed);
-            }
-            Ok(())
-        };
     for msg in rx {
         match msg {
             Msg::Data {
@@ -207,7 +212,9 @@ pub fn chunker(
                 whole,
             } => {
                 if cur.as_ref().is_none_or(|c| c.idx != idx) {
-                    acc.clear();
+                    pending.clear();
+                    (head, avail) = (0, 0);
+                    cutter.restart();
                     cur = Some(Current {
                         idx,
                         chunks: Vec::new(),
@@ -216,26 +223,73 @@ pub fn chunker(
                     });
                 }
                 let c = cur.as_mut().expect("current file");
-                if acc.is_empty() && end {
-                    // A file read in one piece is cut where it lies.
-                    let mut b = bytes;
-                    while !b.is_empty() {
-                        cut(c, &mut b, true, &mut out)?;
+                avail += bytes.len();
+                pending.push_back(Shared::new(bytes, &recycle));
+                loop {
+                    let slices = pending.iter().enumerate().map(|(k, b)| {
+                        let b = b.as_ref();
+                        if k == 0 {
+                            &b[head..]
+                        } else {
+                            b
+                        }
+                    });
+                    let Some(len) = cutter.next_cut(slices, avail, end) else {
+                        break;
+                    };
+                    // The chunk as (buffer in `pending`, range in it).
+                    let mut pieces: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
+                    let mut need = len;
+                    for (k, b) in pending.iter().enumerate() {
+                        let from = if k == 0 { head } else { 0 };
+                        let n = need.min(b.len() - from);
+                        pieces.push((k, from..from + n));
+                        need -= n;
+                        if need == 0 {
+                            break;
+                        }
                     }
-                    recycle.give_back(b);
-                } else {
-                    acc.extend_from_slice(&bytes);
-                    recycle.give_back(bytes);
-                    while acc.len() >= segment {
-                        cut(c, &mut acc, false, &mut out)?;
+                    let parts: Vec<&[u8]> = pieces
+                        .iter()
+                        .map(|(k, r)| &pending[*k].as_ref()[r.clone()])
+                        .collect();
+                    let id = match parts.as_slice() {
+                        [one] => blake3::hash(one),
+                        _ => {
+                            let mut h = blake3::Hasher::new();
+                            for part in &parts {
+                                h.update(part);
+                            }
+                            h.finalize()
+                        }
+                    };
+                    // The whole-file hash of a one-chunk file is that chunk's
+                    // id: only files of several chunks are hashed a second
+                    // time.
+                    if c.chunks.is_empty() && end && len == avail {
+                        c.first = Some(id);
+                    } else if let Some(w) = c.whole.as_mut() {
+                        for part in &parts {
+                            w.update(part);
+                        }
                     }
-                    if !end {
-                        continue;
-                    }
-                    while !acc.is_empty() {
-                        cut(c, &mut acc, true, &mut out)?;
+                    let mut shared = pieces.into_iter().map(|(k, range)| Part {
+                        buf: pending[k].clone(),
+                        range,
+                    });
+                    store(id, &mut shared, len, &mut out)?;
+                    c.chunks.push(id.to_hex().to_string());
+                    avail -= len;
+                    head += len;
+                    while pending.front().is_some_and(|b| b.len() <= head) {
+                        let b = pending.pop_front().expect("front");
+                        head -= b.len();
                     }
                 }
+                if !end {
+                    continue;
+                }
+                debug_assert_eq!(avail, 0, "every byte of a file is cut at its end");
                 let c = cur.take().expect("current file");
                 let hash = match (c.chunks.len(), c.first, c.whole, whole) {
                     (0, ..) => blake3::hash(b""),
@@ -315,12 +369,7 @@ const PACKS_IN_FLIGHT: usize = 8;
 /// Repository I/O errors (`E_NO_SPACE` for a full disk); `E_INTERRUPTED`
 /// when a signal arrived. Packs still in `tmp/` are left to the next
 /// writer's cleanup.
-pub fn packer(
-    rx: Receiver<PackBuilder>,
-    repo: &Repo,
-    durable: bool,
-    packs_back: SyncSender<Vec<u8>>,
-) -> Result<Packed> {
+pub fn packer(rx: Receiver<PackBuilder<Shared>>, repo: &Repo, durable: bool) -> Result<Packed> {
     let mut out = Packed {
         packs: Vec::new(),
         bytes_added: 0,
@@ -337,18 +386,23 @@ pub fn packer(
         let mut placed = false;
         for pack in rx {
             crate::interrupt::check()?;
-            let (bytes, id, blobs) = pack.finish();
+            let FinishedPack {
+                parts,
+                tail,
+                id,
+                blobs,
+            } = pack.finish();
             let hex = id.to_hex().to_string();
             let (dir, new_dir) = repo.fanout_dir_unsynced("packs", &hex)?;
             placed |= new_dir.is_some();
             let fname = Name::new(format!("{hex}.pack").as_bytes())
                 .map_err(|e| Error::Usage(e.to_string()))?;
-            if repo.has(&dir, &fname)? {
-                let _ = packs_back.try_send(bytes);
-            } else {
+            if !repo.has(&dir, &fname)? {
                 let mut t = repo.create_tmp().await?;
-                let buf = t.write(bytes).await?;
-                let _ = packs_back.try_send(buf);
+                // The blob bytes go from the read buffers they lie in; the
+                // buffers return to the walker as the parts drop.
+                drop(t.write_parts(parts).await?);
+                t.write(tail).await?;
                 if durable {
                     t.start_writeback().await?;
                 }

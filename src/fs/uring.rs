@@ -1,4 +1,5 @@
-//! Custom io_uring operations that compio does not ship: `IORING_OP_OPENAT2`
+//! Custom io_uring operations that compio does not ship: `IORING_OP_WRITEV`
+//! of many buffers, `IORING_OP_SYNC_FILE_RANGE`, and `IORING_OP_OPENAT2`
 //! relative to a dirfd, with `RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS|
 //! RESOLVE_NO_MAGICLINKS` (see `openat2(2)` and `io_uring_enter(2)`), so a
 //! name can only ever resolve to an entry directly beneath the dirfd.
@@ -70,6 +71,100 @@ impl super::DataFile {
     pub async fn start_writeback(&self) -> io::Result<()> {
         let op = StartWriteback { fd: self.raw_fd() };
         compio::runtime::submit(op).await.0.map(|_| ())
+    }
+}
+
+/// `struct iovec` from `include/uapi/linux/uio.h`.
+#[repr(C)]
+struct Iovec {
+    base: *const u8,
+    len: usize,
+}
+
+/// One `pwritev(2)` submission (`IORING_OP_WRITEV`) of `iov`, which points
+/// into `parts`.
+struct WriteV<P> {
+    fd: RawFd,
+    offset: u64,
+    iov: Vec<Iovec>,
+    parts: Vec<P>,
+}
+
+// SAFETY: the entry points at `iov`, whose entries point into the heap
+// memory of `parts` (an `AsRef<[u8]>` whose bytes do not move when it
+// does); compio keeps the op, and so both, alive until the completion
+// arrives. `fd` is borrowed from a `DataFile` that outlives the awaited
+// submission.
+unsafe impl<P: 'static> OpCode for WriteV<P> {
+    fn create_entry(self: Pin<&mut Self>) -> OpEntry {
+        opcode::Writev::new(
+            types::Fd(self.fd),
+            self.iov.as_ptr().cast(),
+            self.iov.len() as u32,
+        )
+        .offset(self.offset)
+        .build()
+        .into()
+    }
+}
+
+/// Most iovecs one `writev` takes (`IOV_MAX`, `UIO_MAXIOV` in
+/// `include/uapi/linux/uio.h`).
+const IOV_MAX: usize = 1024;
+
+impl super::DataFile {
+    /// Writes the bytes of `parts` back to back from `offset`, through
+    /// `IORING_OP_WRITEV` (1,024 parts per submission at most), and
+    /// resubmits the rest after a short write; returns `parts`. The parts'
+    /// bytes go to the page cache straight from where they lie: the caller
+    /// need not copy them into one buffer first.
+    ///
+    /// # Errors
+    ///
+    /// The first failed submission's error (`ENOSPC`, `EIO`); `WriteZero`
+    /// when a submission writes nothing.
+    pub async fn write_parts_at<P: AsRef<[u8]> + 'static>(
+        &self,
+        parts: Vec<P>,
+        offset: u64,
+    ) -> io::Result<Vec<P>> {
+        let mut op = WriteV {
+            fd: self.raw_fd(),
+            offset,
+            iov: Vec::new(),
+            parts,
+        };
+        // The next part to write, and how much of it is written.
+        let (mut next, mut skip) = (0, 0);
+        while next < op.parts.len() {
+            op.iov.clear();
+            for part in op.parts[next..].iter().take(IOV_MAX) {
+                let b = part.as_ref();
+                let b = if op.iov.is_empty() { &b[skip..] } else { b };
+                op.iov.push(Iovec {
+                    base: b.as_ptr(),
+                    len: b.len(),
+                });
+            }
+            let compio::BufResult(res, back) = compio::runtime::submit(op).await;
+            op = back;
+            let mut n = res?;
+            if n == 0 && op.iov.iter().any(|v| v.len > 0) {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            op.offset += n as u64;
+            // Past the parts written whole; into the one written in part.
+            for v in &op.iov {
+                if n < v.len {
+                    skip += n;
+                    break;
+                }
+                n -= v.len;
+                next += 1;
+                skip = 0;
+            }
+        }
+        Ok(op.parts)
     }
 }
 

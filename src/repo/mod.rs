@@ -533,6 +533,28 @@ impl TmpFile {
 }
 
 impl TmpFile {
+    /// Appends the bytes of `parts` with vectored writes (see
+    /// [`DataFile::write_parts_at`]) and hands them back.
+    ///
+    /// # Errors
+    ///
+    /// As [`TmpFile::write`]; the file is removed on failure.
+    pub async fn write_parts<P: AsRef<[u8]> + 'static>(&mut self, parts: Vec<P>) -> Result<Vec<P>> {
+        let n: u64 = parts.iter().map(|p| p.as_ref().len() as u64).sum();
+        match self.file.write_parts_at(parts, self.len).await {
+            Ok(p) => {
+                self.len += n;
+                Ok(p)
+            }
+            Err(e) => {
+                if let Err(u) = self.dir.unlink(&self.name) {
+                    eprintln!("snap: warning: could not remove {}: {u}", self.path);
+                }
+                Err(Error::io("write", &self.path, e))
+            }
+        }
+    }
+
     /// Closes and removes the file (after a failure elsewhere), warning on
     /// stderr when it cannot be removed (the next writer's `tmp/` cleanup
     /// will).

@@ -6,7 +6,8 @@
 //! trailer = blob count (u32 LE) | reserved 0 (u32) | footer offset (u64 LE) | magic "SNAPPAK1"  -- 24 bytes
 //! ```
 //!
-//! The pack id is the BLAKE3-256 of the whole pack file. Pure data: the
+//! The pack id is the BLAKE3-256 of footer and trailer (repository format
+//! 2; the footer names every blob by its own BLAKE3). Pure data: the
 //! repository writes and reads the bytes.
 
 use super::BlobLocation;
@@ -18,42 +19,65 @@ pub const TRAILER_LEN: usize = 24;
 /// Length of one footer row.
 pub const FOOTER_ROW_LEN: usize = 44;
 
-/// A pack being assembled in memory.
-#[derive(Default)]
-pub struct PackBuilder {
-    data: Vec<u8>,
+/// A piece of a blob: `range` of the bytes of `buf`.
+pub struct Part<B> {
+    /// The buffer holding the piece.
+    pub buf: B,
+    /// Where the piece lies in it.
+    pub range: std::ops::Range<usize>,
+}
+
+impl<B: AsRef<[u8]>> AsRef<[u8]> for Part<B> {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf.as_ref()[self.range.clone()]
+    }
+}
+
+/// A pack being assembled: its blobs stay where they lie (pieces of the
+/// buffers `B` they were read into) until the pack is written with one
+/// vectored write.
+pub struct PackBuilder<B> {
+    parts: Vec<Part<B>>,
+    len: u64,
     blobs: Vec<(blake3::Hash, u64, u32)>,
 }
 
-impl PackBuilder {
-    /// An empty pack with room for `capacity` bytes of blobs.
-    pub fn with_capacity(capacity: usize) -> Self {
+/// A finished pack: the blob pieces, then `tail` (footer and trailer).
+pub struct FinishedPack<B> {
+    /// Blob bytes, in pack order.
+    pub parts: Vec<Part<B>>,
+    /// Footer and trailer, written after the parts.
+    pub tail: Vec<u8>,
+    /// The pack id (format 2: BLAKE3 of `tail`).
+    pub id: blake3::Hash,
+    /// The blobs as (id, offset, length).
+    pub blobs: Vec<(blake3::Hash, u64, u32)>,
+}
+
+impl<B: AsRef<[u8]>> Default for PackBuilder<B> {
+    fn default() -> Self {
         Self {
-            data: Vec::with_capacity(capacity + capacity / 64),
+            parts: Vec::new(),
+            len: 0,
             blobs: Vec::new(),
         }
     }
+}
 
-    /// An empty pack filling `buf` (cleared; its capacity is kept, so a
-    /// recycled buffer needs no fresh pages).
-    pub fn with_buffer(mut buf: Vec<u8>) -> Self {
-        buf.clear();
-        Self {
-            data: buf,
-            blobs: Vec::new(),
+impl<B: AsRef<[u8]>> PackBuilder<B> {
+    /// Appends a blob whose bytes are `parts` in order.
+    pub fn add(&mut self, id: blake3::Hash, parts: impl IntoIterator<Item = Part<B>>) {
+        let offset = self.len;
+        for part in parts {
+            self.len += part.range.len() as u64;
+            self.parts.push(part);
         }
-    }
-
-    /// Appends a blob.
-    pub fn add(&mut self, id: blake3::Hash, bytes: &[u8]) {
-        let offset = self.data.len() as u64;
-        self.data.extend_from_slice(bytes);
-        self.blobs.push((id, offset, bytes.len() as u32));
+        self.blobs.push((id, offset, (self.len - offset) as u32));
     }
 
     /// Bytes of blob data so far.
     pub fn data_len(&self) -> usize {
-        self.data.len()
+        self.len as usize
     }
 
     /// True when no blob was added.
@@ -61,26 +85,30 @@ impl PackBuilder {
         self.blobs.is_empty()
     }
 
-    /// Appends footer and trailer; returns the pack bytes, the pack id and
-    /// the blobs as (id, offset, length).
-    pub fn finish(mut self) -> (Vec<u8>, blake3::Hash, Vec<(blake3::Hash, u64, u32)>) {
-        let footer_offset = self.data.len() as u64;
+    /// Builds footer and trailer and the pack id.
+    pub fn finish(self) -> FinishedPack<B> {
+        let footer_offset = self.len;
+        let mut tail = Vec::with_capacity(self.blobs.len() * FOOTER_ROW_LEN + TRAILER_LEN);
         for (id, off, len) in &self.blobs {
-            self.data.extend_from_slice(id.as_bytes());
-            self.data.extend_from_slice(&off.to_le_bytes());
-            self.data.extend_from_slice(&len.to_le_bytes());
+            tail.extend_from_slice(id.as_bytes());
+            tail.extend_from_slice(&off.to_le_bytes());
+            tail.extend_from_slice(&len.to_le_bytes());
         }
-        self.data
-            .extend_from_slice(&(self.blobs.len() as u32).to_le_bytes());
-        self.data.extend_from_slice(&0u32.to_le_bytes());
-        self.data.extend_from_slice(&footer_offset.to_le_bytes());
-        self.data.extend_from_slice(PACK_MAGIC);
+        tail.extend_from_slice(&(self.blobs.len() as u32).to_le_bytes());
+        tail.extend_from_slice(&0u32.to_le_bytes());
+        tail.extend_from_slice(&footer_offset.to_le_bytes());
+        tail.extend_from_slice(PACK_MAGIC);
         // Format 2: the id covers the footer and trailer, which name every
         // blob by its own BLAKE3 and place it; the blob bytes are covered
         // by those ids. Hashing the whole pack again would cost a third
         // BLAKE3 pass over every byte a backup stores.
-        let id = blake3::hash(&self.data[footer_offset as usize..]);
-        (self.data, id, self.blobs)
+        let id = blake3::hash(&tail);
+        FinishedPack {
+            parts: self.parts,
+            tail,
+            id,
+            blobs: self.blobs,
+        }
     }
 }
 
@@ -169,12 +197,20 @@ mod tests {
 
     #[test]
     fn footer_round_trips_and_rejects_damage() {
-        let mut b = PackBuilder::with_capacity(100);
+        let mut b = PackBuilder::default();
         let a = blake3::hash(b"alpha");
         let z = blake3::hash(b"zeta!");
-        b.add(a, b"alpha");
-        b.add(z, b"zeta!");
-        let (bytes, id, blobs) = b.finish();
+        let part = |buf: &'static [u8], range| Part { buf, range };
+        b.add(a, [part(b"alpha", 0..5)]);
+        b.add(z, [part(b"xze", 1..3), part(b"ta!", 0..3)]);
+        let FinishedPack {
+            parts,
+            tail,
+            id,
+            blobs,
+        } = b.finish();
+        let mut bytes: Vec<u8> = parts.iter().flat_map(|p| p.as_ref().to_vec()).collect();
+        bytes.extend_from_slice(&tail);
         // Format 2: the id is the BLAKE3 of footer and trailer.
         assert_eq!(id, blake3::hash(&bytes[10..]));
         assert_ne!(id, blake3::hash(&bytes));
