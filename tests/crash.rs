@@ -246,12 +246,29 @@ fn sigkill_at_fifty_instants_never_leaves_a_broken_repository() {
         // Kill instants spread evenly over 90 % of a run (startup
         // included): run times vary, so the last instants would often
         // come after the end.
-        std::thread::sleep(duration.mul_f64(0.9 * (i as f64 + 0.5) / kills as f64));
-        // SIGKILL; an error only means the run had already exited.
-        if let Err(e) = child.kill() {
-            eprintln!("kill {i}: {e}");
+        // A run that ends before its kill instant shows how long a whole
+        // run takes now and refines the estimate: this machine's speed can
+        // change during the test (CI once saw 45 of 50 runs finish first).
+        let started = Instant::now();
+        let kill_at = duration.mul_f64(0.9 * (i as f64 + 0.5) / kills as f64);
+        let mut ended = None;
+        while started.elapsed() < kill_at {
+            if child.try_wait().unwrap().is_some() {
+                ended = Some(started.elapsed());
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if ended.is_none() {
+            // SIGKILL; an error only means the run had just exited.
+            if let Err(e) = child.kill() {
+                eprintln!("kill {i}: {e}");
+            }
         }
         let status = child.wait().unwrap();
+        if let (Some(took), true) = (ended, status.success()) {
+            duration = duration.min(took);
+        }
         read_facts(&facts); // whatever was written validates
         if status.success() {
             committed_by_killed_runs += 1;
@@ -278,13 +295,9 @@ fn sigkill_at_fifty_instants_never_leaves_a_broken_repository() {
         if verified.insert(newest_id.clone()) {
             restore_and_compare(&env, &newest_id, &manifests[tag], i);
         }
-        // The next backup succeeds. It backs up the same change as the
-        // killed run, uninterrupted: its time refines the estimate, since
-        // this machine's speed can change during the test (CI once saw 45
-        // of 50 runs finish before their kill, estimated at the start).
+        // The next backup succeeds.
         let done = format!("iter-{i}-done");
         manifests.insert(done.clone(), manifest(&src));
-        let t = Instant::now();
         env.snap([
             OsStr::new("backup"),
             OsStr::new("--tag"),
@@ -292,9 +305,6 @@ fn sigkill_at_fifty_instants_never_leaves_a_broken_repository() {
             src.as_os_str(),
         ])
         .ok();
-        if i % 5 != 0 {
-            duration = duration.min(t.elapsed());
-        }
     }
     eprintln!("{kills} kills over a backup of at least {duration:?}; {committed_by_killed_runs} runs finished before their kill");
     assert!(

@@ -419,6 +419,39 @@ fn unchanged_directories_are_copied_from_the_parent_and_a_change_rebuilds_only_i
     env.snap(["check", "--read-data"]).ok();
 }
 
+/// Restore skips a chown or chmod that would change nothing, judged by
+/// what each new file really got: under a set-group-ID parent new files
+/// get the parent's group, and under a restrictive default ACL a narrower
+/// mode than asked; both must still be set to the recorded ones.
+#[test]
+fn restore_under_a_setgid_or_default_acl_parent_keeps_recorded_owners_and_modes() {
+    if !is_root() || !has_tool("setfacl") {
+        eprintln!("skipped: needs root (chown to group 4242) and setfacl");
+        return;
+    }
+    let env = Env::new();
+    let src = env.path("src");
+    build_tree(&src);
+    env.snap([OsStr::new("backup"), src.as_os_str()]).ok();
+    let setgid = env.path("setgid");
+    fs::create_dir(&setgid).unwrap();
+    std::os::unix::fs::chown(&setgid, Some(0), Some(4242)).unwrap();
+    fs::set_permissions(&setgid, fs::Permissions::from_mode(0o2775)).unwrap();
+    let acl = env.path("acl");
+    fs::create_dir(&acl).unwrap();
+    sh(&format!(
+        "setfacl -d -m u::rwx,g::---,o::--- '{}'",
+        acl.display()
+    ));
+    for (k, parent) in [setgid, acl].into_iter().enumerate() {
+        let out = parent.join("out");
+        env.restore_latest(&out).ok();
+        // The first comparison reads the source's files, which moves their
+        // atimes (relatime): the second leaves atimes out.
+        assert_same_tree(&src, &out, k == 0);
+    }
+}
+
 #[test]
 fn restore_to_existing_target_fails_and_leaves_it_untouched() {
     let env = Env::new();

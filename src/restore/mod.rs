@@ -1177,10 +1177,25 @@ impl<'a> Restorer<'a> {
             path: shown.to_owned(),
             detail: format!("{op}: {e}"),
         };
+        // A chown or chmod that would change nothing is skipped: on ext4
+        // each is an inode update, and a chmod also looks up the inode's
+        // ACL (`posix_acl_chmod`), while a new file usually has its owner
+        // (this process) and mode (created with its permission bits)
+        // already. Checked, not assumed: a set-group-ID or default-ACL
+        // parent of the target changes what a new file gets.
+        let now = fd::stat(f).map_err(|e| ctx("stat", e))?;
+        let mut chowned = false;
         if let Some((uid, gid)) = self.owner(rec) {
-            fd::chown(f, uid, gid).map_err(|e| ctx("chown", e))?;
+            if (now.uid, now.gid) != (uid, gid) {
+                fd::chown(f, uid, gid).map_err(|e| ctx("chown", e))?;
+                chowned = true;
+            }
         }
-        fd::chmod(f, rec.mode).map_err(|e| ctx("chmod", e))?;
+        // A chown may clear set-ID bits (chown(2)): the mode is then set
+        // whatever it was before.
+        if chowned || now.mode & 0o7777 != rec.mode & 0o7777 {
+            fd::chmod(f, rec.mode).map_err(|e| ctx("chmod", e))?;
+        }
         self.summary.preservation_applied.mode.applied += 1;
         self.apply_xattrs(rec, shown, |n, v| fd::set_xattr(f, n, v))?;
         fd::set_times(f, rec.atime, rec.mtime).map_err(|e| ctx("set times", e))?;
@@ -1235,10 +1250,15 @@ impl<'a> Restorer<'a> {
         order: usize,
         shown: &str,
     ) -> Result<()> {
-        let out = dir.create_file(name, 0o600).map_err(|e| Error::Restore {
-            path: shown.to_owned(),
-            detail: format!("create: {e}"),
-        })?;
+        // Created with its permission bits (not set-ID or sticky bits,
+        // which come after the chown), so the chmod is usually skipped; the
+        // staging tree (mode 0700) keeps it from other users meanwhile.
+        let out = dir
+            .create_file(name, rec.mode & 0o777)
+            .map_err(|e| Error::Restore {
+                path: shown.to_owned(),
+                detail: format!("create: {e}"),
+            })?;
         let progress = self.sh.progress;
         // Where the stored bytes go: the data extents, or the whole file.
         let extents: Vec<(u64, u64)> = match &rec.sparse {
