@@ -19,8 +19,8 @@
 //! Memory is bounded by the channels: at most [`DATA_QUEUE`] reads of
 //! up to 4 MiB wait for the chunker, which holds the read buffers of one
 //! unfinished chunk (at most 8 MiB, so three buffers) and those of one
-//! pack's blobs (16 MiB, and up to two partly used 4 MiB buffers), and at
-//! most [`PACK_QUEUE`] packs wait for the packer.
+//! pack's blobs (16 MiB of blobs, and at most [`PACK_HELD_LIMIT`] of
+//! buffers), and at most [`PACK_QUEUE`] packs wait for the packer.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::mpsc::{Receiver, SyncSender};
@@ -44,8 +44,11 @@ pub struct Recycle {
     pub reads_back: SyncSender<Vec<u8>>,
 }
 
-/// Read buffers smaller than this are left to the allocator.
-pub const RECYCLE_FROM: usize = 1 << 20;
+/// Read buffers smaller than this are left to the allocator, and reads
+/// smaller than this take no recycled buffer. Half the walker's read size
+/// (4 MiB): a pack holds the buffers its new chunks were read into, so a
+/// buffer is never more than twice the bytes read into it.
+pub const RECYCLE_FROM: usize = 2 << 20;
 
 /// A read buffer shared by the chunker's pending bytes and the packs that
 /// hold chunks of it; the last holder to drop it hands it back to the
@@ -68,7 +71,25 @@ impl Shared {
     fn len(&self) -> usize {
         self.as_ref().len()
     }
+
+    /// Bytes of memory the buffer holds (its capacity).
+    fn held(&self) -> usize {
+        self.buf.as_ref().map_or(0, |b| b.capacity())
+    }
+
+    fn same(&self, other: &Shared) -> bool {
+        match (&self.buf, &other.buf) {
+            (Some(a), Some(b)) => std::sync::Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
 }
+
+/// A pack is sent once the read buffers it holds reach this many bytes,
+/// however little of them its blobs use: when most chunks of a file are
+/// already stored, each new one would otherwise keep a whole 4 MiB read
+/// buffer in memory until its pack is full.
+const PACK_HELD_LIMIT: usize = 2 * PACK_TARGET;
 
 impl AsRef<[u8]> for Shared {
     fn as_ref(&self) -> &[u8] {
@@ -174,6 +195,9 @@ pub fn chunker(
     let mut new: HashSet<blake3::Hash> = HashSet::new();
     let mut known: Option<crate::repo::Index> = None;
     let mut pack = PackBuilder::default();
+    // Memory the pack's buffers hold, and the last buffer counted.
+    let mut held = 0usize;
+    let mut last: Option<Shared> = None;
     // The current file's bytes not yet cut, as the walker's read buffers
     // (the first from `head` on): chunks are hashed and packed from them
     // where they lie.
@@ -194,12 +218,20 @@ pub fn chunker(
         if known.contains(&id) || !new.insert(id) {
             return Ok(());
         }
+        let parts: Vec<Part<Shared>> = parts.collect();
+        for part in &parts {
+            if !last.as_ref().is_some_and(|l| l.same(&part.buf)) {
+                held += part.buf.held();
+                last = Some(part.buf.clone());
+            }
+        }
         pack.add(id, parts);
         out.new_blobs += 1;
         out.new_blob_bytes += len as u64;
-        if pack.data_len() >= PACK_TARGET {
+        if pack.data_len() >= PACK_TARGET || held >= PACK_HELD_LIMIT {
             let full = std::mem::take(&mut pack);
             packs.send(full).map_err(|_| downstream_gone())?;
+            (held, last) = (0, None);
         }
         Ok(())
     };
