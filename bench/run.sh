@@ -161,10 +161,12 @@ for tree in $TREES; do
   fresh_fs_off
   rm -f "$t.tar"
 
-  # Incremental: no change.
-  read -r snap_i snap_i_rss < <(measure snap "" "$SNAP --repo $s backup $src")
-  read -r re_i re_i_rss < <(measure restic "" "restic -q -r $rr backup $src")
-  read -r bo_i bo_i_rss < <(measure borg "borg delete $br::inc || true" "borg create $br::inc $src")
+  # Incremental: no change. Each run starts with nothing dirty (sync), as the
+  # first backups do: snap's commit syncs the repository's filesystem, which
+  # would otherwise also flush what the steps before left behind.
+  read -r snap_i snap_i_rss < <(measure snap "sync" "$SNAP --repo $s backup $src")
+  read -r re_i re_i_rss < <(measure restic "sync" "restic -q -r $rr backup $src")
+  read -r bo_i bo_i_rss < <(measure borg "borg delete $br::inc || true; sync" "borg create $br::inc $src")
 
   ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a == a) printf "%.2f", a / b; else print "-" }'; }
   row "| $tree | floor | read (cat) $cat_f s, write + fsync (fio) $fio_f s | |"
@@ -174,7 +176,7 @@ for tree in $TREES; do
   if [ "$tree" != usr-share ]; then
     # 1 % of the files changed (our own trees only), anew before every run,
     # so every run (not only the first) backs up a real change.
-    chg="change_one_percent $src"
+    chg="change_one_percent $src; sync"
     read -r snap_c snap_c_rss < <(measure snap "$chg" "$SNAP --repo $s backup $src")
     read -r re_c re_c_rss < <(measure restic "$chg" "restic -q -r $rr backup $src")
     read -r bo_c bo_c_rss < <(measure borg "$chg; borg delete $br::chg || true" "borg create $br::chg $src")
