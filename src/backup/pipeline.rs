@@ -13,7 +13,7 @@
 //!    see [`packer`]), so waiting for the disk overlaps reading and hashing.
 //!
 //! No blob byte is copied in user space between the read and the pack
-//! write: a read buffer is shared ([`Shared`]) by the chunker and the packs
+//! write: a read buffer is shared ([`ReadBuf`]) by the chunker and the packs
 //! holding chunks of it, and goes back to the walker when the last lets go.
 //!
 //! Memory is bounded by the channels: at most [`DATA_QUEUE`] reads of
@@ -54,12 +54,12 @@ pub const RECYCLE_FROM: usize = 2 << 20;
 /// hold chunks of it; the last holder to drop it hands it back to the
 /// walker's pool (dropped when the pool is full).
 #[derive(Clone)]
-pub struct Shared {
+pub struct ReadBuf {
     buf: Option<std::sync::Arc<Vec<u8>>>,
     back: Option<SyncSender<Vec<u8>>>,
 }
 
-impl Shared {
+impl ReadBuf {
     fn new(buf: Vec<u8>, recycle: &Recycle) -> Self {
         let back = (buf.capacity() >= RECYCLE_FROM).then(|| recycle.reads_back.clone());
         Self {
@@ -77,7 +77,7 @@ impl Shared {
         self.buf.as_ref().map_or(0, |b| b.capacity())
     }
 
-    fn same(&self, other: &Shared) -> bool {
+    fn same(&self, other: &ReadBuf) -> bool {
         match (&self.buf, &other.buf) {
             (Some(a), Some(b)) => std::sync::Arc::ptr_eq(a, b),
             _ => false,
@@ -91,13 +91,13 @@ impl Shared {
 /// buffer in memory until its pack is full.
 const PACK_HELD_LIMIT: usize = 2 * PACK_TARGET;
 
-impl AsRef<[u8]> for Shared {
+impl AsRef<[u8]> for ReadBuf {
     fn as_ref(&self) -> &[u8] {
         self.buf.as_deref().map_or(&[], |b| b.as_slice())
     }
 }
 
-impl Drop for Shared {
+impl Drop for ReadBuf {
     fn drop(&mut self) {
         if let (Some(back), Some(buf)) = (&self.back, self.buf.take()) {
             if let Some(buf) = std::sync::Arc::into_inner(buf) {
@@ -182,7 +182,7 @@ struct Current {
 /// [`crate::repo::Repo::load_index`].
 pub fn chunker(
     rx: Receiver<Msg>,
-    packs: SyncSender<PackBuilder<Shared>>,
+    packs: SyncSender<PackBuilder<ReadBuf>>,
     params: ChunkerParams,
     repo: &crate::repo::Repo,
     recycle: Recycle,
@@ -197,17 +197,17 @@ pub fn chunker(
     let mut pack = PackBuilder::default();
     // Memory the pack's buffers hold, and the last buffer counted.
     let mut held = 0usize;
-    let mut last: Option<Shared> = None;
+    let mut last: Option<ReadBuf> = None;
     // The current file's bytes not yet cut, as the walker's read buffers
     // (the first from `head` on): chunks are hashed and packed from them
     // where they lie.
-    let mut pending: VecDeque<Shared> = VecDeque::new();
+    let mut pending: VecDeque<ReadBuf> = VecDeque::new();
     let mut head = 0usize;
     let mut avail = 0usize;
     let mut cutter = Cutter::new(&params)?;
     let mut cur: Option<Current> = None;
     let mut store = |id: blake3::Hash,
-                     parts: &mut dyn Iterator<Item = Part<Shared>>,
+                     parts: &mut dyn Iterator<Item = Part<ReadBuf>>,
                      len: usize,
                      out: &mut Chunked|
      -> Result<()> {
@@ -218,7 +218,7 @@ pub fn chunker(
         if known.contains(&id) || !new.insert(id) {
             return Ok(());
         }
-        let parts: Vec<Part<Shared>> = parts.collect();
+        let parts: Vec<Part<ReadBuf>> = parts.collect();
         for part in &parts {
             if !last.as_ref().is_some_and(|l| l.same(&part.buf)) {
                 held += part.buf.held();
@@ -256,7 +256,7 @@ pub fn chunker(
                 }
                 let c = cur.as_mut().expect("current file");
                 avail += bytes.len();
-                pending.push_back(Shared::new(bytes, &recycle));
+                pending.push_back(ReadBuf::new(bytes, &recycle));
                 loop {
                     let slices = pending.iter().enumerate().map(|(k, b)| {
                         let b = b.as_ref();
@@ -401,7 +401,7 @@ const PACKS_IN_FLIGHT: usize = 8;
 /// Repository I/O errors (`E_NO_SPACE` for a full disk); `E_INTERRUPTED`
 /// when a signal arrived. Packs still in `tmp/` are left to the next
 /// writer's cleanup.
-pub fn packer(rx: Receiver<PackBuilder<Shared>>, repo: &Repo, durable: bool) -> Result<Packed> {
+pub fn packer(rx: Receiver<PackBuilder<ReadBuf>>, repo: &Repo, durable: bool) -> Result<Packed> {
     let mut out = Packed {
         packs: Vec::new(),
         bytes_added: 0,

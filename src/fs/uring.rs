@@ -90,10 +90,10 @@ struct WriteV<P> {
     parts: Vec<P>,
 }
 
-// SAFETY: the entry points at `iov`, whose entries point into the heap
-// memory of `parts` (an `AsRef<[u8]>` whose bytes do not move when it
-// does); compio keeps the op, and so both, alive until the completion
-// arrives. `fd` is borrowed from a `DataFile` that outlives the awaited
+// SAFETY: the entry points at `iov`, whose entries point at the bytes of
+// `parts`: each part lives in the vector's heap buffer (which does not move
+// when the op does) and its `as_ref` bytes are there or in memory it owns.
+// compio keeps the op, and so both, alive until the completion arrives. `fd` is borrowed from a `DataFile` that outlives the awaited
 // submission.
 unsafe impl<P: 'static> OpCode for WriteV<P> {
     fn create_entry(self: Pin<&mut Self>) -> OpEntry {
@@ -148,23 +148,29 @@ impl super::DataFile {
             }
             let compio::BufResult(res, back) = compio::runtime::submit(op).await;
             op = back;
-            let mut n = res?;
+            let n = res?;
             if n == 0 && op.iov.iter().any(|v| v.len > 0) {
                 return Err(io::ErrorKind::WriteZero.into());
             }
             op.offset += n as u64;
-            // Past the parts written whole; into the one written in part.
-            for v in &op.iov {
-                if n < v.len {
-                    skip += n;
-                    break;
-                }
-                n -= v.len;
-                next += 1;
-                skip = 0;
-            }
+            advance(op.iov.iter().map(|v| v.len), n, &mut next, &mut skip);
         }
         Ok(op.parts)
+    }
+}
+
+/// Moves (`next`, `skip`), the first part not yet written whole and how
+/// much of it is, past `n` bytes written from iovecs of `lens` (the first
+/// of which starts `skip` bytes into part `next`).
+fn advance(lens: impl Iterator<Item = usize>, mut n: usize, next: &mut usize, skip: &mut usize) {
+    for len in lens {
+        if n < len {
+            *skip += n;
+            return;
+        }
+        n -= len;
+        *next += 1;
+        *skip = 0;
     }
 }
 
@@ -303,5 +309,41 @@ mod tests {
                 .unwrap();
         })
         .unwrap();
+    }
+
+    #[test]
+    fn vectored_writes_put_every_part_in_order_beyond_one_submission() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Dir::open_root(tmp.path()).unwrap();
+        // 2,500 parts (three submissions), some empty.
+        let parts: Vec<Vec<u8>> = (0..2500u32)
+            .map(|i| vec![(i % 251) as u8; (i as usize * 7) % 61])
+            .collect();
+        let want: Vec<u8> = parts.concat();
+        crate::fs::block_on(async {
+            let n = Name::new(b"v").unwrap();
+            let f = super::super::DataFile::new(dir.create_file_uring(&n, 0o600).await.unwrap());
+            let back = f.write_parts_at(parts, 10).await.unwrap();
+            assert_eq!(back.len(), 2500);
+        })
+        .unwrap();
+        let got = std::fs::read(tmp.path().join("v")).unwrap();
+        assert_eq!(&got[..10], &[0u8; 10]);
+        assert!(got[10..] == want[..], "content differs");
+    }
+
+    #[test]
+    fn a_short_write_resumes_inside_the_part_it_stopped_in() {
+        // Parts 3..: the first iovec starts 2 bytes into part 3.
+        let (mut next, mut skip) = (3, 2);
+        advance([5, 3, 4].into_iter(), 6, &mut next, &mut skip);
+        assert_eq!((next, skip), (4, 1));
+        advance([2, 4].into_iter(), 2, &mut next, &mut skip);
+        assert_eq!((next, skip), (5, 0));
+        advance([4].into_iter(), 0, &mut next, &mut skip);
+        assert_eq!((next, skip), (5, 0));
+        // Empty parts are passed whatever was written.
+        advance([0, 0, 4].into_iter(), 1, &mut next, &mut skip);
+        assert_eq!((next, skip), (7, 1));
     }
 }
