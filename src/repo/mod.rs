@@ -517,10 +517,29 @@ impl TmpFile {
     /// file is then removed at once, to give the space back.
     pub async fn write(&mut self, buf: Vec<u8>) -> Result<Vec<u8>> {
         let n = buf.len() as u64;
-        match self.file.write_all_at(buf, self.len).await {
-            Ok(b) => {
+        let res = self.file.write_all_at(buf, self.len).await;
+        self.appended(n, res)
+    }
+
+    /// Appends the bytes of `parts` with vectored writes (see
+    /// [`DataFile::write_parts_at`]) and hands them back.
+    ///
+    /// # Errors
+    ///
+    /// As [`TmpFile::write`]; the file is removed on failure.
+    pub async fn write_parts<P: AsRef<[u8]> + 'static>(&mut self, parts: Vec<P>) -> Result<Vec<P>> {
+        let n: u64 = parts.iter().map(|p| p.as_ref().len() as u64).sum();
+        let res = self.file.write_parts_at(parts, self.len).await;
+        self.appended(n, res)
+    }
+
+    /// Counts `n` bytes appended, or removes the file after a failed
+    /// write (to give the space back) and returns the error with the path.
+    fn appended<T>(&mut self, n: u64, res: std::io::Result<T>) -> Result<T> {
+        match res {
+            Ok(t) => {
                 self.len += n;
-                Ok(b)
+                Ok(t)
             }
             Err(e) => {
                 if let Err(u) = self.dir.unlink(&self.name) {
@@ -533,28 +552,6 @@ impl TmpFile {
 }
 
 impl TmpFile {
-    /// Appends the bytes of `parts` with vectored writes (see
-    /// [`DataFile::write_parts_at`]) and hands them back.
-    ///
-    /// # Errors
-    ///
-    /// As [`TmpFile::write`]; the file is removed on failure.
-    pub async fn write_parts<P: AsRef<[u8]> + 'static>(&mut self, parts: Vec<P>) -> Result<Vec<P>> {
-        let n: u64 = parts.iter().map(|p| p.as_ref().len() as u64).sum();
-        match self.file.write_parts_at(parts, self.len).await {
-            Ok(p) => {
-                self.len += n;
-                Ok(p)
-            }
-            Err(e) => {
-                if let Err(u) = self.dir.unlink(&self.name) {
-                    eprintln!("snap: warning: could not remove {}: {u}", self.path);
-                }
-                Err(Error::io("write", &self.path, e))
-            }
-        }
-    }
-
     /// Closes and removes the file (after a failure elsewhere), warning on
     /// stderr when it cannot be removed (the next writer's `tmp/` cleanup
     /// will).
