@@ -753,7 +753,6 @@ pub fn run(
     let (tx, rx) = sync_channel(pipeline::DATA_QUEUE);
     let (pack_tx, pack_rx) = sync_channel(pipeline::PACK_QUEUE);
     let (reads_back, reads_pool) = sync_channel(pipeline::DATA_QUEUE);
-    let recycle = pipeline::Recycle { reads_back };
     let (contents_tx, contents_rx) = std::sync::mpsc::channel();
     let mut w = Writer {
         repo,
@@ -791,7 +790,7 @@ pub fn run(
         let chunker = std::thread::Builder::new()
             .name("snap-chunker".into())
             .spawn_scoped(s, move || {
-                pipeline::chunker(rx, pack_tx, chunker_params, repo, recycle, contents_tx)
+                pipeline::chunker(rx, pack_tx, chunker_params, repo, reads_back, contents_tx)
             })
             .map_err(|e| Error::io("spawn", "chunker thread", e))?;
         let packer = std::thread::Builder::new()

@@ -36,14 +36,6 @@ pub const DATA_QUEUE: usize = 8;
 /// Finished packs that may wait for the packer.
 pub const PACK_QUEUE: usize = 1;
 
-/// Large read buffers go back to the walker once neither the chunker nor
-/// a pack holds them, so reads reuse memory that is already mapped instead
-/// of faulting in fresh pages.
-pub struct Recycle {
-    /// Read buffers, back to the walker.
-    pub reads_back: SyncSender<Vec<u8>>,
-}
-
 /// Read buffers smaller than this are left to the allocator, and reads
 /// smaller than this take no recycled buffer. Half the walker's read size
 /// (4 MiB): a pack holds the buffers its new chunks were read into, so a
@@ -60,8 +52,11 @@ pub struct ReadBuf {
 }
 
 impl ReadBuf {
-    fn new(buf: Vec<u8>, recycle: &Recycle) -> Self {
-        let back = (buf.capacity() >= RECYCLE_FROM).then(|| recycle.reads_back.clone());
+    /// Wraps a read; a large one goes back through `reads_back` (the
+    /// walker's pool) once the last holder drops it, so reads reuse memory
+    /// that is already mapped instead of faulting in fresh pages.
+    fn new(buf: Vec<u8>, reads_back: &SyncSender<Vec<u8>>) -> Self {
+        let back = (buf.capacity() >= RECYCLE_FROM).then(|| reads_back.clone());
         Self {
             buf: Some(std::sync::Arc::new(buf)),
             back,
@@ -185,7 +180,7 @@ pub fn chunker(
     packs: SyncSender<PackBuilder<ReadBuf>>,
     params: ChunkerParams,
     repo: &crate::repo::Repo,
-    recycle: Recycle,
+    reads_back: SyncSender<Vec<u8>>,
     contents: std::sync::mpsc::Sender<FileContent>,
 ) -> Result<Chunked> {
     let mut out = Chunked {
@@ -256,7 +251,7 @@ pub fn chunker(
                 }
                 let c = cur.as_mut().expect("current file");
                 avail += bytes.len();
-                pending.push_back(ReadBuf::new(bytes, &recycle));
+                pending.push_back(ReadBuf::new(bytes, &reads_back));
                 loop {
                     let slices = pending.iter().enumerate().map(|(k, b)| {
                         let b = b.as_ref();
