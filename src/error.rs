@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 /// | `E_GENERIC` | 1 | unexpected I/O or internal error |
 /// | `E_USAGE` | 2 | invalid command line or argument |
 /// | `E_PARTIAL` | 3 | snapshot committed, some source entries unreadable |
+/// | `E_UNCONFIRMED` | 4 | committed (snapshot recorded, or restore target in place), then a later step failed |
 /// | `E_POLICY` | 10 | preflight STOP |
 /// | `E_SOURCE_MISSING` | 11 | backup source does not exist |
 /// | `E_OWNERSHIP` | 20 | cannot apply ownership the policy requires |
@@ -37,6 +38,7 @@ pub enum ErrorId {
     E_GENERIC,
     E_USAGE,
     E_PARTIAL,
+    E_UNCONFIRMED,
     E_POLICY,
     E_SOURCE_MISSING,
     E_OWNERSHIP,
@@ -54,10 +56,11 @@ pub enum ErrorId {
 
 impl ErrorId {
     /// Every id, in table order.
-    pub const ALL: [ErrorId; 16] = [
+    pub const ALL: [ErrorId; 17] = [
         ErrorId::E_GENERIC,
         ErrorId::E_USAGE,
         ErrorId::E_PARTIAL,
+        ErrorId::E_UNCONFIRMED,
         ErrorId::E_POLICY,
         ErrorId::E_SOURCE_MISSING,
         ErrorId::E_OWNERSHIP,
@@ -79,6 +82,7 @@ impl ErrorId {
             ErrorId::E_GENERIC => 1,
             ErrorId::E_USAGE => 2,
             ErrorId::E_PARTIAL => 3,
+            ErrorId::E_UNCONFIRMED => 4,
             ErrorId::E_POLICY => 10,
             ErrorId::E_SOURCE_MISSING => 11,
             ErrorId::E_OWNERSHIP => 20,
@@ -101,6 +105,7 @@ impl ErrorId {
             ErrorId::E_GENERIC => "E_GENERIC",
             ErrorId::E_USAGE => "E_USAGE",
             ErrorId::E_PARTIAL => "E_PARTIAL",
+            ErrorId::E_UNCONFIRMED => "E_UNCONFIRMED",
             ErrorId::E_POLICY => "E_POLICY",
             ErrorId::E_SOURCE_MISSING => "E_SOURCE_MISSING",
             ErrorId::E_OWNERSHIP => "E_OWNERSHIP",
@@ -145,7 +150,7 @@ pub enum Error {
         path: String,
     },
     /// No repository at `path`.
-    #[error("no snap repository at {path} (run `snap init` or a backup first)")]
+    #[error("no snap repository at {path} (create one with `snap --repo {path} init`)")]
     RepoMissing {
         /// The repository location.
         path: String,
@@ -206,9 +211,33 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The run had passed its commit point (the snapshot record was renamed
+    /// into `snapshots/`, or the restored tree into the target's name) when
+    /// `source` failed: what was committed stays, but what came after (a
+    /// sync that confirms durability, keeping the old tree, writing the
+    /// facts) did not happen.
+    #[error("{committed}, but then: {source}")]
+    AfterCommit {
+        /// What is true, e.g. `"snapshot 1a2b3c4d5e6f was committed"`.
+        committed: String,
+        /// The failure after the commit point.
+        source: Box<Error>,
+    },
 }
 
 impl Error {
+    /// Wraps an error that happened after the commit point (see
+    /// [`Error::AfterCommit`]); an error already wrapped stays as it is.
+    pub fn after_commit(self, committed: impl Into<String>) -> Self {
+        match self {
+            Error::AfterCommit { .. } => self,
+            e => Error::AfterCommit {
+                committed: committed.into(),
+                source: Box::new(e),
+            },
+        }
+    }
+
     /// Builds [`Error::Io`] from an `op`, a path and the OS error.
     pub fn io(op: &'static str, path: impl std::fmt::Display, source: io::Error) -> Self {
         Error::Io {
@@ -232,6 +261,7 @@ impl Error {
             Error::Policy(_) => ErrorId::E_POLICY,
             Error::Interrupted => ErrorId::E_INTERRUPTED,
             Error::Restore { .. } => ErrorId::E_RESTORE_FAILED,
+            Error::AfterCommit { .. } => ErrorId::E_UNCONFIRMED,
             Error::Swap { source, .. } => match source.raw_os_error() {
                 Some(code) if code == rustix::io::Errno::XDEV.raw_os_error() => ErrorId::E_EXDEV,
                 Some(code) if code == rustix::io::Errno::EXIST.raw_os_error() => {
@@ -253,6 +283,7 @@ impl Error {
             | Error::Locked { path, .. }
             | Error::Restore { path, .. } => Some(path),
             Error::Swap { to, .. } => Some(to),
+            Error::AfterCommit { source, .. } => source.path(),
             Error::SnapshotNotFound { .. }
             | Error::Usage(_)
             | Error::Policy(_)

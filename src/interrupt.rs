@@ -1,14 +1,24 @@
-//! SIGINT/SIGTERM: a flag the long-running stages poll.
+//! SIGINT/SIGTERM: a flag the long-running stages poll, and a bound on
+//! how long a command may go on after it.
 //!
 //! Side effects: [`install`] replaces the default disposition of SIGINT
 //! and SIGTERM for the process (the handler only sets an atomic flag,
-//! `signal-hook`'s async-signal-safe registration).
+//! `signal-hook`'s async-signal-safe registration) and starts a watchdog
+//! thread: a command still running [`GRACE`] after the signal (blocked in
+//! a system call that nothing interrupts, say) exits with 130 then. That
+//! is as safe as a SIGKILL, which every write path is built to survive:
+//! what is not committed stays invisible and is cleaned up by the next
+//! run.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::sync::OnceLock;
 
 static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+
+/// How long a command may go on after SIGINT/SIGTERM before the watchdog
+/// ends it.
+pub const GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Installs the handlers. Later calls do nothing.
 ///
@@ -24,9 +34,26 @@ pub fn install() -> std::io::Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&flag))?;
     // A concurrent install may have won the race; either flag is
     // registered, and `requested` reads whichever was stored.
-    if FLAG.set(flag).is_err() {
+    if FLAG.set(Arc::clone(&flag)).is_err() {
         return Ok(());
     }
+    std::thread::Builder::new()
+        .name("snap-signal-watchdog".into())
+        .spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            std::thread::sleep(GRACE);
+            // A closed stderr loses the line; the exit status says it.
+            use std::io::Write;
+            writeln!(
+                std::io::stderr(),
+                "snap: error [E_INTERRUPTED]: still running {} s after the signal; exiting",
+                GRACE.as_secs()
+            )
+            .ok();
+            std::process::exit(crate::error::ErrorId::E_INTERRUPTED.exit_code());
+        })?;
     Ok(())
 }
 

@@ -52,21 +52,61 @@ pub struct BackupOutcome {
     pub syncs: Syncs,
 }
 
-/// Exclude patterns compiled for matching (see [`Policy::excludes`]).
+/// Exclude patterns compiled for matching (see [`Policy::excludes`]),
+/// gitignore's rules for where a pattern applies (`gitignore(5)`,
+/// "PATTERN FORMAT"): without `/` a name at any depth; with `/` the path
+/// relative to the source (a leading `/` only anchors); a trailing `/`
+/// matches directories only.
 struct Excludes {
     by_name: GlobSet,
     by_path: GlobSet,
+    dir_by_name: GlobSet,
+    dir_by_path: GlobSet,
 }
 
 impl Excludes {
-    fn new(patterns: &[String]) -> Result<Self> {
+    /// Compiles `patterns` for a backup of `source` (absolute).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Usage`] for an invalid glob, and for a pattern that can
+    /// never match: an absolute path of the source (or under it), which
+    /// patterns are not (they are relative to it), and an empty one.
+    fn new(patterns: &[String], source: &Path) -> Result<Self> {
+        use std::os::unix::ffi::OsStrExt;
         let mut by_name = GlobSetBuilder::new();
         let mut by_path = GlobSetBuilder::new();
+        let mut dir_by_name = GlobSetBuilder::new();
+        let mut dir_by_path = GlobSetBuilder::new();
+        let src = source.as_os_str().as_bytes();
         for p in patterns {
-            let (set, pat) = match p.strip_prefix('/') {
-                Some(rest) => (&mut by_path, rest),
-                None if p.contains('/') => (&mut by_path, p.as_str()),
-                None => (&mut by_name, p.as_str()),
+            let (dirs_only, body) = match p.strip_suffix('/') {
+                Some(b) => (true, b),
+                None => (false, p.as_str()),
+            };
+            if body.is_empty() || body == "/" {
+                return Err(Error::Usage(format!(
+                    "--exclude {p:?} matches nothing (an empty pattern)"
+                )));
+            }
+            if src.len() > 1
+                && body.as_bytes().starts_with(src)
+                && matches!(body.as_bytes().get(src.len()), None | Some(b'/'))
+            {
+                let rest = &body[src.len()..];
+                return Err(Error::Usage(format!(
+                    "--exclude {p:?} can never match: patterns are relative to the source {}, so write {:?}",
+                    source.display(),
+                    if rest.is_empty() { "*".to_owned() } else { format!("{rest}{}", if dirs_only { "/" } else { "" }) }
+                )));
+            }
+            let (set, pat) = match (body.strip_prefix('/'), dirs_only) {
+                (Some(rest), false) => (&mut by_path, rest),
+                (Some(rest), true) => (&mut dir_by_path, rest),
+                (None, false) if body.contains('/') => (&mut by_path, body),
+                (None, true) if body.contains('/') => (&mut dir_by_path, body),
+                (None, false) => (&mut by_name, body),
+                (None, true) => (&mut dir_by_name, body),
             };
             let glob = globset::GlobBuilder::new(pat)
                 .literal_separator(true)
@@ -81,25 +121,31 @@ impl Excludes {
         Ok(Self {
             by_name: build(by_name)?,
             by_path: build(by_path)?,
+            dir_by_name: build(dir_by_name)?,
+            dir_by_path: build(dir_by_path)?,
         })
     }
 
     fn is_empty(&self) -> bool {
-        self.by_name.is_empty() && self.by_path.is_empty()
+        self.by_name.is_empty()
+            && self.by_path.is_empty()
+            && self.dir_by_name.is_empty()
+            && self.dir_by_path.is_empty()
     }
 
-    fn matches(&self, rel: &RelPath) -> bool {
+    /// Whether the entry at `rel` (a directory when `is_dir`) is left out.
+    fn matches(&self, rel: &RelPath, is_dir: bool) -> bool {
         use std::os::unix::ffi::OsStrExt;
         let Some(name) = rel.file_name() else {
             return false;
         };
         let name_path = Path::new(std::ffi::OsStr::from_bytes(name.as_bytes()));
-        if self.by_name.is_match(name_path) {
+        if self.by_name.is_match(name_path) || (is_dir && self.dir_by_name.is_match(name_path)) {
             return true;
         }
         let bytes = rel.to_bytes();
-        self.by_path
-            .is_match(Path::new(std::ffi::OsStr::from_bytes(&bytes)))
+        let path = Path::new(std::ffi::OsStr::from_bytes(&bytes));
+        self.by_path.is_match(path) || (is_dir && self.dir_by_path.is_match(path))
     }
 }
 
@@ -664,6 +710,33 @@ impl EntriesOut {
     }
 }
 
+/// Opens the source file `name` the walk stat'ed as `st` (non-blocking,
+/// no symlinks: [`Dir::open_file_read_uring`]) and checks that the
+/// descriptor is that regular file: a name swapped since the stat (for a
+/// FIFO, which a read would wait on forever, or another file) is refused.
+///
+/// # Errors
+///
+/// The open or `fstat(2)` error; `InvalidData` for a swapped name.
+async fn open_same_file(
+    dir: &Dir,
+    name: &Name,
+    st: &Stat,
+) -> std::io::Result<std::os::fd::OwnedFd> {
+    let f = dir.open_file_read_uring(name).await?;
+    let now = fd::stat(&f)?;
+    if now.kind != FileKind::File || (now.dev, now.ino) != (st.dev, st.ino) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "changed since the walk stat'ed it (now a {:?}, inode {}; was a regular file, inode {}); not read",
+                now.kind, now.ino, st.ino
+            ),
+        ));
+    }
+    Ok(f)
+}
+
 fn ser_err(e: serde_json::Error) -> Error {
     Error::Integrity {
         path: "entries".into(),
@@ -694,7 +767,7 @@ pub fn run(
     let time = humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string();
     let source = std::path::absolute(&opts.source)
         .map_err(|e| Error::io("resolve", opts.source.display(), e))?;
-    let excludes = Excludes::new(&opts.policy.excludes)?;
+    let excludes = Excludes::new(&opts.policy.excludes, &source)?;
 
     // Open the source: a directory becomes the root; anything else is
     // stored as one entry named after it.
@@ -778,7 +851,7 @@ pub fn run(
     let durable = opts.policy.require_backup_durability;
     let chunker_params = repo.config.chunker;
     let rt_err = |e| Error::io("start io_uring runtime", repo.path.display(), e);
-    let excluded = |rel: &RelPath| excludes.matches(rel);
+    let excluded = |rel: &RelPath, is_dir: bool| excludes.matches(rel, is_dir);
     let scanner = scan::Scanner::new((!excludes.is_empty()).then_some(&excluded as _));
     let scanner = &scanner;
     let (verified, walked, chunked, packed) = std::thread::scope(|s| {
@@ -1354,7 +1427,7 @@ impl Writer<'_> {
                 // Xattrs and inode flags are read through a descriptor,
                 // opened as for reading content (O_NONBLOCK: a name swapped
                 // for a FIFO since the stat cannot block the run).
-                let f = match dir.open_file_read_uring(name).await {
+                let f = match open_same_file(dir, name, st).await {
                     Ok(f) => f,
                     Err(e) => {
                         self.warn(rel, "open", e.to_string(), true)?;
@@ -1369,7 +1442,7 @@ impl Writer<'_> {
             self.progress.inc(stored);
             return Ok(Some(FileOut::Rec(rec.into())));
         }
-        let fd = match dir.open_file_read_uring(name).await {
+        let fd = match open_same_file(dir, name, st).await {
             Ok(fd) => fd,
             Err(e) => {
                 self.warn(rel, "open", e.to_string(), true)?;
@@ -1637,13 +1710,15 @@ impl Writer<'_> {
         };
         let bytes = serde_json::to_vec_pretty(&record).map_err(|e| ser("snapshot", e))?;
         let snapshot_id = blake3::hash(&bytes).to_hex().to_string();
-        let fname = Name::new(format!("{snapshot_id}.json").as_bytes())
-            .map_err(|e| Error::Usage(e.to_string()))?;
-        let dir = RelPath::parse(b"snapshots").map_err(|e| Error::Usage(e.to_string()))?;
+        // Everything the record names is durable before it, also what this
+        // run found in place and reused (the parent's entries file, packs
+        // and index files of a run without syncs or a killed one).
+        repo.barrier(&mut syncs)?;
         // Last chance to stop: nothing is visible until this rename.
         crate::interrupt::check()?;
         // The commit point: rename into snapshots/, then fsync snapshots/.
-        repo.write_atomic(&dir, &fname, bytes, &mut syncs).await?;
+        repo.commit_snapshot(&snapshot_id, bytes, &mut syncs)
+            .await?;
         Ok(BackupOutcome {
             snapshot_id,
             record,

@@ -410,7 +410,6 @@ pub fn packer(rx: Receiver<PackBuilder<ReadBuf>>, repo: &Repo, durable: bool) ->
     crate::fs::block_on(async {
         // Packs in `tmp/`, on their way to the disk, not yet in place.
         let mut in_flight = Vec::new();
-        let mut placed = false;
         for pack in rx {
             crate::interrupt::check()?;
             let FinishedPack {
@@ -420,8 +419,7 @@ pub fn packer(rx: Receiver<PackBuilder<ReadBuf>>, repo: &Repo, durable: bool) ->
                 blobs,
             } = pack.finish();
             let hex = id.to_hex().to_string();
-            let (dir, new_dir) = repo.fanout_dir_unsynced("packs", &hex)?;
-            placed |= new_dir.is_some();
+            let (dir, _) = repo.fanout_dir_unsynced("packs", &hex)?;
             let fname = Name::new(format!("{hex}.pack").as_bytes())
                 .map_err(|e| Error::Usage(e.to_string()))?;
             if !repo.has(&dir, &fname)? {
@@ -437,7 +435,6 @@ pub fn packer(rx: Receiver<PackBuilder<ReadBuf>>, repo: &Repo, durable: bool) ->
                 if in_flight.len() >= PACKS_IN_FLIGHT {
                     let batch = std::mem::take(&mut in_flight);
                     out.bytes_added += place(repo, &tmp, &tmp_path, batch, &mut out.syncs).await?;
-                    placed = true;
                 }
             }
             out.packs.push(IndexPack {
@@ -454,11 +451,12 @@ pub fn packer(rx: Receiver<PackBuilder<ReadBuf>>, repo: &Repo, durable: bool) ->
         }
         if !in_flight.is_empty() {
             out.bytes_added += place(repo, &tmp, &tmp_path, in_flight, &mut out.syncs).await?;
-            placed = true;
         }
-        // The new names (and fan-out directories) reach the disk before
-        // the index that names them is written.
-        if placed {
+        // The names (and fan-out directories) reach the disk before the
+        // index that names them is written: this run's new ones, and packs
+        // found already in place (a killed run may have renamed them there
+        // without its last syncfs).
+        if !out.packs.is_empty() {
             out.syncs.filesystem(&tmp, &tmp_path)?;
         }
         Ok(())

@@ -78,6 +78,10 @@ struct State {
     stop: bool,
 }
 
+/// Whether the entry at a path (a directory when the flag is set) is
+/// left out by an exclude pattern.
+pub type ExcludeFn<'a> = dyn Fn(&RelPath, bool) -> bool + Sync + 'a;
+
 /// The shared state of the scanners and the walker. Wake-ups are aimed:
 /// a scanner is woken when there is a job it may take, the walker when the
 /// directory it waits for is done.
@@ -85,14 +89,14 @@ pub struct Scanner<'a> {
     state: Mutex<State>,
     work: Condvar,
     walker: Condvar,
-    excluded: Option<&'a (dyn Fn(&RelPath) -> bool + Sync)>,
+    excluded: Option<&'a ExcludeFn<'a>>,
     ahead: usize,
 }
 
 impl<'a> Scanner<'a> {
     /// A scanner with nothing queued; `excluded` tells which paths the
     /// walk leaves out (`None`: none).
-    pub fn new(excluded: Option<&'a (dyn Fn(&RelPath) -> bool + Sync)>) -> Self {
+    pub fn new(excluded: Option<&'a ExcludeFn<'a>>) -> Self {
         Self {
             ahead: ahead(),
             state: Mutex::new(State::default()),
@@ -227,11 +231,16 @@ impl<'a> Scanner<'a> {
             excluded: 0,
         };
         for name in names {
-            if self.excluded.is_some_and(|f| f(&rel.join(name.clone()))) {
+            let stat = l.dir.stat(&name);
+            let is_dir = matches!(&stat, Ok(s) if s.kind == FileKind::Dir);
+            if self
+                .excluded
+                .is_some_and(|f| f(&rel.join(name.clone()), is_dir))
+            {
                 l.excluded += 1;
                 continue;
             }
-            match l.dir.stat(&name) {
+            match stat {
                 Ok(s) if s.kind == FileKind::Dir => l.subdirs.push((name, s)),
                 Ok(s) => l.files.push((name, s)),
                 Err(e) => l.failed.push((name, e)),

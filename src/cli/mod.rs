@@ -13,6 +13,7 @@ use crate::error::{Error, ErrorId, Result};
 use crate::facts::{BackupSummary, Decision, Emitter, Event};
 use crate::fs::RelPath;
 use crate::policy::{OnDegraded, Overrides, Policy, PolicyFile, PreservationTier, Preset};
+use crate::preflight::LockState;
 use crate::repo::Repo;
 
 /// snap: transactional backups of Linux directory trees.
@@ -22,7 +23,8 @@ pub struct Cli {
     /// Repository location [default: $XDG_DATA_HOME/snap, else ~/.local/share/snap].
     #[arg(long, global = true, env = "SNAP_REPO", value_name = "PATH")]
     pub repo: Option<PathBuf>,
-    /// Append facts (JSON Lines) to FILE.
+    /// Append facts (JSON Lines) to FILE (created 0600; a symlink, FIFO or
+    /// anything but a regular file at FILE is refused, not followed).
     #[arg(long, global = true, value_name = "FILE")]
     pub facts: Option<PathBuf>,
     /// Write facts to stdout; human text goes to stderr.
@@ -43,7 +45,7 @@ pub enum Command {
         tags: Vec<String>,
         /// The policy.
         #[command(flatten)]
-        policy: PolicyArgs,
+        policy: BackupPolicyArgs,
         /// Source directory or file.
         src: PathBuf,
     },
@@ -71,7 +73,7 @@ pub enum Command {
         keep_old: Option<PathBuf>,
         /// The policy (its tier defaults to the snapshot's).
         #[command(flatten)]
-        policy: PolicyArgs,
+        policy: RestorePolicyArgs,
     },
     /// Run the preflight checks alone.
     Preflight {
@@ -96,24 +98,51 @@ pub enum Command {
         /// exclusive lock).
         #[arg(long)]
         repair_tmp: bool,
+        /// How long to wait for the repository lock.
+        #[command(flatten)]
+        lock: LockArgs,
     },
     /// List snapshots.
-    List,
+    List {
+        /// How long to wait for the repository lock.
+        #[command(flatten)]
+        lock: LockArgs,
+    },
     /// List the entries of a snapshot.
     Ls {
         /// Snapshot: full id, unique id prefix, or `latest`.
         snapshot: String,
         /// Only entries at or under this path.
         path: Option<String>,
+        /// How long to wait for the repository lock.
+        #[command(flatten)]
+        lock: LockArgs,
     },
     /// Create an empty repository.
     Init,
     /// Print the fact JSON Schema, or write every schema to DIR.
     Schema {
-        /// Write all schema files here.
+        /// Write all schema files here (a symlink or anything but a
+        /// regular file at a schema's name in DIR is refused, not followed).
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
+}
+
+/// The lock wait of commands that take no policy.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LockArgs {
+    /// Milliseconds to wait for the repository lock [default: the default
+    /// policy's `lock_wait_ms`, 5000].
+    #[arg(long, value_name = "MS")]
+    pub lock_wait: Option<u64>,
+}
+
+impl LockArgs {
+    fn ms(&self) -> u64 {
+        self.lock_wait
+            .unwrap_or_else(|| Policy::default().lock_wait_ms)
+    }
 }
 
 /// `snap preflight` subcommands.
@@ -123,7 +152,7 @@ pub enum PreflightCmd {
     Backup {
         /// The policy.
         #[command(flatten)]
-        policy: PolicyArgs,
+        policy: BackupPolicyArgs,
         /// Source directory or file.
         src: PathBuf,
     },
@@ -136,7 +165,7 @@ pub enum PreflightCmd {
         target: PathBuf,
         /// The policy (its tier defaults to the snapshot's).
         #[command(flatten)]
-        policy: PolicyArgs,
+        policy: RestorePolicyArgs,
     },
 }
 
@@ -148,11 +177,15 @@ pub enum PolicyCmd {
     Show {
         /// The policy.
         #[command(flatten)]
-        policy: PolicyArgs,
+        policy: BackupPolicyArgs,
+        /// See `snap restore --untrusted`.
+        #[arg(long)]
+        untrusted: bool,
     },
 }
 
-/// Policy selection: `--preset`, then `--policy FILE`, then the flags.
+/// Policy selection shared by every command that runs under a policy:
+/// `--preset`, then `--policy FILE`, then the flags.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PolicyArgs {
     /// Start from a preset.
@@ -164,27 +197,52 @@ pub struct PolicyArgs {
     /// Preservation tier.
     #[arg(long, value_enum)]
     pub tier: Option<PreservationTier>,
-    /// Skip the fsyncs of the commit protocol (faster, not crash-safe).
-    #[arg(long)]
-    pub no_durability: bool,
     /// Go on (with a warning) when the inode flags check cannot read flags.
     #[arg(long)]
     pub allow_unreliable_immutable_check: bool,
     /// What to do when the process cannot honour the tier.
     #[arg(long, value_enum)]
     pub on_degraded: Option<OnDegraded>,
-    /// Leave out entries matching GLOB (repeatable). Without `/` it matches
-    /// names at any depth; with `/` the path relative to SRC.
-    #[arg(long = "exclude", value_name = "GLOB")]
-    pub excludes: Vec<String>,
     /// Milliseconds to wait for the repository lock.
     #[arg(long, value_name = "MS")]
     pub lock_wait: Option<u64>,
 }
 
+/// The policy flags of a backup: the shared ones and what only a backup
+/// reads.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BackupPolicyArgs {
+    /// The shared policy flags.
+    #[command(flatten)]
+    pub common: PolicyArgs,
+    /// Skip the fsyncs of the commit protocol (faster, not crash-safe).
+    #[arg(long)]
+    pub no_durability: bool,
+    /// Leave out entries matching GLOB (repeatable). Without `/` it matches
+    /// names at any depth; with `/` the path relative to SRC (a leading `/`
+    /// anchors it at SRC); a trailing `/` matches directories only.
+    #[arg(long = "exclude", value_name = "GLOB")]
+    pub excludes: Vec<String>,
+}
+
+/// The policy flags of a restore: the shared ones and what only a restore
+/// reads.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RestorePolicyArgs {
+    /// The shared policy flags (the tier defaults to the snapshot's).
+    #[command(flatten)]
+    pub common: PolicyArgs,
+    /// Treat the repository as untrusted (policy `restore_untrusted`): the
+    /// tier is capped at extended (no xattrs, file capabilities, inode
+    /// flags or device nodes) and set-user-ID/set-group-ID bits are
+    /// cleared, whatever the snapshot records.
+    #[arg(long)]
+    pub untrusted: bool,
+}
+
 impl PolicyArgs {
     /// The effective policy, and whether a tier was chosen explicitly.
-    fn resolve(&self) -> Result<(Policy, bool)> {
+    fn resolve_with(&self, mut o: Overrides) -> Result<(Policy, bool)> {
         let file = self
             .policy_file
             .as_deref()
@@ -193,15 +251,30 @@ impl PolicyArgs {
         let explicit = self.tier.is_some()
             || self.preset.is_some()
             || file.as_ref().is_some_and(|f| f.tier.is_some());
-        let o = Overrides {
-            tier: self.tier,
-            no_durability: self.no_durability,
-            allow_unreliable_immutable_check: self.allow_unreliable_immutable_check,
-            on_degraded: self.on_degraded,
-            excludes: self.excludes.clone(),
-            lock_wait_ms: self.lock_wait,
-        };
+        o.tier = self.tier;
+        o.allow_unreliable_immutable_check = self.allow_unreliable_immutable_check;
+        o.on_degraded = self.on_degraded;
+        o.lock_wait_ms = self.lock_wait;
         Ok((Policy::resolve(self.preset, file.as_ref(), &o), explicit))
+    }
+}
+
+impl BackupPolicyArgs {
+    fn resolve(&self) -> Result<(Policy, bool)> {
+        self.common.resolve_with(Overrides {
+            no_durability: self.no_durability,
+            excludes: self.excludes.clone(),
+            ..Overrides::default()
+        })
+    }
+}
+
+impl RestorePolicyArgs {
+    fn resolve(&self) -> Result<(Policy, bool)> {
+        self.common.resolve_with(Overrides {
+            untrusted: self.untrusted,
+            ..Overrides::default()
+        })
     }
 }
 
@@ -212,7 +285,7 @@ impl Command {
             Command::Restore { .. } => "restore",
             Command::Preflight { .. } => "preflight",
             Command::Policy { .. } => "policy",
-            Command::List => "list",
+            Command::List { .. } => "list",
             Command::Check { .. } => "check",
             Command::Ls { .. } => "ls",
             Command::Init => "init",
@@ -289,6 +362,7 @@ fn usage_fact(message: &str) {
             [
                 "backup",
                 "restore",
+                "check",
                 "list",
                 "ls",
                 "init",
@@ -320,6 +394,9 @@ fn usage_fact(message: &str) {
 
 /// The one place an error becomes a message, a fact and an exit code.
 fn fail(cli: &Cli, facts: &mut Emitter, e: &Error) -> i32 {
+    if stdout_closed(e) {
+        return 141;
+    }
     let id = e.id();
     eprintln!("snap: error [{}]: {e}", id.as_str());
     let fact = facts.emit(
@@ -343,12 +420,39 @@ struct Out {
 }
 
 impl Out {
-    fn line(&self, s: &str) {
+    /// Writes one line of human text.
+    ///
+    /// # Errors
+    ///
+    /// The write error (`EPIPE` when the reader of stdout has gone, which
+    /// [`fail`] turns into a quiet exit 141).
+    fn line(&self, s: &str) -> Result<()> {
+        use std::io::Write;
         if self.json {
-            eprintln!("{s}");
-        } else {
-            println!("{s}");
+            // A closed stderr loses the line; there is nowhere to say so.
+            writeln!(std::io::stderr().lock(), "{s}").ok();
+            return Ok(());
         }
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{s}")
+            .and_then(|()| out.flush())
+            .map_err(|e| Error::io("write", STDOUT, e))
+    }
+}
+
+/// The path [`Error::Io`] names for standard output.
+pub const STDOUT: &str = "<stdout>";
+
+/// Whether `e` is a write to a standard output whose reader has gone
+/// (`EPIPE`): the command ends quietly with 141 (128 + `SIGPIPE`), as
+/// `ls | head -1` does.
+fn stdout_closed(e: &Error) -> bool {
+    match e {
+        Error::Io { path, source, .. } => {
+            path == STDOUT && source.kind() == std::io::ErrorKind::BrokenPipe
+        }
+        Error::AfterCommit { source, .. } => stdout_closed(source),
+        _ => false,
     }
 }
 
@@ -357,6 +461,13 @@ fn repo_path(cli: &Cli) -> Result<PathBuf> {
         Some(p) => Ok(p.clone()),
         None => crate::repo::default_location(),
     }
+}
+
+/// Whether the repository location is the embedded default (which the
+/// first backup may create) rather than one the user named with `--repo`
+/// or `SNAP_REPO` (which must exist: `snap init` makes it).
+fn default_repo(cli: &Cli) -> bool {
+    cli.repo.is_none()
 }
 
 fn progress_bar(total: Option<u64>) -> indicatif::ProgressBar {
@@ -486,6 +597,18 @@ fn backup_summary_fact(
     )
 }
 
+/// Emits a `repo.damaged` warning (and a line on stderr) for each
+/// snapshot record the command had to leave out.
+fn damaged_facts(facts: &mut Emitter, repo: &Repo) -> Result<()> {
+    for (path, detail) in repo.take_damaged() {
+        eprintln!(
+            "snap: warning: damaged snapshot record {path} left out: {detail} (see `snap check`)"
+        );
+        facts.emit(Decision::Warn, None, Event::RepoDamaged { path, detail })?;
+    }
+    Ok(())
+}
+
 fn init_fact(facts: &mut Emitter, repo: &Repo) -> Result<()> {
     facts.emit(
         Decision::Success,
@@ -497,17 +620,20 @@ fn init_fact(facts: &mut Emitter, repo: &Repo) -> Result<()> {
     )
 }
 
-/// Creates the repository the caller found missing (`repo.init` fact);
-/// opens it instead when another process created it meanwhile.
-fn create_repo(path: &std::path::Path, facts: &mut Emitter) -> Result<Repo> {
-    match Repo::init(path) {
-        Ok(repo) => {
-            init_fact(facts, &repo)?;
-            Ok(repo)
-        }
-        Err(Error::Usage(_)) => Repo::open(path),
-        Err(e) => Err(e),
+/// Creates the default repository the caller found missing (`repo.init`
+/// fact and a line saying so); opens it instead when another process
+/// created it meanwhile.
+fn create_repo(path: &std::path::Path, facts: &mut Emitter, out: &Out) -> Result<Repo> {
+    let (repo, created) = Repo::open_or_create(path)?;
+    if created {
+        init_fact(facts, &repo)?;
+        out.line(&format!(
+            "created repository {} at {} (the default location)",
+            repo.config.id,
+            path.display()
+        ))?;
     }
+    Ok(repo)
 }
 
 /// Loads the snapshot (at `subpath`) a restore would apply, at the
@@ -525,6 +651,7 @@ fn restore_load(
         snapshot,
         explicit_tier.then_some(policy.tier),
         subpath,
+        policy.restore_untrusted,
     )?;
     policy.tier = loaded.tier;
     Ok(loaded)
@@ -559,7 +686,7 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
             // one: preflight first, so a STOP creates nothing.
             let existing = match Repo::open(&path) {
                 Ok(r) => Some(r),
-                Err(Error::RepoMissing { .. }) => None,
+                Err(Error::RepoMissing { .. }) if default_repo(cli) => None,
                 Err(e) => return Err(e),
             };
             let (repo, lock) = match existing {
@@ -569,7 +696,7 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
                     gate(
                         facts,
                         "backup",
-                        crate::preflight::backup(&path, src, &policy, true),
+                        crate::preflight::backup(&path, src, &policy, LockState::Held),
                         &policy,
                     )?;
                     (repo, lock)
@@ -578,10 +705,10 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
                     gate(
                         facts,
                         "backup",
-                        crate::preflight::backup(&path, src, &policy, false),
+                        crate::preflight::backup(&path, src, &policy, LockState::Later),
                         &policy,
                     )?;
-                    let repo = create_repo(&path, facts)?;
+                    let repo = create_repo(&path, facts, out)?;
                     let lock = repo.lock(true, policy.lock_wait_ms)?;
                     lock_fact(facts, &repo, &lock)?;
                     (repo, lock)
@@ -597,10 +724,13 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
             let outcome = crate::backup::run(&repo, &opts, facts, &pb);
             pb.finish_and_clear();
             drop(lock);
+            let damaged = damaged_facts(facts, &repo);
+            let outcome = outcome.and_then(|o| damaged.map(|()| o));
             let outcome = outcome?;
+            let committed = format!("snapshot {} was committed", &outcome.snapshot_id[..12]);
             let st = &outcome.record.stats;
             let partial = st.unreadable > 0;
-            backup_summary_fact(facts, &repo, &outcome)?;
+            backup_summary_fact(facts, &repo, &outcome).map_err(|e| e.after_commit(&committed))?;
             out.line(&format!(
                 "snapshot {} saved: {} files, {} dirs, {} ({} new), {} added to {}, {:.2} s{}",
                 &outcome.snapshot_id[..12],
@@ -616,7 +746,8 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
                 } else {
                     " (not durable: syncs skipped)"
                 }
-            ));
+            ))
+            .map_err(|e| e.after_commit(&committed))?;
             if partial {
                 eprintln!(
                     "snap: error [{}]: {} entries could not be read and are not in the snapshot",
@@ -648,7 +779,9 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
             let lock = repo.lock(capture, policy.lock_wait_ms)?;
             lock_fact(facts, &repo, &lock)?;
             let subpath = path.as_deref().map(parse_subpath).transpose()?;
-            let loaded = restore_load(&repo, snapshot, subpath.as_ref(), &mut policy, explicit)?;
+            let loaded = restore_load(&repo, snapshot, subpath.as_ref(), &mut policy, explicit);
+            damaged_facts(facts, &repo)?;
+            let loaded = loaded?;
             let report = restore_preflight(
                 &repo,
                 &loaded,
@@ -673,7 +806,7 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
                 out.line(&format!(
                     "snapshot {} saved of the tree being replaced",
                     &outcome.snapshot_id[..12]
-                ));
+                ))?;
                 Some(outcome.snapshot_id)
             } else {
                 None
@@ -691,18 +824,25 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
             let res = crate::restore::run(&repo, &opts, loaded, &pb);
             pb.finish_and_clear();
             let (mut summary, warnings) = res?;
+            let committed = format!(
+                "snapshot {} was restored into {}",
+                &summary.snapshot_id[..12],
+                summary.target
+            );
             summary.pre_restore_snapshot = pre_restore;
             for w in &warnings {
                 eprintln!("snap: warning: {} {}: {}", w.op, w.path, w.detail);
-                facts.emit(
-                    Decision::Warn,
-                    None,
-                    Event::RestoreWarning {
-                        path: w.path.clone(),
-                        op: w.op.clone(),
-                        detail: w.detail.clone(),
-                    },
-                )?;
+                facts
+                    .emit(
+                        Decision::Warn,
+                        None,
+                        Event::RestoreWarning {
+                            path: w.path.clone(),
+                            op: w.op.clone(),
+                            detail: w.detail.clone(),
+                        },
+                    )
+                    .map_err(|e| e.after_commit(&committed))?;
             }
             let line = format!(
                 "restored {} into {}: {} files, {} dirs, {} symlinks, {} hard links, {}, {} blobs verified, {:.2} s",
@@ -716,16 +856,18 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
                 summary.blobs_verified,
                 summary.duration_ms as f64 / 1000.0
             );
-            facts.emit(
-                if warnings.is_empty() {
-                    Decision::Success
-                } else {
-                    Decision::Warn
-                },
-                None,
-                Event::RestoreSummary(summary),
-            )?;
-            out.line(&line);
+            facts
+                .emit(
+                    if warnings.is_empty() {
+                        Decision::Success
+                    } else {
+                        Decision::Warn
+                    },
+                    None,
+                    Event::RestoreSummary(summary),
+                )
+                .map_err(|e| e.after_commit(&committed))?;
+            out.line(&line).map_err(|e| e.after_commit(&committed))?;
             Ok(0)
         }
         Command::Preflight { what } => {
@@ -735,7 +877,7 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
                     let (policy, _) = policy.resolve()?;
                     (
                         "backup",
-                        crate::preflight::backup(&path, src, &policy, false),
+                        crate::preflight::backup(&path, src, &policy, LockState::Probe),
                         policy,
                     )
                 }
@@ -749,7 +891,9 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
                     let abs = std::path::absolute(target)
                         .map_err(|e| Error::io("resolve", target.display(), e))?;
                     let replacing = crate::fs::lstat_path(&abs).ok().flatten().is_some();
-                    let loaded = restore_load(&repo, snapshot, None, &mut policy, explicit)?;
+                    let loaded = restore_load(&repo, snapshot, None, &mut policy, explicit);
+                    damaged_facts(facts, &repo)?;
+                    let loaded = loaded?;
                     let report = restore_preflight(&repo, &loaded, &abs, &policy, false, replacing);
                     ("restore", report, policy)
                 }
@@ -761,27 +905,33 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
                     c.check,
                     c.path,
                     c.detail
-                ));
+                ))?;
             }
             gate(facts, op, report, &policy)?;
             Ok(0)
         }
         Command::Policy {
-            what: PolicyCmd::Show { policy },
+            what: PolicyCmd::Show { policy, untrusted },
         } => {
-            let (policy, _) = policy.resolve()?;
+            let (policy, _) = policy.common.resolve_with(Overrides {
+                no_durability: policy.no_durability,
+                excludes: policy.excludes.clone(),
+                untrusted: *untrusted,
+                ..Overrides::default()
+            })?;
             let text =
                 serde_json::to_string_pretty(&policy).map_err(|e| Error::Usage(e.to_string()))?;
-            out.line(&text);
+            out.line(&text)?;
             facts.emit(Decision::Success, None, Event::PolicyShow { policy })?;
             Ok(0)
         }
         Command::Check {
             read_data,
             repair_tmp,
+            lock,
         } => {
             let repo = Repo::open(&repo_path(cli)?)?;
-            let lock = repo.lock(*repair_tmp, 5_000)?;
+            let lock = repo.lock(*repair_tmp, lock.ms())?;
             lock_fact(facts, &repo, &lock)?;
             let report = crate::repo::check::run(&repo, *read_data, *repair_tmp)?;
             for p in &report.problems {
@@ -801,7 +951,7 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
                 report.unused_blobs,
                 report.tmp_entries,
                 if *repair_tmp { format!(" ({} removed)", report.tmp_removed) } else { String::new() },
-            ));
+            ))?;
             facts.emit(
                 if ok {
                     Decision::Success
@@ -820,15 +970,16 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
                 ErrorId::E_INTEGRITY.exit_code()
             })
         }
-        Command::List => {
+        Command::List { lock } => {
             let repo = Repo::open(&repo_path(cli)?)?;
-            let lock = repo.lock(false, 5_000)?;
+            let lock = repo.lock(false, lock.ms())?;
             lock_fact(facts, &repo, &lock)?;
             let snaps = repo.snapshots()?;
+            damaged_facts(facts, &repo)?;
             out.line(&format!(
                 "{:<12}  {:<20}  {:<12}  {:<8}  {:>8}  {:>10}  {:<12}  source",
                 "id", "time", "host", "tier", "files", "size", "tags"
-            ));
+            ))?;
             for (id, r) in &snaps {
                 out.line(&format!(
                     "{:<12}  {:<20}  {:<12}  {:<8}  {:>8}  {:>10}  {:<12}  {}",
@@ -840,7 +991,7 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
                     mib(r.stats.bytes),
                     r.tags.join(","),
                     r.source
-                ));
+                ))?;
             }
             facts.emit(
                 Decision::Success,
@@ -852,11 +1003,17 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
             )?;
             Ok(0)
         }
-        Command::Ls { snapshot, path } => {
+        Command::Ls {
+            snapshot,
+            path,
+            lock,
+        } => {
             let repo = Repo::open(&repo_path(cli)?)?;
-            let lock = repo.lock(false, 5_000)?;
+            let lock = repo.lock(false, lock.ms())?;
             lock_fact(facts, &repo, &lock)?;
-            let (id, rec) = repo.resolve(snapshot)?;
+            let resolved = repo.resolve(snapshot);
+            damaged_facts(facts, &repo)?;
+            let (id, rec) = resolved?;
             let records = repo.read_entries(&rec.entries.id)?;
             let prefix = path
                 .as_deref()
@@ -873,7 +1030,7 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
                     continue;
                 }
                 n += 1;
-                out.line(&ls_line(r, &rel));
+                out.line(&ls_line(r, &rel))?;
             }
             facts.emit(
                 Decision::Success,
@@ -898,7 +1055,7 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
                 "created repository {} at {}",
                 repo.config.id,
                 path.display()
-            ));
+            ))?;
             Ok(0)
         }
         Command::Schema { out: dir } => {
@@ -908,17 +1065,23 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
                     let fact = &schemas[0].1;
                     let text = serde_json::to_string_pretty(fact)
                         .map_err(|e| Error::Usage(e.to_string()))?;
-                    println!("{text}");
+                    out.line(&text)?;
                 }
                 Some(d) => {
                     std::fs::create_dir_all(d).map_err(|e| Error::io("create", d.display(), e))?;
+                    let dir = crate::fs::Dir::open_root(d)
+                        .map_err(|e| Error::io("open", d.display(), e))?;
                     let mut files = Vec::new();
                     for (name, schema) in &schemas {
                         let mut text = serde_json::to_string_pretty(schema)
                             .map_err(|e| Error::Usage(e.to_string()))?;
                         text.push('\n');
                         let p = d.join(name);
-                        std::fs::write(&p, text).map_err(|e| Error::io("write", p.display(), e))?;
+                        let n = crate::fs::Name::new(name.as_bytes())
+                            .map_err(|e| Error::Usage(e.to_string()))?;
+                        dir.create_output(&n, 0o644)
+                            .and_then(|fd| crate::fs::fd::write_all_at(&fd, text.as_bytes(), 0))
+                            .map_err(|e| Error::io("write", p.display(), e))?;
                         files.push((*name).to_owned());
                     }
                     facts.emit(
@@ -933,12 +1096,37 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
                         "wrote {} schemas to {}",
                         schemas.len(),
                         d.display()
-                    ));
+                    ))?;
                 }
             }
             Ok(0)
         }
     }
+}
+
+/// `sec` seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ` (UTC, the
+/// proleptic Gregorian calendar), for any `i64`: years before 1 and after
+/// 9999 are written with as many digits as they need (and a sign before
+/// year 0), where RFC 3339 stops. Days to civil date by Howard Hinnant's
+/// `civil_from_days` ("chrono-Compatible Low-Level Date Algorithms").
+fn utc_seconds(sec: i64) -> String {
+    let sec = i128::from(sec);
+    let (days, rem) = (sec.div_euclid(86_400), sec.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i128::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
 }
 
 /// One `ls -l`-style line: mode, owner, size, mtime, path (`-> target`).
@@ -971,13 +1159,7 @@ fn ls_line(r: &crate::repo::sidecar::EntryRecord, rel: &RelPath) -> String {
         (Some(u), Some(g)) => format!("{u}/{g}"),
         _ => "-".into(),
     };
-    let when = std::time::UNIX_EPOCH
-        .checked_add(std::time::Duration::new(
-            r.mtime.sec.max(0) as u64,
-            r.mtime.nsec,
-        ))
-        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
-        .unwrap_or_default();
+    let when = utc_seconds(r.mtime.sec);
     let shown = String::from_utf8_lossy(&rel.to_bytes()).into_owned();
     let mut line = format!(
         "{m} {owner:>11} {:>12} {when} {}",
@@ -991,4 +1173,18 @@ fn ls_line(r: &crate::repo::sidecar::EntryRecord, rel: &RelPath) -> String {
         line.push_str(&format!(" => {l}"));
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_seconds_covers_every_i64() {
+        assert_eq!(super::utc_seconds(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::utc_seconds(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(super::utc_seconds(-1), "1969-12-31T23:59:59Z");
+        assert_eq!(super::utc_seconds(253_402_300_799), "9999-12-31T23:59:59Z");
+        assert_eq!(super::utc_seconds(253_402_300_800), "10000-01-01T00:00:00Z");
+        assert_eq!(super::utc_seconds(i64::MAX), "292277026596-12-04T15:30:07Z");
+        assert!(super::utc_seconds(i64::MIN).starts_with('-'));
+    }
 }

@@ -14,7 +14,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorId;
-use crate::policy::Policy;
+use crate::policy::{Policy, PreservationTier};
 use crate::repo::SnapshotStats;
 
 /// Version of the fact envelope and payload shapes.
@@ -165,6 +165,15 @@ pub enum Event {
         /// Snapshots listed.
         snapshots: u64,
     },
+    /// A snapshot record that cannot be used was left out (it is named
+    /// by `snap check` as well); the command went on with the others.
+    #[serde(rename = "repo.damaged")]
+    RepoDamaged {
+        /// The record's path.
+        path: String,
+        /// What is wrong with it.
+        detail: String,
+    },
     /// `snap ls` ran.
     #[serde(rename = "ls.result")]
     LsResult {
@@ -294,6 +303,12 @@ pub struct RestoreSummary {
     pub path: String,
     /// The policy in force.
     pub policy: Policy,
+    /// The tier applied.
+    pub tier: PreservationTier,
+    /// Where it came from: `snapshot` (the record's), `policy` (chosen by
+    /// preset, policy file or flag), `untrusted` (capped at extended by
+    /// `restore_untrusted`).
+    pub tier_source: String,
     /// Entries created (the target itself included).
     pub entries: u64,
     /// Regular files written.
@@ -355,14 +370,9 @@ impl Emitter {
         let file = match file {
             None => None,
             Some(p) => {
-                use std::os::unix::fs::OpenOptionsExt;
                 // The facts file is named by the user and opened before any
                 // tree work starts; it is not part of a tree snap works in.
-                let f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .mode(0o600)
-                    .open(p)
+                let f = crate::fs::open_append(p)
                     .map_err(|e| crate::error::Error::io("open facts file", p.display(), e))?;
                 Some((f, p.display().to_string()))
             }
@@ -402,9 +412,9 @@ impl Emitter {
             },
             decision,
             error_id: error,
-            exit_code: error
-                .filter(|_| decision == Decision::Failure)
-                .map(ErrorId::exit_code),
+            // The code the run exits with when this id ends it: a failure,
+            // or a committed partial backup (`E_PARTIAL`, a warn).
+            exit_code: error.map(ErrorId::exit_code),
             event,
         };
         self.seq += 1;

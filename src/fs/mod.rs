@@ -183,6 +183,10 @@ pub fn open_dir_nofollow(dir: Option<&Dir>, name: &OsStr) -> io::Result<Dir> {
     Ok(Dir { fd })
 }
 
+/// Directory levels [`Dir::remove_tree`] and [`Dir::clear`] descend
+/// before moving a subtree up (bounds the descriptors they hold).
+pub const REMOVE_DEPTH: usize = 16;
+
 /// Raises the soft limit on open files (`RLIMIT_NOFILE`) to the hard limit,
 /// as many programs that keep many descriptors open do (see
 /// `getrlimit(2)`), and returns the soft limit in force. A failure leaves
@@ -200,16 +204,73 @@ pub fn raise_nofile_limit() -> u64 {
     lim.current.unwrap_or(u64::MAX)
 }
 
-/// Reads `fd` from its offset to the end, into a vector sized from
-/// `fstat(2)` (it grows only if the file did).
+/// Refuses an output descriptor that is not a regular file, and clears
+/// the `O_NONBLOCK` it was opened with.
+fn regular_output(fd: &OwnedFd) -> io::Result<()> {
+    let t = FileType::from_raw_mode(rustix::fs::fstat(fd)?.st_mode);
+    if t != FileType::RegularFile {
+        return Err(not_regular(t));
+    }
+    let fl = rustix::fs::fcntl_getfl(fd)?;
+    rustix::fs::fcntl_setfl(fd, fl - OFlags::NONBLOCK)?;
+    Ok(())
+}
+
+/// Opens the file at `path` the user named for appended output (`--facts
+/// FILE`), creating it `0600`: `O_APPEND|O_NOFOLLOW|O_NONBLOCK`, so a
+/// symlink planted at that name (in a shared directory, by another user)
+/// is not followed and a FIFO does not block; anything but a regular file
+/// is refused. Like [`Dir::open_root`], a path-based open: leading
+/// components may be symlinks the user chose.
 ///
 /// # Errors
 ///
-/// The `fstat(2)` or `read(2)` error.
-pub fn read_to_end(fd: impl AsFd) -> io::Result<Vec<u8>> {
-    let size = rustix::fs::fstat(&fd)?.st_size;
-    let mut out = Vec::with_capacity(usize::try_from(size).unwrap_or(0).saturating_add(1));
+/// The `open(2)`/`fstat(2)` error; `ELOOP` for a symlink; [`not_regular`].
+pub fn open_append(path: &Path) -> io::Result<std::fs::File> {
+    let flags = OFlags::WRONLY
+        | OFlags::CREATE
+        | OFlags::APPEND
+        | OFlags::NOFOLLOW
+        | OFlags::NONBLOCK
+        | OFlags::CLOEXEC;
+    let fd = rustix::fs::open(path, flags, Mode::from_raw_mode(0o600))?;
+    regular_output(&fd)?;
+    Ok(std::fs::File::from(fd))
+}
+
+/// The error for a name that is not a regular file where one was
+/// expected (`InvalidData`, naming what it is).
+pub fn not_regular(t: FileType) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("not a regular file ({t:?})"),
+    )
+}
+
+/// The error for a file larger than what its format allows.
+pub fn too_large(size: u64, max: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("{size} bytes, more than the {max} this file may hold"),
+    )
+}
+
+/// Reads `fd` from its offset to the end, at most `max` bytes, into a
+/// vector sized from `fstat(2)` (it grows only if the file did).
+///
+/// # Errors
+///
+/// The `fstat(2)` or `read(2)` error; [`too_large`] past `max` bytes.
+pub fn read_to_end_max(fd: impl AsFd, max: u64) -> io::Result<Vec<u8>> {
+    let size = u64::try_from(rustix::fs::fstat(&fd)?.st_size).unwrap_or(0);
+    let cap = usize::try_from(size.min(max))
+        .unwrap_or(0)
+        .saturating_add(1);
+    let mut out = Vec::with_capacity(cap);
     loop {
+        if out.len() as u64 > max {
+            return Err(too_large(out.len() as u64, max));
+        }
         if out.len() == out.capacity() {
             out.reserve(64 * 1024);
         }
@@ -352,24 +413,60 @@ impl Dir {
         Ok(out)
     }
 
-    /// Opens the existing regular file `name` read-only with `O_NOFOLLOW`.
+    /// Opens the existing regular file `name` read-only with
+    /// `O_NOFOLLOW|O_NONBLOCK` (a FIFO planted at the name cannot block the
+    /// open, see `fifo(7)`) and refuses anything but a regular file.
     ///
     /// # Errors
     ///
-    /// The `openat(2)` error.
+    /// The `openat(2)`/`fstat(2)` error; [`io::ErrorKind::InvalidData`]
+    /// ([`not_regular`]) when `name` is not a regular file.
     pub fn open_file(&self, name: &Name) -> io::Result<OwnedFd> {
-        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        Ok(rustix::fs::openat(self, os(name), flags, Mode::empty())?)
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat(self, os(name), flags, Mode::empty())?;
+        let st = rustix::fs::fstat(&fd)?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            return Err(not_regular(FileType::from_raw_mode(st.st_mode)));
+        }
+        Ok(fd)
     }
 
-    /// Reads the whole regular file `name` (opened `O_NOFOLLOW`) with
-    /// synchronous `read(2)`; for small control files (config, records).
+    /// Opens (creating it `mode`, or truncating it) the regular file `name`
+    /// for writing output the user asked for (`snap schema --out DIR`):
+    /// `O_NOFOLLOW|O_NONBLOCK`, so a symlink planted at the name is not
+    /// followed and a FIFO does not block (`ENXIO` without a reader, see
+    /// `open(2)`); anything but a regular file is refused.
     ///
     /// # Errors
     ///
-    /// The `openat(2)`/`read(2)` error.
-    pub fn read_all(&self, name: &Name) -> io::Result<Vec<u8>> {
-        read_to_end(self.open_file(name)?)
+    /// The `openat(2)`/`fstat(2)`/`ftruncate(2)` error; `ELOOP` for a
+    /// symlink; [`not_regular`].
+    pub fn create_output(&self, name: &Name, mode: u32) -> io::Result<OwnedFd> {
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat(self, os(name), flags, Mode::from_raw_mode(mode))?;
+        regular_output(&fd)?;
+        rustix::fs::ftruncate(&fd, 0)?;
+        Ok(fd)
+    }
+
+    /// Reads the whole regular file `name` (opened as [`Dir::open_file`])
+    /// with synchronous `read(2)`, if it holds at most `max` bytes; for
+    /// control files (config, records, index files).
+    ///
+    /// # Errors
+    ///
+    /// As [`Dir::open_file`]; [`io::ErrorKind::InvalidData`] when the file
+    /// holds more than `max` bytes (checked before anything is allocated,
+    /// and again as it is read); the `read(2)` error.
+    pub fn read_all(&self, name: &Name, max: u64) -> io::Result<Vec<u8>> {
+        let fd = self.open_file(name)?;
+        let size = rustix::fs::fstat(&fd)?.st_size;
+        if u64::try_from(size).unwrap_or(u64::MAX) > max {
+            return Err(too_large(size as u64, max));
+        }
+        let bytes = read_to_end_max(&fd, max)?;
+        Ok(bytes)
     }
 
     /// Opens or creates `name` read-write without truncating (for the
@@ -510,15 +607,63 @@ impl Dir {
         Ok(())
     }
 
-    /// Removes `name` and, when it is a directory, everything beneath it,
-    /// through dirfds only (symlinks are unlinked, never followed). Clears
-    /// immutable/append-only inode flags that stand in the way (a failed
-    /// restore may have set them; needs `CAP_LINUX_IMMUTABLE`).
+    /// `unlinkat(2)` with `AT_REMOVEDIR`: removes the empty directory `name`.
     ///
     /// # Errors
     ///
-    /// The first `unlinkat(2)`/`openat(2)`/`getdents64(2)`/`ioctl(2)` error.
+    /// The `unlinkat(2)` error: `ENOTEMPTY`, `ENOTDIR` (not a directory).
+    pub fn rmdir(&self, name: &Name) -> io::Result<()> {
+        rustix::fs::unlinkat(self, os(name), AtFlags::REMOVEDIR)?;
+        Ok(())
+    }
+
+    /// Removes `name` and, when it is a directory, everything beneath it,
+    /// through dirfds only (symlinks are unlinked, never followed). Clears
+    /// immutable/append-only inode flags that stand in the way (a failed
+    /// restore may have set them; needs `CAP_LINUX_IMMUTABLE`). Holds at
+    /// most [`REMOVE_DEPTH`] descriptors whatever the depth of the tree
+    /// (see [`Dir::clear`]).
+    ///
+    /// # Errors
+    ///
+    /// The first `unlinkat(2)`/`openat(2)`/`getdents64(2)`/`renameat2(2)`/
+    /// `ioctl(2)` error.
     pub fn remove_tree(&self, name: &Name) -> io::Result<()> {
+        self.remove_entry(name, None, 0)
+    }
+
+    /// Removes everything beneath this directory, which itself stays.
+    /// A directory [`REMOVE_DEPTH`] levels down is first renamed up into
+    /// this directory (`renameat2(RENAME_NOREPLACE)` under a fresh
+    /// `.snap-rm-*` name) and removed from there, so a tree nested
+    /// 30,000 levels deep costs no more descriptors than a shallow one.
+    ///
+    /// # Errors
+    ///
+    /// As [`Dir::remove_tree`].
+    pub fn clear(&self) -> io::Result<()> {
+        fd::unprotect(self)?;
+        let mut hoisted = 0u64;
+        loop {
+            let names = self.list()?;
+            let before = hoisted;
+            for child in &names {
+                self.remove_entry(child, Some((self, &mut hoisted)), 1)?;
+            }
+            if hoisted == before {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Removes `name` (a directory with its subtree) at `depth` below the
+    /// directory being cleared (`top`, with its count of hoisted names).
+    fn remove_entry(
+        &self,
+        name: &Name,
+        mut top: Option<(&Dir, &mut u64)>,
+        depth: usize,
+    ) -> io::Result<()> {
         let perm = |e: &io::Error| e.raw_os_error() == Some(rustix::io::Errno::PERM.raw_os_error());
         match self.stat_opt(name)? {
             None => return Ok(()),
@@ -538,9 +683,37 @@ impl Dir {
         }
         let sub = self.open_dir(name)?;
         fd::unprotect(&sub)?;
-        for child in sub.list()? {
-            sub.remove_tree(&child)?;
+        match top.as_mut() {
+            Some((top_dir, n)) if depth >= REMOVE_DEPTH => {
+                // Too deep: move it up, to be removed as a child of `top`.
+                loop {
+                    **n += 1;
+                    let fresh =
+                        Name::new(format!(".snap-rm-{}-{}", std::process::id(), **n).as_bytes())
+                            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                    match self.rename(name, top_dir, &fresh, true) {
+                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                        Err(e) if perm(&e) => {
+                            fd::unprotect(self)?;
+                            self.rename(name, top_dir, &fresh, true)?;
+                            return Ok(());
+                        }
+                        other => return other,
+                    }
+                }
+            }
+            _ => {}
         }
+        if top.is_none() {
+            // `sub` is the directory being removed: clear it with itself
+            // as the top.
+            sub.clear()?;
+        } else {
+            for child in sub.list()? {
+                sub.remove_entry(&child, top.as_mut().map(|(d, n)| (*d, &mut **n)), depth + 1)?;
+            }
+        }
+        drop(sub);
         match rustix::fs::unlinkat(self, os(name), AtFlags::REMOVEDIR) {
             Err(rustix::io::Errno::PERM) => {
                 fd::unprotect(self)?;
@@ -787,6 +960,16 @@ fn timestamps(atime: Option<Time>, mtime: Time) -> Timestamps {
 /// Metadata calls on an open file or directory descriptor.
 pub mod fd {
     use super::*;
+
+    /// `fsync(2)`.
+    ///
+    /// # Errors
+    ///
+    /// The `fsync(2)` error (`EIO`, `ENOSPC`).
+    pub fn fsync(fd: impl AsFd) -> io::Result<()> {
+        rustix::fs::fsync(fd)?;
+        Ok(())
+    }
 
     /// `fchown(2)`.
     ///
@@ -1156,7 +1339,7 @@ pub fn id_names(etc: &Path) -> io::Result<(Vec<(String, u32)>, Vec<(String, u32)
     let read = |file: &str| -> io::Result<Vec<(String, u32)>> {
         let name = Name::new(file.as_bytes())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let text = match dir.read_all(&name) {
+        let text = match dir.read_all(&name, 64 << 20) {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(e),
@@ -1237,7 +1420,7 @@ pub fn effective_caps() -> u64 {
     let Ok(name) = Name::new(b"status") else {
         return 0;
     };
-    let Ok(text) = dir.read_all(&name) else {
+    let Ok(text) = dir.read_all(&name, 1 << 20) else {
         return 0;
     };
     String::from_utf8_lossy(&text)
@@ -1262,4 +1445,33 @@ pub fn flags_unsupported(e: &io::Error) -> bool {
 pub fn euid() -> u32 {
     static EUID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     *EUID.get_or_init(|| rustix::process::geteuid().as_raw())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    /// A tree deeper than the descriptor limit (20,000 here; 1,024 on many
+    /// hosts) is removed: `remove_tree` holds at most `REMOVE_DEPTH`.
+    #[test]
+    fn remove_tree_of_a_tree_deeper_than_the_descriptor_limit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = Dir::open_root(tmp.path()).unwrap();
+        let top = Name::new(b"deep").unwrap();
+        let a = Name::new(b"a").unwrap();
+        root.mkdir(&top, 0o700).unwrap();
+        let mut cur = root.open_dir(&top).unwrap();
+        for i in 0..25_000 {
+            cur.mkdir(&a, 0o700).unwrap();
+            if i % 1000 == 0 {
+                std::fs::write(format!("/proc/self/fd/{}/f", cur.fd.as_raw_fd()), b"x").unwrap();
+            }
+            cur = cur.open_dir(&a).unwrap();
+        }
+        drop(cur);
+        root.remove_tree(&top).unwrap();
+        assert!(root.stat_opt(&top).unwrap().is_none());
+        assert!(root.list().unwrap().is_empty());
+    }
 }

@@ -121,6 +121,14 @@ pub struct Policy {
     /// repository (tag `pre-restore`), so the restore can be undone with
     /// `snap restore`.
     pub capture_restore_snapshot: bool,
+    /// Restore treats the repository as untrusted: the tier is capped at
+    /// extended, so no xattrs (file capabilities, ACLs), inode flags or
+    /// device nodes are applied, and set-user-ID/set-group-ID bits are
+    /// cleared. Without it a restore as root recreates what the snapshot
+    /// records, devices and set-user-ID files included, as tar and rsync
+    /// do. Absent from records written before it existed (read as false).
+    #[serde(default)]
+    pub restore_untrusted: bool,
 }
 
 impl Default for Policy {
@@ -155,6 +163,8 @@ pub struct PolicyFile {
     pub lock_wait_ms: Option<u64>,
     /// See [`Policy::capture_restore_snapshot`].
     pub capture_restore_snapshot: Option<bool>,
+    /// See [`Policy::restore_untrusted`].
+    pub restore_untrusted: Option<bool>,
 }
 
 impl PolicyFile {
@@ -187,6 +197,8 @@ pub struct Overrides {
     pub excludes: Vec<String>,
     /// `--lock-wait`.
     pub lock_wait_ms: Option<u64>,
+    /// `--untrusted`.
+    pub untrusted: bool,
 }
 
 impl Policy {
@@ -209,6 +221,7 @@ impl Policy {
             excludes: Vec::new(),
             lock_wait_ms: 5_000,
             capture_restore_snapshot: p == Preset::Production,
+            restore_untrusted: false,
         }
     }
 
@@ -231,6 +244,7 @@ impl Policy {
             p.capture_restore_snapshot = f
                 .capture_restore_snapshot
                 .unwrap_or(p.capture_restore_snapshot);
+            p.restore_untrusted = f.restore_untrusted.unwrap_or(p.restore_untrusted);
         }
         p.tier = o.tier.unwrap_or(p.tier);
         if o.no_durability {
@@ -242,6 +256,9 @@ impl Policy {
         p.on_degraded = o.on_degraded.unwrap_or(p.on_degraded);
         p.excludes.extend(o.excludes.iter().cloned());
         p.lock_wait_ms = o.lock_wait_ms.unwrap_or(p.lock_wait_ms);
+        if o.untrusted {
+            p.restore_untrusted = true;
+        }
         p
     }
 }

@@ -248,8 +248,9 @@ fn tree_size(root: &Path) -> io::Result<u64> {
 }
 
 /// Checks before a backup of `source` into the repository at `repo`.
-/// `lock_held` is true when the caller already holds the repository lock.
-pub fn backup(repo: &Path, source: &Path, policy: &Policy, lock_held: bool) -> Report {
+/// `lock` says whether the caller holds the repository lock, will take it
+/// once the repository exists, or (`snap preflight`) only asks.
+pub fn backup(repo: &Path, source: &Path, policy: &Policy, lock: LockState) -> Report {
     let mut r = Report::default();
     match crate::fs::lstat_path(source) {
         Ok(None) => r.add(
@@ -327,7 +328,7 @@ pub fn backup(repo: &Path, source: &Path, policy: &Policy, lock_held: bool) -> R
         }
         Err(e) => r.add("space", &base, CheckResult::Warn, format!("statvfs: {e}")),
     }
-    lock_check(&mut r, repo, true, lock_held);
+    lock_check(&mut r, repo, true, lock);
     let caps = Caps::current();
     if policy.tier == PreservationTier::Full && !caps.has(Caps::SYS_ADMIN) {
         r.add(
@@ -347,11 +348,36 @@ pub fn backup(repo: &Path, source: &Path, policy: &Policy, lock_held: bool) -> R
     r
 }
 
-fn lock_check(r: &mut Report, repo: &Path, exclusive: bool, held: bool) {
+/// The repository lock as preflight sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockState {
+    /// This run holds it.
+    Held,
+    /// This run takes it after preflight (the repository does not exist
+    /// yet), waiting for it as any run does.
+    Later,
+    /// Only asked about (`snap preflight`): held by another process is a
+    /// stop, since a run now would have to wait.
+    Probe,
+}
+
+fn lock_check(r: &mut Report, repo: &Path, exclusive: bool, state: LockState) {
     let lock = repo.join("lock");
-    if held {
-        r.add("lock", &lock, CheckResult::Pass, "held by this run");
-        return;
+    match state {
+        LockState::Held => {
+            r.add("lock", &lock, CheckResult::Pass, "held by this run");
+            return;
+        }
+        LockState::Later => {
+            r.add(
+                "lock",
+                &lock,
+                CheckResult::Pass,
+                "taken once the repository exists (waiting up to lock_wait_ms)",
+            );
+            return;
+        }
+        LockState::Probe => {}
     }
     let Ok(dir) = Dir::open_root(repo) else {
         r.add("lock", &lock, CheckResult::Pass, "no repository yet");
@@ -365,7 +391,7 @@ fn lock_check(r: &mut Report, repo: &Path, exclusive: bool, held: bool) {
         Ok(true) => r.add("lock", &lock, CheckResult::Pass, "available"),
         Ok(false) => {
             let holder = dir
-                .read_all(&name)
+                .read_all(&name, crate::repo::LOCK_NOTE_MAX)
                 .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
                 .unwrap_or_default();
             r.add(
@@ -496,7 +522,16 @@ pub fn restore(
         ),
         Err(e) => r.add("space", &parent, CheckResult::Warn, format!("statvfs: {e}")),
     }
-    lock_check(&mut r, repo, false, lock_held);
+    lock_check(
+        &mut r,
+        repo,
+        false,
+        if lock_held {
+            LockState::Held
+        } else {
+            LockState::Probe
+        },
+    );
     let caps = Caps::current();
     let mut missing = Vec::new();
     if needs.foreign_owner && !caps.has(Caps::CHOWN) {

@@ -99,7 +99,7 @@ pub fn run(repo: &Repo, read_data: bool, repair_tmp: bool) -> Result<CheckReport
             continue;
         };
         r.snapshots += 1;
-        match dir.read_all(&n) {
+        match dir.read_all(&n, crate::repo::RECORD_MAX) {
             Err(e) => r.problem(path, format!("unreadable: {e}")),
             Ok(b) if blake3::hash(&b).to_hex().as_str() != id => {
                 r.problem(path, "snapshot record does not match its BLAKE3 id")
@@ -125,7 +125,7 @@ pub fn run(repo: &Repo, read_data: bool, repair_tmp: bool) -> Result<CheckReport
             continue;
         };
         r.index_files += 1;
-        let idx: IndexFile = match dir.read_all(&n) {
+        let idx: IndexFile = match dir.read_all(&n, crate::repo::INDEX_MAX) {
             Err(e) => {
                 r.problem(path, format!("unreadable: {e}"));
                 continue;

@@ -331,12 +331,34 @@ pub struct Repo {
     root: Dir,
     /// Its `config.json`.
     pub config: Config,
+    /// Damaged snapshot records met so far: (path, what is wrong).
+    damaged: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 fn name(s: &str) -> Name {
     // Internal constant names are always valid components.
     Name::new(s.as_bytes()).expect("constant repository name")
 }
+
+/// Most bytes a `config.json` may hold.
+pub const CONFIG_MAX: u64 = 64 << 10;
+/// Most bytes a snapshot record may hold.
+pub const RECORD_MAX: u64 = 16 << 20;
+/// Most bytes an index file may hold; a backup whose index would be
+/// larger writes several ([`INDEX_BLOBS_PER_FILE`]).
+pub const INDEX_MAX: u64 = 1 << 30;
+/// Blobs a backup lists in one index file (a row is under 150 bytes, so
+/// a file stays well below [`INDEX_MAX`]).
+pub const INDEX_BLOBS_PER_FILE: usize = 4 << 20;
+/// Most bytes one record (line) of an entries file may hold: a file of
+/// 16 TiB at the average chunk size lists about 16 million chunk ids of
+/// 67 bytes each.
+pub const ENTRIES_LINE_MAX: usize = 1 << 30;
+/// Most bytes of a lock holder's note read for a message.
+pub const LOCK_NOTE_MAX: u64 = 4096;
+
+/// The config file's name.
+const CONFIG: &str = "config.json";
 
 const SUBDIRS: [&str; 5] = ["packs", "index", "entries", "snapshots", "tmp"];
 
@@ -474,10 +496,56 @@ impl EntriesReader {
                 self.carry = buf.split_off(old + end + 1);
                 break;
             }
+            if buf.len() > ENTRIES_LINE_MAX {
+                return Err(Error::Integrity {
+                    path: self.path.clone(),
+                    detail: format!(
+                        "a line longer than {ENTRIES_LINE_MAX} bytes, more than a record may hold"
+                    ),
+                });
+            }
         }
         let first = self.next_line;
         self.next_line += memchr::memchr_iter(b'\n', &buf).count();
         Ok(Some((buf, first)))
+    }
+}
+
+/// Reads, checks (against `id`) and parses the snapshot record `n`.
+///
+/// # Errors
+///
+/// [`Error::Integrity`] for a record that is not a regular file, too
+/// large, altered, malformed or of an unknown version; I/O errors.
+fn read_record(dir: &Dir, n: &Name, id: &str, path: &str) -> Result<SnapshotRecord> {
+    let bytes = dir
+        .read_all(n, RECORD_MAX)
+        .map_err(|e| read_error(path, e))?;
+    check_id(&bytes, id, path, "snapshot record")?;
+    let rec: SnapshotRecord = serde_json::from_slice(&bytes).map_err(|e| Error::Integrity {
+        path: path.to_owned(),
+        detail: format!("malformed snapshot record: {e}"),
+    })?;
+    if rec.v != 1 {
+        return Err(Error::Integrity {
+            path: path.to_owned(),
+            detail: format!("snapshot record version {} is not supported", rec.v),
+        });
+    }
+    Ok(rec)
+}
+
+/// A repository file that could not be read: [`Error::Integrity`] when it
+/// is not what the format allows (not a regular file, too large), else
+/// the I/O error.
+fn read_error(path: &str, e: io::Error) -> Error {
+    if e.kind() == io::ErrorKind::InvalidData {
+        Error::Integrity {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        }
+    } else {
+        Error::io("read", path, e)
     }
 }
 
@@ -765,13 +833,42 @@ fn index_into(bytes: &[u8], map: &mut Index) -> serde_json::Result<()> {
 }
 
 impl Repo {
-    /// Creates a new repository at `path` (parents too, `0700`).
+    /// Creates a new repository at `path` (parents too, `0700`), which must
+    /// not exist or be an empty directory (`snap init`).
     ///
     /// # Errors
     ///
-    /// [`Error::Usage`] when a repository already exists there; I/O errors
-    /// with the path.
+    /// [`Error::Usage`] when a repository already exists there or the
+    /// directory holds anything; I/O errors with the path.
     pub fn init(path: &Path) -> Result<Repo> {
+        match Self::create(path, false)? {
+            (repo, true) => Ok(repo),
+            (_, false) => Err(Error::Usage(format!(
+                "a repository already exists at {}",
+                path.display()
+            ))),
+        }
+    }
+
+    /// Opens the repository at `path`, creating it first when there is
+    /// none (the default location on first use). Returns the repository and
+    /// whether this call created it. Race-free: of several processes
+    /// creating one location at once, exactly one creates `config.json`
+    /// (`renameat2(RENAME_NOREPLACE)` of a file written beside it, not in
+    /// `tmp/`, which a lock holder empties); the others open that one.
+    ///
+    /// # Errors
+    ///
+    /// As [`Repo::init`] and [`Repo::open`].
+    pub fn open_or_create(path: &Path) -> Result<(Repo, bool)> {
+        Self::create(path, true)
+    }
+
+    /// [`Repo::init`] (`existing` false: a non-empty directory is refused)
+    /// or [`Repo::open_or_create`] (`existing` true). The directories come
+    /// first, `config.json` last: a location is a repository once it has
+    /// its config.
+    fn create(path: &Path, existing: bool) -> Result<(Repo, bool)> {
         use std::os::unix::fs::DirBuilderExt;
         // Creating the root (and its parents) happens before the root is
         // opened; everything after goes through the dirfd.
@@ -782,15 +879,26 @@ impl Repo {
             .map_err(|e| Error::io("create repository directory", path.display(), e))?;
         let root =
             Dir::open_root(path).map_err(|e| Error::io("open repository", path.display(), e))?;
-        if root
-            .stat_opt(&name("config.json"))
-            .map_err(|e| Error::io("stat", path.join("config.json").display(), e))?
-            .is_some()
-        {
-            return Err(Error::Usage(format!(
-                "a repository already exists at {}",
-                path.display()
-            )));
+        let cfg = name(CONFIG);
+        let has_config = || -> Result<bool> {
+            Ok(root
+                .stat_opt(&cfg)
+                .map_err(|e| Error::io("stat", path.join(CONFIG).display(), e))?
+                .is_some())
+        };
+        if has_config()? {
+            return Ok((Self::open(path)?, false));
+        }
+        if !existing {
+            let names = root
+                .list()
+                .map_err(|e| Error::io("list", path.display(), e))?;
+            if let Some(n) = names.first() {
+                return Err(Error::Usage(format!(
+                    "{} is not empty (it holds {n}) and not a snap repository; give a new or empty directory",
+                    path.display()
+                )));
+            }
         }
         for d in SUBDIRS {
             root.ensure_dir(&name(d), 0o700)
@@ -812,30 +920,44 @@ impl Repo {
                 max: 8 * 1024 * 1024,
             },
         };
-        let repo = Repo {
-            path: path.to_owned(),
-            root,
-            config,
-        };
-        let bytes = serde_json::to_vec_pretty(&repo.config).map_err(|e| Error::Integrity {
+        let bytes = serde_json::to_vec_pretty(&config).map_err(|e| Error::Integrity {
             path: path.display().to_string(),
             detail: e.to_string(),
         })?;
-        let mut syncs = Syncs {
-            enabled: true,
-            ..Syncs::default()
-        };
-        crate::fs::block_on(repo.write_atomic(
-            &RelPath::root(),
-            &name("config.json"),
-            bytes,
-            &mut syncs,
-        ))
-        .map_err(|e| Error::io("start io_uring runtime", path.display(), e))??;
-        repo.root
-            .sync()
+        let tmp = name(&format!(".{CONFIG}.{}.tmp", random_hex(8)?));
+        let tmp_path = path.join(tmp.to_string()).display().to_string();
+        let fd = root
+            .create_file(&tmp, 0o600)
+            .map_err(|e| Error::io("create", &tmp_path, e))?;
+        let written = fd::write_all_at(&fd, &bytes, 0)
+            .and_then(|()| fd::fsync(&fd))
+            .map_err(|e| Error::io("write", &tmp_path, e));
+        drop(fd);
+        let placed = written.and_then(|()| match root.rename(&tmp, &root, &cfg, true) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(Error::io("rename", path.join(CONFIG).display(), e)),
+        });
+        if !matches!(placed, Ok(true)) {
+            if let Err(e) = root.unlink(&tmp) {
+                eprintln!("snap: warning: could not remove {tmp_path}: {e}");
+            }
+        }
+        if !placed? {
+            // Another process created it meanwhile.
+            return Ok((Self::open(path)?, false));
+        }
+        root.sync()
             .map_err(|e| Error::io("fsync directory", path.display(), e))?;
-        Ok(repo)
+        Ok((
+            Repo {
+                path: path.to_owned(),
+                root,
+                config,
+                damaged: Default::default(),
+            },
+            true,
+        ))
     }
 
     /// Opens the repository at `path`.
@@ -855,10 +977,10 @@ impl Repo {
             Err(e) => return Err(Error::io("open repository", path.display(), e)),
         };
         let cfg_path = path.join("config.json").display().to_string();
-        let bytes = match root.read_all(&name("config.json")) {
+        let bytes = match root.read_all(&name(CONFIG), CONFIG_MAX) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(missing()),
-            Err(e) => return Err(Error::io("read", cfg_path, e)),
+            Err(e) => return Err(read_error(&cfg_path, e)),
         };
         let config: Config = serde_json::from_slice(&bytes).map_err(|e| Error::Integrity {
             path: cfg_path.clone(),
@@ -877,6 +999,7 @@ impl Repo {
             path: path.to_owned(),
             root,
             config,
+            damaged: Default::default(),
         })
     }
 
@@ -918,7 +1041,7 @@ impl Repo {
             if waited >= wait_ms {
                 let holder = self
                     .root
-                    .read_all(&lock_name)
+                    .read_all(&lock_name, LOCK_NOTE_MAX)
                     .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
                     .map(|n| {
                         if n.is_empty() {
@@ -1088,6 +1211,55 @@ impl Repo {
         Ok(added)
     }
 
+    /// The durability barrier before a commit point: one `syncfs(2)` of
+    /// the repository's filesystem (when `syncs` is enabled), so every file
+    /// and name the commit depends on is on disk, whoever wrote it: packs,
+    /// index and entries files reused rather than written by this run (an
+    /// earlier run's with `--no-durability`, or one killed before its last
+    /// sync) are covered as much as this run's own.
+    ///
+    /// # Errors
+    ///
+    /// The `syncfs` error (since Linux 5.8 it reports a writeback error of
+    /// any file on the filesystem; see `syncfs(2)`).
+    pub fn barrier(&self, syncs: &mut Syncs) -> Result<()> {
+        syncs.filesystem(&self.root, self.path.display())
+    }
+
+    /// Writes the snapshot record `bytes` as `snapshots/<id>.json`: into
+    /// `tmp/`, `fsync`, `renameat2(RENAME_NOREPLACE)` — **the commit point**
+    /// — then `fsync` of `snapshots/`. The caller has passed
+    /// [`Repo::barrier`].
+    ///
+    /// # Errors
+    ///
+    /// Before the rename: the write, fsync or rename error (nothing is
+    /// committed). After it: [`Error::AfterCommit`] (`E_UNCONFIRMED`), the
+    /// snapshot is listed but its directory sync failed.
+    pub async fn commit_snapshot(&self, id: &str, bytes: Vec<u8>, syncs: &mut Syncs) -> Result<()> {
+        let dir = RelPath::root().join(name("snapshots"));
+        let file = Name::new(format!("{id}.json").as_bytes()).map_err(|e| Error::Integrity {
+            path: self.display("snapshots"),
+            detail: e.to_string(),
+        })?;
+        let mut t = self.create_tmp().await?;
+        t.write(bytes).await?;
+        if let Err(e) = syncs.file(&t.file, &t.path).await {
+            t.discard().await;
+            return Err(e);
+        }
+        let (_, dest) = self.place_tmp(t, &dir, &file).await?;
+        if let Some(dest) = dest {
+            syncs.dir(&dest, self.display("snapshots")).map_err(|e| {
+                e.after_commit(format!(
+                    "snapshot {} was committed",
+                    &id[..12.min(id.len())]
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
     /// Closes a [`TmpFile`] the caller has made durable and renames it to
     /// `dir/file` (`RENAME_NOREPLACE`) without syncing anything. Returns
     /// the bytes added and the directory that gained the name, or 0 and
@@ -1168,56 +1340,44 @@ impl Repo {
         Ok((rel, created.then_some(parent)))
     }
 
-    /// Reads every `<id><suffix>` file in the directory `top`, each checked
-    /// against the BLAKE3 id in its name: (id, display path, bytes).
-    fn read_verified_dir(
-        &self,
-        top: &str,
-        suffix: &str,
-        what: &str,
-    ) -> Result<Vec<(String, String, Vec<u8>)>> {
-        let dir = self.open_dir(&[top])?;
-        let mut out = Vec::new();
-        for n in dir
-            .list()
-            .map_err(|e| Error::io("list", self.display(top), e))?
-        {
-            let fname = n.to_string();
-            let Some(id) = fname.strip_suffix(suffix) else {
-                continue;
-            };
-            let path = self.display(&format!("{top}/{fname}"));
-            let bytes = dir.read_all(&n).map_err(|e| Error::io("read", &path, e))?;
-            check_id(&bytes, id, &path, what)?;
-            out.push((id.to_owned(), path, bytes));
-        }
-        Ok(out)
-    }
-
-    /// Every snapshot, oldest first, each checked against its id.
+    /// Every intact snapshot, oldest first, each checked against its id.
+    /// A record that cannot be read, does not match its id, does not parse
+    /// or has an unknown version is left out and remembered (see
+    /// [`Repo::take_damaged`]): one damaged record does not hide the others.
     ///
     /// # Errors
     ///
-    /// [`Error::Integrity`] when a record does not hash to its name or does
-    /// not parse; I/O errors.
+    /// I/O errors listing `snapshots/`.
     pub fn snapshots(&self) -> Result<Vec<(String, SnapshotRecord)>> {
+        let dir = self.open_dir(&["snapshots"])?;
         let mut out = Vec::new();
-        for (id, path, bytes) in self.read_verified_dir("snapshots", ".json", "snapshot record")? {
-            let rec: SnapshotRecord =
-                serde_json::from_slice(&bytes).map_err(|e| Error::Integrity {
-                    path: path.clone(),
-                    detail: format!("malformed snapshot record: {e}"),
-                })?;
-            if rec.v != 1 {
-                return Err(Error::Integrity {
-                    path,
-                    detail: format!("snapshot record version {} is not supported", rec.v),
-                });
+        for n in dir
+            .list()
+            .map_err(|e| Error::io("list", self.display("snapshots"), e))?
+        {
+            let fname = n.to_string();
+            let Some(id) = fname.strip_suffix(".json") else {
+                continue;
+            };
+            let path = self.display(&format!("snapshots/{fname}"));
+            match read_record(&dir, &n, id, &path) {
+                Ok(rec) => out.push((id.to_owned(), rec)),
+                Err(e) => {
+                    let mut d = self.damaged.lock().unwrap_or_else(|p| p.into_inner());
+                    if !d.iter().any(|(p, _)| *p == path) {
+                        d.push((path, e.to_string()));
+                    }
+                }
             }
-            out.push((id, rec));
         }
         out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then_with(|| a.0.cmp(&b.0)));
         Ok(out)
+    }
+
+    /// The damaged snapshot records [`Repo::snapshots`] has left out so
+    /// far, as (path, what is wrong); each is handed out once.
+    pub fn take_damaged(&self) -> Vec<(String, String)> {
+        std::mem::take(&mut *self.damaged.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Resolves `latest`, a full id, or a unique id prefix.
@@ -1272,7 +1432,9 @@ impl Repo {
                 continue;
             };
             let path = self.display(&format!("index/{fname}"));
-            let bytes = dir.read_all(&n).map_err(|e| Error::io("read", &path, e))?;
+            let bytes = dir
+                .read_all(&n, INDEX_MAX)
+                .map_err(|e| read_error(&path, e))?;
             check_id(&bytes, id, &path, "index file")?;
             index_into(&bytes, &mut map).map_err(|e| Error::Integrity {
                 path: path.clone(),
@@ -1282,20 +1444,26 @@ impl Repo {
         Ok(map)
     }
 
-    /// Reads and parses the entries file `id`, checking it against its id.
+    /// Reads and parses the entries file `id`, checking it against its id
+    /// (a piece at a time, so a damaged file costs no more memory than its
+    /// records and one line of at most [`ENTRIES_LINE_MAX`] bytes).
     ///
     /// # Errors
     ///
     /// [`Error::Integrity`] for a missing, altered or malformed file (the
     /// record's line number is named).
     pub fn read_entries(&self, id: &str) -> Result<Vec<EntryRecord>> {
-        let (path, bytes) = self.read_entries_bytes(id)?;
-        // One part per core, split at line ends: parsing is most of the
-        // time spent before the first entry is used.
-        let parts = split_lines(&bytes, crate::par::cores());
+        let mut reader = self.entries_reader(id, 8 << 20)?;
         let mut out = Vec::new();
-        for part in crate::par::map(&parts, |&(part, first)| parse_lines(&path, part, first)) {
-            out.extend(part?);
+        while let Some((piece, first)) = reader.next_piece()? {
+            // One part per core, split at line ends.
+            let parts = split_lines(&piece, crate::par::cores());
+            let path = reader.path().to_owned();
+            for part in
+                crate::par::map(&parts, |&(part, f)| parse_lines(&path, part, first + f - 1))
+            {
+                out.extend(part?);
+            }
         }
         Ok(out)
     }
@@ -1319,22 +1487,6 @@ impl Repo {
             next_line: 1,
             done: false,
         })
-    }
-
-    /// Reads the entries file `id` unparsed, checked against its id:
-    /// (display path, bytes).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Integrity`] for a missing or altered file.
-    pub fn read_entries_bytes(&self, id: &str) -> Result<(String, Vec<u8>)> {
-        let (path, fd) = self.open_entries(id)?;
-        let bytes = crate::fs::read_to_end(&fd).map_err(|e| Error::Integrity {
-            path: path.clone(),
-            detail: format!("cannot read entries file: {e}"),
-        })?;
-        check_id(&bytes, id, &path, "entries file")?;
-        Ok((path, bytes))
     }
 
     /// Opens entries file `id` for reading a piece at a time (backup reads

@@ -248,13 +248,71 @@ impl EntryRecord {
             v: u32,
         }
         match serde_json::from_slice::<Self>(line) {
-            Ok(r) => check_version(r.v).map(|()| r),
+            Ok(r) => check_version(r.v)
+                .and_then(|()| r.check_values())
+                .map(|()| r),
             // Another version may have another shape: name the version.
             Err(e) => match serde_json::from_slice::<Version>(line) {
                 Ok(ver) if ver.v != SIDECAR_VERSION => Err(unsupported(ver.v)),
                 _ => Err(format!("malformed record: {e}")),
             },
         }
+    }
+}
+
+impl EntryRecord {
+    /// The value rules every reader applies to a parsed record, beyond its
+    /// JSON shape: its path is a valid relative path; times have
+    /// nanoseconds below 10^9 (`utimensat(2)` treats `UTIME_NOW`
+    /// 0x3FFFFFFF and `UTIME_OMIT` 0x3FFFFFFE specially, so a stored one
+    /// would set "now" or nothing); the mode holds only permission bits;
+    /// sparse extents are in order, do not overlap, end within `size`, and
+    /// their lengths sum without wrapping.
+    ///
+    /// # Errors
+    ///
+    /// A message naming the rule broken.
+    pub fn check_values(&self) -> Result<(), String> {
+        self.rel_path()
+            .map_err(|e| format!("invalid path {:?}: {e}", self.path))?;
+        for (what, t) in [
+            ("mtime", Some(&self.mtime)),
+            ("atime", self.atime.as_ref()),
+            ("ctime", self.ctime.as_ref()),
+            ("children_ctime", self.children_ctime.as_ref()),
+        ] {
+            if let Some(t) = t {
+                if t.nsec >= 1_000_000_000 {
+                    return Err(format!("{what} nanoseconds {} are not below 10^9", t.nsec));
+                }
+            }
+        }
+        if self.mode & !0o7777 != 0 {
+            return Err(format!(
+                "mode {:#o} holds more than permission bits",
+                self.mode
+            ));
+        }
+        if let Some(extents) = &self.sparse {
+            let size = self.size.unwrap_or(0);
+            let mut at = 0u64;
+            let mut total = 0u64;
+            for &[off, len] in extents {
+                let end = off
+                    .checked_add(len)
+                    .ok_or_else(|| format!("sparse extent {off}+{len} wraps"))?;
+                if off < at || end > size {
+                    return Err(format!(
+                        "sparse extent {off}+{len} overlaps another or ends past size {size}"
+                    ));
+                }
+                total = total
+                    .checked_add(len)
+                    .ok_or_else(|| "sparse extent lengths wrap".to_owned())?;
+                at = end;
+            }
+        }
+        Ok(())
     }
 }
 

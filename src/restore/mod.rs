@@ -233,7 +233,8 @@ pub fn run(
         .join(staging_name.to_string())
         .display()
         .to_string();
-    remove_stale_staging(&parent, &parent_path, &mut stale_removed)?;
+    let mut not_ours = Vec::new();
+    remove_stale_staging(&parent, &parent_path, &mut stale_removed, &mut not_ours)?;
     parent
         .mkdir(&staging_name, 0o700)
         .map_err(|e| Error::io("create staging directory", &staging_display, e))?;
@@ -273,6 +274,8 @@ pub fn run(
             snapshot_id: loaded.snapshot_id.clone(),
             target: target_display.clone(),
             policy: opts.policy.clone(),
+            tier: loaded.tier,
+            tier_source: loaded.tier_source.to_owned(),
             path: if sub.is_root() {
                 String::new()
             } else {
@@ -302,27 +305,51 @@ pub fn run(
         // dirty_expire_centisecs (30 s), see Documentation/admin-guide/
         // sysctl/vm.rst, so without it every byte would wait for the final
         // syncfs. Measured: /usr/share restores 0.2-0.3 s faster of ~1.7 s.
+        //
+        // A writeback error is reported by `syncfs` once per open file
+        // (errseq, Linux 5.8+; see `syncfs(2)`), so the flusher keeps the
+        // first one it sees: the final `syncfs` on the same descriptor
+        // would return 0.
         let building = std::sync::atomic::AtomicBool::new(true);
+        let flush_error = std::sync::Mutex::new(None::<std::io::Error>);
         let built = std::thread::scope(|s| {
             s.spawn(|| {
                 while building.load(std::sync::atomic::Ordering::Relaxed) {
-                    // Errors surface again in the final syncfs below.
-                    let _ = staging.syncfs();
+                    if let Err(e) = staging.syncfs() {
+                        let mut first = flush_error.lock().unwrap_or_else(|p| p.into_inner());
+                        first.get_or_insert(e);
+                        break;
+                    }
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
             });
-            let built = r.build(reader, &loaded);
+            // The flusher stops however the build ends, a panic included
+            // (the scope would otherwise wait for it forever).
+            let built =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| r.build(reader, &loaded)));
             building.store(false, std::sync::atomic::Ordering::Relaxed);
             built
         });
-        let root_flags = built?;
+        let root_flags = built.map_err(|p| internal_panic(&staging_display, &*p))??;
+        if let Some(e) = flush_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            return Err(Error::io("syncfs", &staging_display, e));
+        }
         staging
             .syncfs()
             .map_err(|e| Error::io("syncfs", &staging_display, e))?;
         Ok((r.summary, r.warnings, root_flags))
     })();
     let (mut summary, mut warnings, root_flags) = match result {
-        Ok(x) => x,
+        Ok((summary, mut warnings, root_flags)) => {
+            for shown in not_ours {
+                warnings.push(RestoreWarning {
+                    path: shown,
+                    op: "remove stale staging directory".into(),
+                    detail: "left alone: another user owns it".into(),
+                });
+            }
+            (summary, warnings, root_flags)
+        }
         Err(e) => {
             remove_staging(&parent, &staging_name, &staging_display);
             return Err(e);
@@ -332,6 +359,28 @@ pub fn run(
         remove_staging(&parent, &staging_name, &staging_display);
         return Err(e);
     }
+    let built = staging_lock
+        .stat_self()
+        .map_err(|e| Error::io("stat", &staging_display, e));
+    // With --replace: the tree being replaced, held open, so that what is
+    // removed (or kept) afterwards is that tree and not whatever another
+    // process put at its name.
+    let old = if swap {
+        parent
+            .open_dir(&target_name)
+            .and_then(|d| d.stat_self().map(|st| (d, st)))
+            .map_err(|e| Error::io("open", &target_display, e))
+            .map(Some)
+    } else {
+        Ok(None)
+    };
+    let (built, old) = match built.and_then(|b| old.map(|o| (b, o))) {
+        Ok(x) => x,
+        Err(e) => {
+            remove_staging(&parent, &staging_name, &staging_display);
+            return Err(e);
+        }
+    };
     let placed = if swap {
         parent.exchange(&staging_name, &parent, &target_name)
     } else {
@@ -345,20 +394,86 @@ pub fn run(
             source: e,
         });
     }
-    if swap {
+    // The name must now hold the tree that was built: another process
+    // that can write the parent could have swapped the staging name (for
+    // a symlink, say) before the rename.
+    let ours = |n: &Name| {
+        parent.stat_opt(n).ok().flatten().is_some_and(|st| {
+            st.kind == crate::fs::FileKind::Dir && (st.dev, st.ino) == (built.dev, built.ino)
+        })
+    };
+    if !ours(&target_name) {
+        if swap {
+            // Put the old tree back where it was (the name now holds it
+            // only if it is still at the staging name).
+            if let Err(e) = parent.exchange(&staging_name, &parent, &target_name) {
+                eprintln!("snap: warning: could not swap back {target_display}: {e}");
+            }
+        }
+        // What was built is removed through its own descriptor, wherever
+        // it was moved; nothing is removed by name.
+        if let Err(e) = staging_lock.clear() {
+            eprintln!("snap: warning: could not empty the staging tree: {e}");
+        }
+        return Err(Error::Swap {
+            from: staging_display,
+            to: target_display,
+            source: std::io::Error::other(
+                "another process replaced the staging directory before the rename; the restored tree was removed and the target left as that process made it",
+            ),
+        });
+    }
+    let committed = format!(
+        "snapshot {} was restored into {target_display}",
+        &summary.snapshot_id[..12.min(summary.snapshot_id.len())]
+    );
+    if let Some((old_dir, old_st)) = old {
         // The old tree now sits under the staging name.
         summary.replaced = true;
+        let old_here = parent
+            .stat_opt(&staging_name)
+            .ok()
+            .flatten()
+            .is_some_and(|st| (st.dev, st.ino) == (old_st.dev, old_st.ino));
         match keep_old {
             Some((kdir, kn, shown)) => {
-                parent
-                    .rename(&staging_name, &kdir, &kn, true)
-                    .map_err(|e| Error::io("keep old tree at", &shown, e))?;
-                crate::fs::fsync_parent_dir(&kdir)
-                    .map_err(|e| Error::io("fsync directory", &shown, e))?;
+                let kept = if old_here {
+                    parent.rename(&staging_name, &kdir, &kn, true)
+                } else {
+                    Err(std::io::Error::other(
+                        "the old tree was moved away by another process",
+                    ))
+                };
+                if let Err(e) = kept.and_then(|()| crate::fs::fsync_parent_dir(&kdir)) {
+                    // Never left under a staging name, which the next
+                    // restore beside the target would remove as stale.
+                    let aside = Name::new(
+                        format!(".snap-old-{}", &opts.run_id[..opts.run_id.len().min(16)])
+                            .as_bytes(),
+                    )
+                    .map_err(|e| Error::Usage(e.to_string()))?;
+                    let at = if old_here
+                        && parent.rename(&staging_name, &parent, &aside, true).is_ok()
+                    {
+                        parent_path.join(aside.to_string()).display().to_string()
+                    } else if old_here {
+                        staging_display.clone()
+                    } else {
+                        "an unknown place".to_owned()
+                    };
+                    return Err(Error::io("keep old tree at", &shown, e)
+                        .after_commit(format!("{committed}; the old tree is at {at}")));
+                }
                 summary.old_kept = Some(shown);
             }
             None => {
-                if let Err(e) = parent.remove_tree(&staging_name) {
+                let removed = old_dir.clear().and_then(|()| {
+                    if old_here {
+                        parent.rmdir(&staging_name)?;
+                    }
+                    Ok(())
+                });
+                if let Err(e) = removed {
                     warnings.push(RestoreWarning {
                         path: staging_display.clone(),
                         op: "remove old tree".into(),
@@ -370,10 +485,7 @@ pub fn run(
     }
     if let Some(want) = root_flags {
         // After the rename: an immutable directory cannot be renamed.
-        let res = parent.open_dir(&target_name).and_then(|d| {
-            set_flags(&d, want)?;
-            d.sync()
-        });
+        let res = set_flags(&staging_lock, want).and_then(|()| staging_lock.sync());
         count(&mut summary.preservation_applied.flags, res.is_ok());
         if let Err(e) = res {
             warnings.push(RestoreWarning {
@@ -383,13 +495,29 @@ pub fn run(
             });
         }
     }
-    crate::fs::fsync_parent_dir(&parent)
-        .map_err(|e| Error::io("fsync directory", parent_path.display(), e))?;
+    crate::fs::fsync_parent_dir(&parent).map_err(|e| {
+        Error::io("fsync directory", parent_path.display(), e).after_commit(committed)
+    })?;
     summary.durable = true;
     summary.stale_staging_removed = stale_removed;
     drop(staging_lock);
     summary.duration_ms = started.elapsed().as_millis() as u64;
     Ok((summary, warnings))
+}
+
+/// The error a panicking restore thread becomes: the run fails (and its
+/// staging tree is removed) instead of aborting or hanging.
+fn internal_panic(staging: &str, payload: &(dyn std::any::Any + Send)) -> Error {
+    let what = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    Error::io(
+        "restore",
+        staging,
+        std::io::Error::other(format!("internal error: {what}")),
+    )
 }
 
 /// A snapshot resolved and its entries scanned and verified, ready for
@@ -403,6 +531,12 @@ pub struct Loaded {
     pub record: crate::repo::SnapshotRecord,
     /// The tier being applied.
     pub tier: crate::policy::PreservationTier,
+    /// Where the tier came from: `"snapshot"` (the record's), `"policy"`
+    /// (chosen by preset, policy file or flag) or `"untrusted"` (capped at
+    /// extended by `restore_untrusted`).
+    pub tier_source: &'static str,
+    /// Policy `restore_untrusted`: set-ID bits are cleared as well.
+    pub untrusted: bool,
     /// What the snapshot's entries (at that tier) ask of a restore.
     pub needs: crate::preflight::Needs,
     /// The snapshot path restored (the root: all of it). Its subtree
@@ -488,7 +622,13 @@ fn applies(tier: crate::policy::PreservationTier) -> (bool, bool) {
 
 /// Drops every field of `r` that `tier` does not apply, so a full snapshot
 /// can be restored at tier extended or basic.
-fn limit(r: &mut EntryRecord, tier: crate::policy::PreservationTier) {
+///
+/// `untrusted` (policy `restore_untrusted`) also clears the set-user-ID and
+/// set-group-ID bits.
+fn limit(r: &mut EntryRecord, tier: crate::policy::PreservationTier, untrusted: bool) {
+    if untrusted {
+        r.mode &= !0o6000;
+    }
     let (extended, full) = applies(tier);
     if !full {
         r.xattrs = None;
@@ -556,9 +696,16 @@ pub fn load(
     query: &str,
     tier: Option<crate::policy::PreservationTier>,
     subpath: Option<&RelPath>,
+    untrusted: bool,
 ) -> Result<Loaded> {
     let (snapshot_id, record) = repo.resolve(query)?;
-    let tier = tier.unwrap_or(record.tier);
+    let (mut tier, mut tier_source) = match tier {
+        Some(t) => (t, "policy"),
+        None => (record.tier, "snapshot"),
+    };
+    if untrusted && tier > crate::policy::PreservationTier::Extended {
+        (tier, tier_source) = (crate::policy::PreservationTier::Extended, "untrusted");
+    }
     let sub = subpath.cloned().unwrap_or_default();
     let sub_raw = sub.to_bytes();
     let mut reader = repo.entries_reader(&record.entries.id, SCAN_PIECE)?;
@@ -642,6 +789,8 @@ pub fn load(
         snapshot_id,
         record,
         tier,
+        tier_source,
+        untrusted,
         needs: total.needs,
         subpath: sub,
         bytes,
@@ -651,9 +800,15 @@ pub fn load(
 }
 
 /// Removes `.snap-restore-*` directories in `parent` left by restores that
-/// died (SIGKILL, power loss): those whose `flock` can be taken, i.e. no
-/// live run holds them.
-fn remove_stale_staging(parent: &Dir, parent_path: &Path, removed: &mut u64) -> Result<()> {
+/// died (SIGKILL, power loss): those owned by this user whose `flock` can
+/// be taken, i.e. no live run holds them. Others' are named in `skipped`.
+/// The removal holds a bounded number of descriptors ([`Dir::remove_tree`]).
+fn remove_stale_staging(
+    parent: &Dir,
+    parent_path: &Path,
+    removed: &mut u64,
+    skipped: &mut Vec<String>,
+) -> Result<()> {
     for n in parent
         .list()
         .map_err(|e| Error::io("list", parent_path.display(), e))?
@@ -663,6 +818,12 @@ fn remove_stale_staging(parent: &Dir, parent_path: &Path, removed: &mut u64) -> 
         }
         let shown = parent_path.join(n.to_string()).display().to_string();
         let Ok(d) = parent.open_dir(&n) else { continue };
+        // Only what a restore as this user made: another user's directory
+        // of that name is theirs, whatever it holds.
+        if d.stat_self().ok().map(|st| st.uid) != Some(crate::fs::euid()) {
+            skipped.push(shown);
+            continue;
+        }
         if fd::try_flock(&d, true).map_err(|e| Error::io("flock", &shown, e))? {
             drop(d);
             parent
@@ -747,6 +908,7 @@ impl<'a> Restorer<'a> {
         let sh = self.sh;
         let template = self.summary.clone();
         let tier = loaded.tier;
+        let untrusted = loaded.untrusted;
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<FileWork>>(64);
         let rx = std::sync::Mutex::new(rx);
         // Parsed pieces of the entries file, a few ahead of the plan.
@@ -758,7 +920,7 @@ impl<'a> Restorer<'a> {
                     p.map(|(bytes, first)| {
                         let mut records = parse_lines(reader.path(), &bytes, first)?;
                         for r in &mut records {
-                            limit(r, tier);
+                            limit(r, tier, untrusted);
                         }
                         Ok(records)
                     })
@@ -1055,24 +1217,31 @@ impl<'a> Restorer<'a> {
     ) {
         use std::sync::atomic::Ordering;
         let mut w = Restorer::new(sh, template.clone());
-        let res = crate::fs::block_on(async {
-            loop {
-                let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                let Ok(batch) = next else { return Ok(()) };
-                w.ahead = batch.iter().map(|f| f.rec.size.unwrap_or(0)).sum();
-                for f in &batch {
-                    if sh.abort.load(Ordering::Relaxed) {
-                        return Ok(());
+        let recv = || rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            crate::fs::block_on(async {
+                loop {
+                    let Ok(batch) = recv() else { return Ok(()) };
+                    w.ahead = batch.iter().map(|f| f.rec.size.unwrap_or(0)).sum();
+                    for f in &batch {
+                        if sh.abort.load(Ordering::Relaxed) {
+                            return Ok(());
+                        }
+                        w.file_work(f).await?;
                     }
-                    w.file_work(f).await?;
                 }
-            }
-        })
-        .map_err(|e| Error::io("start io_uring runtime", &template.target, e))
-        .and_then(|r| r);
+            })
+            .map_err(|e| Error::io("start io_uring runtime", &template.target, e))
+            .and_then(|r| r)
+        }))
+        .unwrap_or_else(|p| Err(internal_panic(&template.target, &*p)));
         if res.is_err() {
             sh.abort.store(true, Ordering::Relaxed);
         }
+        // Until the plan sees the abort and closes the channel, batches
+        // are taken and dropped: a plan blocked on a full channel with no
+        // worker left would wait forever.
+        while recv().is_ok() {}
         (w.summary, w.warnings, w.flags, res)
     }
 
@@ -1351,9 +1520,20 @@ impl<'a> Restorer<'a> {
             )
         })?;
         let len = loc.length as usize;
-        let end = loc.offset + loc.length as u64;
         let hex = loc.pack.to_hex();
         let pack_path = sh.repo.display(&format!("packs/{}/{hex}.pack", &hex[..2]));
+        let end = loc
+            .offset
+            .checked_add(u64::from(loc.length))
+            .ok_or_else(|| {
+                integrity(
+                    &pack_path,
+                    format!(
+                        "blob {id}: offset {} + length {} overflows",
+                        loc.offset, loc.length
+                    ),
+                )
+            })?;
         let in_window = |w: &Window| {
             w.pack == loc.pack && loc.offset >= w.start && end <= w.start + w.bytes.len() as u64
         };

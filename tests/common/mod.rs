@@ -116,6 +116,13 @@ impl Env {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        let args: Vec<S> = args.into_iter().collect();
+        // A location named with --repo must exist: `snap init` makes it.
+        if args.first().is_some_and(|a| a.as_ref() == "backup") && !self.repo.exists() {
+            let mut init = Command::new(snap_bin());
+            init.arg("--repo").arg(&self.repo);
+            self.run_cmd(init, ["init"]).ok();
+        }
         let mut cmd = Command::new(snap_bin());
         cmd.arg("--repo").arg(&self.repo);
         self.run_cmd(cmd, args)
