@@ -252,3 +252,135 @@ fn power_loss_at_twenty_instants_keeps_every_returned_snapshot() {
         eprintln!("xfs part skipped: mkfs.xfs not installed");
     }
 }
+
+/// A durable backup after a `--no-durability` one depends on files the
+/// durable run reuses rather than writes (the parent's entries file, its
+/// packs and index): after a power cut right after it returned, it must
+/// still be listed, pass `check --read-data` and restore byte-exact.
+fn mixed_durability(fstype: &str) {
+    let env = Env::new();
+    let img = env.path("repo.img");
+    fs::File::create(&img)
+        .unwrap()
+        .set_len(if fstype == "ext4" {
+            256 << 20
+        } else {
+            320 << 20
+        })
+        .unwrap();
+    let mkfs = match fstype {
+        "xfs" => format!("mkfs.xfs -q -f '{}'", img.display()),
+        "btrfs" => format!("mkfs.btrfs -q -f '{}'", img.display()),
+        _ => format!("mkfs.ext4 -q -F '{}'", img.display()),
+    };
+    sh(&mkfs);
+    let mnt = env.path("mnt");
+    let _m = mount_image(&img, &mnt, fstype);
+    let repo = mnt.join("repo");
+    let facts = env.path("facts.jsonl");
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    for f in 0..40 {
+        fs::write(
+            src.join(format!("f{f}")),
+            pseudo_random(20_000 + f * 997, f as u64),
+        )
+        .unwrap();
+    }
+    let ok = |args: &[&OsStr]| {
+        let o = snap_in(&repo, &facts, args);
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    ok(&[OsStr::new("init")]);
+    ok(&[OsStr::new("backup"), src.as_os_str()]);
+    sh("sync");
+    let _vm = Sysctl::set(&[
+        ("dirty_expire_centisecs", "360000"),
+        ("dirty_writeback_centisecs", "0"),
+        ("dirty_background_ratio", "60"),
+        ("dirty_ratio", "90"),
+    ]);
+    for f in 0..10 {
+        fs::write(src.join(format!("f{f}")), pseudo_random(30_000, 500 + f)).unwrap();
+    }
+    ok(&[
+        OsStr::new("backup"),
+        OsStr::new("--no-durability"),
+        src.as_os_str(),
+    ]);
+    // Same tree: this durable run writes no pack and names its parent's
+    // entries file.
+    ok(&[
+        OsStr::new("backup"),
+        OsStr::new("--tag"),
+        OsStr::new("durable"),
+        src.as_os_str(),
+    ]);
+    let want = manifest(&src);
+    let copy = env.path("cut.img");
+    sh(&format!(
+        "cp --sparse=always '{}' '{}'",
+        img.display(),
+        copy.display()
+    ));
+    let cmnt = env.path("cut");
+    let _c = mount_image(&copy, &cmnt, fstype);
+    let crepo = cmnt.join("repo");
+    let cf = env.path("cut.jsonl");
+    let check = snap_in(
+        &crepo,
+        &cf,
+        &[OsStr::new("check"), OsStr::new("--read-data")],
+    );
+    assert!(
+        check.status.success(),
+        "{fstype}: check after the cut: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let mut durable = None;
+    for e in fs::read_dir(crepo.join("snapshots")).unwrap() {
+        let p = e.unwrap().path();
+        let rec: serde_json::Value = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
+        if rec["tags"][0] == "durable" {
+            durable = Some(p.file_stem().unwrap().to_str().unwrap().to_owned());
+        }
+    }
+    let id = durable.unwrap_or_else(|| panic!("{fstype}: the durable backup is not listed"));
+    let out = env.path("restored");
+    let r = snap_in(
+        &crepo,
+        &cf,
+        &[
+            OsStr::new("restore"),
+            OsStr::new(&id),
+            OsStr::new("--target"),
+            out.as_os_str(),
+        ],
+    );
+    assert!(
+        r.status.success(),
+        "{fstype}: restore: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert!(manifest(&out) == want, "{fstype}: not byte-exact");
+}
+
+#[test]
+fn a_durable_backup_after_a_no_durability_one_survives_a_power_cut() {
+    if !is_root() || !has_tool("mkfs.ext4") {
+        eprintln!("skipped: needs root (loop mounts, /proc/sys/vm) and mkfs.ext4");
+        return;
+    }
+    mixed_durability("ext4");
+    for (fs, tool) in [("xfs", "mkfs.xfs"), ("btrfs", "mkfs.btrfs")] {
+        if has_tool(tool) {
+            mixed_durability(fs);
+        } else {
+            eprintln!("{fs} part skipped: {tool} not installed");
+        }
+    }
+}

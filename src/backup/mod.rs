@@ -1668,15 +1668,24 @@ impl Writer<'_> {
         self.stats.packs = packed.packs.len() as u64;
         self.stats.bytes_added = packed.bytes_added;
         let mut syncs = packed.syncs;
-        let index = IndexFile {
-            v: 1,
-            packs: packed.packs,
-        };
         let ser = |what: &str, e: serde_json::Error| Error::Integrity {
             path: what.to_owned(),
             detail: format!("cannot serialise: {e}"),
         };
-        if !index.packs.is_empty() {
+        // One index file per at most INDEX_BLOBS_PER_FILE blobs, so each
+        // stays within what readers accept (INDEX_MAX).
+        let mut groups: Vec<Vec<crate::repo::IndexPack>> = Vec::new();
+        let mut in_group = usize::MAX;
+        for p in packed.packs {
+            if in_group.saturating_add(p.blobs.len()) > crate::repo::INDEX_BLOBS_PER_FILE {
+                groups.push(Vec::new());
+                in_group = 0;
+            }
+            in_group += p.blobs.len();
+            groups.last_mut().expect("pushed above").push(p);
+        }
+        for packs in groups {
+            let index = IndexFile { v: 1, packs };
             let bytes = serde_json::to_vec(&index).map_err(|e| ser("index", e))?;
             let id = blake3::hash(&bytes).to_hex().to_string();
             let fname = Name::new(format!("{id}.idx").as_bytes())
