@@ -582,3 +582,37 @@ fn an_fsync_error_after_the_commit_point_says_the_snapshot_was_committed() {
     env.restore_latest(env.path("out")).ok();
     assert_eq!(fs::read(env.path("out/changed")).unwrap(), b"new");
 }
+
+#[test]
+fn check_names_an_unopenable_pack_and_goes_on() {
+    let (env, src) = backed_up();
+    fs::write(src.join("more"), pseudo_random(50_000, 9)).unwrap();
+    env.snap([OsStr::new("backup"), src.as_os_str()]).ok();
+    let mut packs = Vec::new();
+    for d in fs::read_dir(env.repo.join("packs")).unwrap() {
+        for f in fs::read_dir(d.unwrap().path()).unwrap() {
+            packs.push(f.unwrap().path());
+        }
+    }
+    packs.sort();
+    assert_eq!(packs.len(), 2, "{packs:?}");
+    fs::remove_file(&packs[0]).unwrap();
+    sh(&format!("mkfifo '{}'", packs[0].display()));
+    let out = run_limited(
+        snap_cmd(&env, &[OsStr::new("check"), OsStr::new("--read-data")]),
+        Duration::from_secs(60),
+    )
+    .expect("check hung on a FIFO pack");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(90), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}: cannot open", packs[0].display())),
+        "{stderr}"
+    );
+    // The check ran to its end (an aborted one prints no summary line).
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("checked ") && stdout.contains("2 packs"),
+        "{stdout}"
+    );
+}

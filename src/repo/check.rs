@@ -272,7 +272,15 @@ async fn check_packs(
             r.problem(path, "pack listed in the index is missing");
             continue;
         }
-        let f = repo.open_pack(&id)?;
+        // Every pack is checked: one that cannot be opened is a problem
+        // named here, not the end of the check.
+        let f = match repo.open_pack(&id) {
+            Ok(f) => f,
+            Err(e) => {
+                r.problem(path, format!("cannot open: {e}"));
+                continue;
+            }
+        };
         let len = match fd::stat(f.as_fd()) {
             Ok(s) => s.size,
             Err(e) => {

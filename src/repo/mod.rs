@@ -1523,19 +1523,36 @@ impl Repo {
     pub fn open_pack(&self, id: &blake3::Hash) -> Result<DataFile> {
         let hex = id.to_hex();
         let rel = format!("packs/{}/{hex}.pack", &hex[..2]);
-        let dir = self
-            .open_dir(&["packs", &hex[..2]])
-            .map_err(|_| Error::Integrity {
-                path: self.display(&rel),
-                detail: "pack directory missing".into(),
-            })?;
+        let missing = || Error::Integrity {
+            path: self.display(&rel),
+            detail: "pack listed in the index is missing".into(),
+        };
+        let fanout = RelPath::root().join(name("packs")).join(name(&hex[..2]));
+        let dir = match self.root.open_path(&fanout) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(missing()),
+            // A symlink or a file where the fan-out directory belongs.
+            Err(e)
+                if e.kind() == io::ErrorKind::NotADirectory
+                    || e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) =>
+            {
+                return Err(Error::Integrity {
+                    path: self.display(&format!("packs/{}", &hex[..2])),
+                    detail: format!("not a directory: {e}"),
+                })
+            }
+            Err(e) => {
+                return Err(Error::io(
+                    "open directory",
+                    self.display(&format!("packs/{}", &hex[..2])),
+                    e,
+                ))
+            }
+        };
         match dir.open_file(&name(&format!("{hex}.pack"))) {
             Ok(fd) => Ok(DataFile::new(fd)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::Integrity {
-                path: self.display(&rel),
-                detail: "pack listed in the index is missing".into(),
-            }),
-            Err(e) => Err(Error::io("open", self.display(&rel), e)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(missing()),
+            Err(e) => Err(read_error(&self.display(&rel), e)),
         }
     }
 }
