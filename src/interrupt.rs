@@ -34,14 +34,26 @@ pub fn install() -> std::io::Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&flag))?;
     // A concurrent install may have won the race; either flag is
     // registered, and `requested` reads whichever was stored.
-    if FLAG.set(Arc::clone(&flag)).is_err() {
+    if FLAG.set(flag).is_err() {
         return Ok(());
     }
+    // The watchdog sleeps in a read of a socket the handlers write one
+    // byte to (`signal-hook`'s async-signal-safe self-pipe), so it costs
+    // nothing until a signal arrives.
+    let (mut wake, tx) = std::os::unix::net::UnixStream::pair()?;
+    signal_hook::low_level::pipe::register(signal_hook::consts::SIGINT, tx.try_clone()?)?;
+    signal_hook::low_level::pipe::register(signal_hook::consts::SIGTERM, tx)?;
     std::thread::Builder::new()
         .name("snap-signal-watchdog".into())
         .spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                std::thread::sleep(std::time::Duration::from_millis(50));
+            use std::io::Read;
+            let mut byte = [0u8; 1];
+            // EINTR is retried by read_exact; should the socket fail
+            // otherwise (nothing here closes it), watch the flag instead.
+            if wake.read_exact(&mut byte).is_err() {
+                while !requested() {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
             }
             std::thread::sleep(GRACE);
             // A closed stderr loses the line; the exit status says it.

@@ -335,8 +335,8 @@ fn restore_refuses_backup_only_flags_and_excludes_that_can_never_match() {
     ]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("\"/d\""), "{}", r.stderr);
-    // A trailing `/` matches directories only: the directory d goes, a
-    // file named e.txt... and the directory e with it.
+    // A trailing `/` matches directories only: the directory d/e is left
+    // out, the file named e is kept.
     fs::write(src.join("e"), b"a file named e").unwrap();
     env.snap([
         OsStr::new("backup"),
@@ -465,11 +465,15 @@ fn untrusted_restore_caps_the_tier_and_clears_set_id_bits() {
         (s["tier"].as_str(), s["tier_source"].as_str()),
         (Some("full"), Some("snapshot"))
     );
-    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
     assert_eq!(
         fs::metadata(env.path("t/shell")).unwrap().mode() & 0o7777,
         0o4755
     );
+    assert!(fs::symlink_metadata(env.path("t/kmem"))
+        .unwrap()
+        .file_type()
+        .is_char_device());
     let u = env
         .snap([
             OsStr::new("restore"),

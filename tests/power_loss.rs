@@ -70,26 +70,32 @@ fn snap_in(repo: &Path, facts: &Path, args: &[&OsStr]) -> std::process::Output {
         .unwrap()
 }
 
-fn run(fstype: &str) {
-    let env = Env::new();
+/// A fresh `fstype` filesystem in `env`'s `repo.img`, mounted at `mnt`.
+fn new_image(env: &Env, fstype: &str) -> (PathBuf, PathBuf, Mount) {
     let img = env.path("repo.img");
-    // mkfs.xfs wants more than 300 MB; the file is sparse either way.
+    // mkfs.xfs (and mkfs.btrfs) want more than 300 MB; the file is sparse
+    // either way.
     fs::File::create(&img)
         .unwrap()
-        .set_len(if fstype == "xfs" {
-            320 << 20
-        } else {
+        .set_len(if fstype == "ext4" {
             256 << 20
+        } else {
+            320 << 20
         })
         .unwrap();
-    let mkfs = if fstype == "xfs" {
-        format!("mkfs.xfs -q -f '{}'", img.display())
-    } else {
-        format!("mkfs.ext4 -q -F '{}'", img.display())
-    };
-    sh(&mkfs);
+    sh(&match fstype {
+        "xfs" => format!("mkfs.xfs -q -f '{}'", img.display()),
+        "btrfs" => format!("mkfs.btrfs -q -f '{}'", img.display()),
+        _ => format!("mkfs.ext4 -q -F '{}'", img.display()),
+    });
     let mnt = env.path("mnt");
-    let _m = mount_image(&img, &mnt, fstype);
+    let m = mount_image(&img, &mnt, fstype);
+    (img, mnt, m)
+}
+
+fn run(fstype: &str) {
+    let env = Env::new();
+    let (img, mnt, _m) = new_image(&env, fstype);
     let repo = mnt.join("repo");
     let facts = env.path("facts.jsonl");
     assert!(snap_in(&repo, &facts, &[OsStr::new("init")])
@@ -259,23 +265,7 @@ fn power_loss_at_twenty_instants_keeps_every_returned_snapshot() {
 /// still be listed, pass `check --read-data` and restore byte-exact.
 fn mixed_durability(fstype: &str) {
     let env = Env::new();
-    let img = env.path("repo.img");
-    fs::File::create(&img)
-        .unwrap()
-        .set_len(if fstype == "ext4" {
-            256 << 20
-        } else {
-            320 << 20
-        })
-        .unwrap();
-    let mkfs = match fstype {
-        "xfs" => format!("mkfs.xfs -q -f '{}'", img.display()),
-        "btrfs" => format!("mkfs.btrfs -q -f '{}'", img.display()),
-        _ => format!("mkfs.ext4 -q -F '{}'", img.display()),
-    };
-    sh(&mkfs);
-    let mnt = env.path("mnt");
-    let _m = mount_image(&img, &mnt, fstype);
+    let (img, mnt, _m) = new_image(&env, fstype);
     let repo = mnt.join("repo");
     let facts = env.path("facts.jsonl");
     let src = env.path("src");

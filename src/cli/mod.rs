@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::error::{Error, ErrorId, Result};
-use crate::facts::{BackupSummary, Decision, Emitter, Event};
+use crate::facts::{BackupSummary, Decision, Emitter, Event, STDOUT};
 use crate::fs::RelPath;
 use crate::policy::{OnDegraded, Overrides, Policy, PolicyFile, PreservationTier, Preset};
 use crate::preflight::LockState;
@@ -440,9 +440,6 @@ impl Out {
     }
 }
 
-/// The path [`Error::Io`] names for standard output.
-pub const STDOUT: &str = "<stdout>";
-
 /// Whether `e` is a write to a standard output whose reader has gone
 /// (`EPIPE`): the command ends quietly with 141 (128 + `SIGPIPE`), as
 /// `ls | head -1` does.
@@ -609,7 +606,9 @@ fn damaged_facts(facts: &mut Emitter, repo: &Repo) -> Result<()> {
     Ok(())
 }
 
-fn init_fact(facts: &mut Emitter, repo: &Repo) -> Result<()> {
+/// The `repo.init` fact and the line saying a repository was created
+/// (`how` follows the location, e.g. " (the default location)").
+fn announce_init(facts: &mut Emitter, out: &Out, repo: &Repo, how: &str) -> Result<()> {
     facts.emit(
         Decision::Success,
         None,
@@ -617,7 +616,12 @@ fn init_fact(facts: &mut Emitter, repo: &Repo) -> Result<()> {
             repo: repo.path.display().to_string(),
             repo_id: repo.config.id.clone(),
         },
-    )
+    )?;
+    out.line(&format!(
+        "created repository {} at {}{how}",
+        repo.config.id,
+        repo.path.display()
+    ))
 }
 
 /// Creates the default repository the caller found missing (`repo.init`
@@ -626,12 +630,7 @@ fn init_fact(facts: &mut Emitter, repo: &Repo) -> Result<()> {
 fn create_repo(path: &std::path::Path, facts: &mut Emitter, out: &Out) -> Result<Repo> {
     let (repo, created) = Repo::open_or_create(path)?;
     if created {
-        init_fact(facts, &repo)?;
-        out.line(&format!(
-            "created repository {} at {} (the default location)",
-            repo.config.id,
-            path.display()
-        ))?;
+        announce_init(facts, out, &repo, " (the default location)")?;
     }
     Ok(repo)
 }
@@ -727,7 +726,7 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
             let damaged = damaged_facts(facts, &repo);
             let outcome = outcome.and_then(|o| damaged.map(|()| o));
             let outcome = outcome?;
-            let committed = format!("snapshot {} was committed", &outcome.snapshot_id[..12]);
+            let committed = crate::repo::committed(&outcome.snapshot_id);
             let st = &outcome.record.stats;
             let partial = st.unreadable > 0;
             backup_summary_fact(facts, &repo, &outcome).map_err(|e| e.after_commit(&committed))?;
@@ -824,11 +823,7 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
             let res = crate::restore::run(&repo, &opts, loaded, &pb);
             pb.finish_and_clear();
             let (mut summary, warnings) = res?;
-            let committed = format!(
-                "snapshot {} was restored into {}",
-                &summary.snapshot_id[..12],
-                summary.target
-            );
+            let committed = crate::restore::restored(&summary.snapshot_id, &summary.target);
             summary.pre_restore_snapshot = pre_restore;
             for w in &warnings {
                 eprintln!("snap: warning: {} {}: {}", w.op, w.path, w.detail);
@@ -1050,12 +1045,7 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
         Command::Init => {
             let path = repo_path(cli)?;
             let repo = Repo::init(&path)?;
-            init_fact(facts, &repo)?;
-            out.line(&format!(
-                "created repository {} at {}",
-                repo.config.id,
-                path.display()
-            ))?;
+            announce_init(facts, out, &repo, "")?;
             Ok(0)
         }
         Command::Schema { out: dir } => {

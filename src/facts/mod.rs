@@ -348,6 +348,10 @@ pub struct RestoreSummary {
     pub pre_restore_snapshot: Option<String>,
 }
 
+/// The path [`crate::error::Error::Io`] names for standard output (facts
+/// under `--json`, human text otherwise).
+pub const STDOUT: &str = "<stdout>";
+
 /// Writes facts for one run.
 pub struct Emitter {
     run_id: String,
@@ -429,7 +433,7 @@ impl Emitter {
             let mut out = std::io::stdout().lock();
             out.write_all(&line)
                 .and_then(|()| out.flush())
-                .map_err(|e| crate::error::Error::io("write facts", "<stdout>", e))?;
+                .map_err(|e| crate::error::Error::io("write facts", STDOUT, e))?;
         }
         Ok(())
     }

@@ -256,13 +256,13 @@ pub fn too_large(size: u64, max: u64) -> io::Error {
 }
 
 /// Reads `fd` from its offset to the end, at most `max` bytes, into a
-/// vector sized from `fstat(2)` (it grows only if the file did).
+/// vector sized for the `size` bytes `fstat(2)` saw (it grows only if the
+/// file did; files in `/proc` report 0).
 ///
 /// # Errors
 ///
-/// The `fstat(2)` or `read(2)` error; [`too_large`] past `max` bytes.
-pub fn read_to_end_max(fd: impl AsFd, max: u64) -> io::Result<Vec<u8>> {
-    let size = u64::try_from(rustix::fs::fstat(&fd)?.st_size).unwrap_or(0);
+/// The `read(2)` error; [`too_large`] past `max` bytes.
+fn read_to_end_max(fd: impl AsFd, size: u64, max: u64) -> io::Result<Vec<u8>> {
     let cap = usize::try_from(size.min(max))
         .unwrap_or(0)
         .saturating_add(1);
@@ -422,13 +422,18 @@ impl Dir {
     /// The `openat(2)`/`fstat(2)` error; [`io::ErrorKind::InvalidData`]
     /// ([`not_regular`]) when `name` is not a regular file.
     pub fn open_file(&self, name: &Name) -> io::Result<OwnedFd> {
+        Ok(self.open_regular(name)?.0)
+    }
+
+    /// [`Dir::open_file`], with the size its one `fstat(2)` saw.
+    fn open_regular(&self, name: &Name) -> io::Result<(OwnedFd, u64)> {
         let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
         let fd = rustix::fs::openat(self, os(name), flags, Mode::empty())?;
         let st = rustix::fs::fstat(&fd)?;
         if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
             return Err(not_regular(FileType::from_raw_mode(st.st_mode)));
         }
-        Ok(fd)
+        Ok((fd, u64::try_from(st.st_size).unwrap_or(0)))
     }
 
     /// Opens (creating it `mode`, or truncating it) the regular file `name`
@@ -460,13 +465,11 @@ impl Dir {
     /// holds more than `max` bytes (checked before anything is allocated,
     /// and again as it is read); the `read(2)` error.
     pub fn read_all(&self, name: &Name, max: u64) -> io::Result<Vec<u8>> {
-        let fd = self.open_file(name)?;
-        let size = rustix::fs::fstat(&fd)?.st_size;
-        if u64::try_from(size).unwrap_or(u64::MAX) > max {
-            return Err(too_large(size as u64, max));
+        let (fd, size) = self.open_regular(name)?;
+        if size > max {
+            return Err(too_large(size, max));
         }
-        let bytes = read_to_end_max(&fd, max)?;
-        Ok(bytes)
+        read_to_end_max(&fd, size, max)
     }
 
     /// Opens or creates `name` read-write without truncating (for the

@@ -99,15 +99,11 @@ pub fn run(repo: &Repo, read_data: bool, repair_tmp: bool) -> Result<CheckReport
             continue;
         };
         r.snapshots += 1;
-        match dir.read_all(&n, crate::repo::RECORD_MAX) {
+        // The reader's own rules (regular file, size, id, shape, version).
+        match crate::repo::read_record(&dir, &n, id, &path) {
+            Ok(rec) => snapshots.push((id.to_owned(), rec)),
+            Err(crate::error::Error::Integrity { detail, .. }) => r.problem(path, detail),
             Err(e) => r.problem(path, format!("unreadable: {e}")),
-            Ok(b) if blake3::hash(&b).to_hex().as_str() != id => {
-                r.problem(path, "snapshot record does not match its BLAKE3 id")
-            }
-            Ok(b) => match serde_json::from_slice::<SnapshotRecord>(&b) {
-                Ok(rec) => snapshots.push((id.to_owned(), rec)),
-                Err(e) => r.problem(path, format!("malformed snapshot record: {e}")),
-            },
         }
     }
     // Index files.

@@ -511,13 +511,19 @@ impl EntriesReader {
     }
 }
 
+/// What a committed snapshot's error says is true: `"snapshot <12 hex>
+/// was committed"` (see [`Error::AfterCommit`]).
+pub fn committed(id: &str) -> String {
+    format!("snapshot {} was committed", &id[..12.min(id.len())])
+}
+
 /// Reads, checks (against `id`) and parses the snapshot record `n`.
 ///
 /// # Errors
 ///
 /// [`Error::Integrity`] for a record that is not a regular file, too
 /// large, altered, malformed or of an unknown version; I/O errors.
-fn read_record(dir: &Dir, n: &Name, id: &str, path: &str) -> Result<SnapshotRecord> {
+pub(crate) fn read_record(dir: &Dir, n: &Name, id: &str, path: &str) -> Result<SnapshotRecord> {
     let bytes = dir
         .read_all(n, RECORD_MAX)
         .map_err(|e| read_error(path, e))?;
@@ -880,13 +886,11 @@ impl Repo {
         let root =
             Dir::open_root(path).map_err(|e| Error::io("open repository", path.display(), e))?;
         let cfg = name(CONFIG);
-        let has_config = || -> Result<bool> {
-            Ok(root
-                .stat_opt(&cfg)
-                .map_err(|e| Error::io("stat", path.join(CONFIG).display(), e))?
-                .is_some())
-        };
-        if has_config()? {
+        if root
+            .stat_opt(&cfg)
+            .map_err(|e| Error::io("stat", path.join(CONFIG).display(), e))?
+            .is_some()
+        {
             return Ok((Self::open(path)?, false));
         }
         if !existing {
@@ -1199,6 +1203,20 @@ impl Repo {
         file: &Name,
         syncs: &mut Syncs,
     ) -> Result<u64> {
+        self.commit_tmp_as(t, dir, file, syncs, None).await
+    }
+
+    /// [`Repo::commit_tmp`]; when the rename is a commit point
+    /// (`committed` says what it committed), an error after it is
+    /// [`Error::AfterCommit`].
+    async fn commit_tmp_as(
+        &self,
+        t: TmpFile,
+        dir: &RelPath,
+        file: &Name,
+        syncs: &mut Syncs,
+        committed: Option<&str>,
+    ) -> Result<u64> {
         if let Err(e) = syncs.file(&t.file, &t.path).await {
             // Give the space back now (a full disk is the usual cause).
             t.discard().await;
@@ -1206,7 +1224,12 @@ impl Repo {
         }
         let (added, dest) = self.place_tmp(t, dir, file).await?;
         if let Some(dest) = dest {
-            syncs.dir(&dest, self.display(&dir.to_string()))?;
+            syncs
+                .dir(&dest, self.display(&dir.to_string()))
+                .map_err(|e| match committed {
+                    Some(c) => e.after_commit(c),
+                    None => e,
+                })?;
         }
         Ok(added)
     }
@@ -1244,20 +1267,9 @@ impl Repo {
         })?;
         let mut t = self.create_tmp().await?;
         t.write(bytes).await?;
-        if let Err(e) = syncs.file(&t.file, &t.path).await {
-            t.discard().await;
-            return Err(e);
-        }
-        let (_, dest) = self.place_tmp(t, &dir, &file).await?;
-        if let Some(dest) = dest {
-            syncs.dir(&dest, self.display("snapshots")).map_err(|e| {
-                e.after_commit(format!(
-                    "snapshot {} was committed",
-                    &id[..12.min(id.len())]
-                ))
-            })?;
-        }
-        Ok(())
+        self.commit_tmp_as(t, &dir, &file, syncs, Some(&committed(id)))
+            .await
+            .map(|_| ())
     }
 
     /// Closes a [`TmpFile`] the caller has made durable and renames it to

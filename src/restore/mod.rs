@@ -221,14 +221,13 @@ pub fn run(
     let index = repo.load_index()?;
     let mut stale_removed = 0u64;
 
-    let staging_name = Name::new(
-        format!(
-            ".snap-restore-{}",
-            &opts.run_id[..opts.run_id.len().min(16)]
-        )
-        .as_bytes(),
-    )
-    .map_err(|e| Error::Usage(e.to_string()))?;
+    // The run's names beside the target: the staging directory, and where
+    // an old tree goes when --keep-old fails.
+    let run_name = |prefix: &str| {
+        Name::new(format!("{prefix}{}", &opts.run_id[..opts.run_id.len().min(16)]).as_bytes())
+            .map_err(|e| Error::Usage(e.to_string()))
+    };
+    let staging_name = run_name(".snap-restore-")?;
     let staging_display = parent_path
         .join(staging_name.to_string())
         .display()
@@ -397,12 +396,7 @@ pub fn run(
     // The name must now hold the tree that was built: another process
     // that can write the parent could have swapped the staging name (for
     // a symlink, say) before the rename.
-    let ours = |n: &Name| {
-        parent.stat_opt(n).ok().flatten().is_some_and(|st| {
-            st.kind == crate::fs::FileKind::Dir && (st.dev, st.ino) == (built.dev, built.ino)
-        })
-    };
-    if !ours(&target_name) {
+    if !holds(&parent, &target_name, &built) {
         if swap {
             // Put the old tree back where it was (the name now holds it
             // only if it is still at the staging name).
@@ -423,18 +417,11 @@ pub fn run(
             ),
         });
     }
-    let committed = format!(
-        "snapshot {} was restored into {target_display}",
-        &summary.snapshot_id[..12.min(summary.snapshot_id.len())]
-    );
+    let committed = restored(&summary.snapshot_id, &target_display);
     if let Some((old_dir, old_st)) = old {
         // The old tree now sits under the staging name.
         summary.replaced = true;
-        let old_here = parent
-            .stat_opt(&staging_name)
-            .ok()
-            .flatten()
-            .is_some_and(|st| (st.dev, st.ino) == (old_st.dev, old_st.ino));
+        let old_here = holds(&parent, &staging_name, &old_st);
         match keep_old {
             Some((kdir, kn, shown)) => {
                 let kept = if old_here {
@@ -447,11 +434,7 @@ pub fn run(
                 if let Err(e) = kept.and_then(|()| crate::fs::fsync_parent_dir(&kdir)) {
                     // Never left under a staging name, which the next
                     // restore beside the target would remove as stale.
-                    let aside = Name::new(
-                        format!(".snap-old-{}", &opts.run_id[..opts.run_id.len().min(16)])
-                            .as_bytes(),
-                    )
-                    .map_err(|e| Error::Usage(e.to_string()))?;
+                    let aside = run_name(".snap-old-")?;
                     let at = if old_here
                         && parent.rename(&staging_name, &parent, &aside, true).is_ok()
                     {
@@ -503,6 +486,23 @@ pub fn run(
     drop(staging_lock);
     summary.duration_ms = started.elapsed().as_millis() as u64;
     Ok((summary, warnings))
+}
+
+/// Whether `name` in `parent` is (now) the directory `st` was taken of:
+/// same device and inode, without following a symlink.
+fn holds(parent: &Dir, name: &Name, st: &crate::fs::Stat) -> bool {
+    parent.stat_opt(name).ok().flatten().is_some_and(|now| {
+        now.kind == crate::fs::FileKind::Dir && (now.dev, now.ino) == (st.dev, st.ino)
+    })
+}
+
+/// What a restore whose tree is in place says is true (see
+/// [`Error::AfterCommit`]).
+pub fn restored(snapshot_id: &str, target: &str) -> String {
+    format!(
+        "snapshot {} was restored into {target}",
+        &snapshot_id[..12.min(snapshot_id.len())]
+    )
 }
 
 /// The error a panicking restore thread becomes: the run fails (and its
