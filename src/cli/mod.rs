@@ -725,6 +725,17 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
             drop(lock);
             let damaged = damaged_facts(facts, &repo);
             let outcome = outcome.and_then(|o| damaged.map(|()| o));
+            if let Err(e) = &outcome {
+                if matches!(
+                    e,
+                    Error::Io { .. } | Error::Integrity { .. } | Error::Interrupted
+                ) {
+                    eprintln!(
+                        "snap: note: packs this run had already placed stay in {} with no index and no snapshot; `snap check` counts them as garbage packs, and removing garbage is `snap prune`'s job (not in this release yet)",
+                        repo.display("packs")
+                    );
+                }
+            }
             let outcome = outcome?;
             let committed = crate::repo::committed(&outcome.snapshot_id);
             let st = &outcome.record.stats;
@@ -1018,7 +1029,7 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
             let mut n = 0u64;
             for r in &records {
                 let rel = r.rel_path().map_err(|e| Error::Integrity {
-                    path: repo.display(&format!("entries/{}", rec.entries.id)),
+                    path: repo.entries_display(&rec.entries.id),
                     detail: format!("invalid path {:?}: {e}", r.path),
                 })?;
                 if !rel.starts_with(&prefix) {

@@ -1450,6 +1450,11 @@ pub fn euid() -> u32 {
     *EUID.get_or_init(|| rustix::process::geteuid().as_raw())
 }
 
+/// The effective group id of this process (`getegid(2)`).
+pub fn egid() -> u32 {
+    rustix::process::getegid().as_raw()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -361,6 +361,47 @@ pub enum LockState {
     Probe,
 }
 
+/// `target_parent`: a parent directory other users can write and that is
+/// not sticky (`S_ISVTX`, which limits renames and unlinks to an entry's
+/// owner, see `inode(7)`) lets them rename or replace the staging
+/// directory while the tree is built. Restore confirms after its rename
+/// that the target is the tree it built (and fails otherwise), so this is
+/// a warning: the restore may fail, it is not hijacked.
+fn shared_parent_check(r: &mut Report, parent: &Path) {
+    match crate::fs::lstat_path(parent) {
+        Ok(Some(st)) => {
+            let others_write = st.mode & 0o002 != 0
+                || (st.mode & 0o020 != 0 && st.gid != crate::fs::egid())
+                || (st.uid != crate::fs::euid() && st.uid != 0 && st.mode & 0o200 != 0);
+            if others_write && st.mode & 0o1000 == 0 {
+                r.add(
+                    "target_parent",
+                    parent,
+                    CheckResult::Warn,
+                    format!(
+                        "other users can write this directory (mode {:o}, owner {}) and it is not sticky: they could swap the staging directory; the restore checks the result and fails rather than place another tree",
+                        st.mode, st.uid
+                    ),
+                );
+            } else {
+                r.add(
+                    "target_parent",
+                    parent,
+                    CheckResult::Pass,
+                    "only this user (or, sticky, each entry's owner) can rename entries in it",
+                );
+            }
+        }
+        Ok(None) => {}
+        Err(e) => r.add(
+            "target_parent",
+            parent,
+            CheckResult::Warn,
+            format!("cannot stat: {e}"),
+        ),
+    }
+}
+
 fn lock_check(r: &mut Report, repo: &Path, exclusive: bool, state: LockState) {
     let lock = repo.join("lock");
     match state {
@@ -503,6 +544,7 @@ pub fn restore(
             format!("parent not writable: {e}"),
         ),
     }
+    shared_parent_check(&mut r, &parent);
     immutable_check(&mut r, &parent, policy);
     if replacing {
         immutable_check(&mut r, target, policy);

@@ -10,6 +10,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::pack::{parse_rows, parse_trailer, TRAILER_LEN};
+use super::sidecar::EntryKind;
 use super::{IndexFile, Repo, SnapshotRecord};
 use crate::error::Result;
 use crate::fs::fd;
@@ -166,7 +167,7 @@ pub fn run(repo: &Repo, read_data: bool, repair_tmp: bool) -> Result<CheckReport
             Ok(x) => x,
             Err(e) => {
                 r.problem(
-                    repo.display(&format!("entries/{}", rec.entries.id)),
+                    repo.entries_display(&rec.entries.id),
                     format!("entries file of snapshot {}: {e}", &sid[..12]),
                 );
                 continue;
@@ -182,25 +183,63 @@ pub fn run(repo: &Repo, read_data: bool, repair_tmp: bool) -> Result<CheckReport
                 ),
             );
         }
+        // The rules restore builds the tree by, over the whole file.
+        let mut rules = super::tree::TreeRules::new();
+        if let Some((i, why)) = records
+            .iter()
+            .enumerate()
+            .find_map(|(i, e)| rules.push(e).err().map(|w| (i, w)))
+        {
+            r.problem(
+                format!("{}:{}", repo.entries_display(&rec.entries.id), i + 1),
+                format!("{why} (snapshot {})", &sid[..12]),
+            );
+        }
         for e in &records {
+            // Bytes the chunks hold, when every one is indexed: restore
+            // refuses a file whose content is not its recorded size.
+            let mut held = Some(0u64);
             for hex in e.chunks.iter().flatten() {
                 r.references += 1;
                 match blake3::Hash::from_hex(hex) {
                     Ok(id) if index.contains_key(&id) => {
                         referenced.insert(id);
+                        held = held.map(|h| h + u64::from(index[&id].2));
                     }
-                    Ok(id) => r.problem(
-                        repo.display(&format!("entries/{}", rec.entries.id)),
+                    Ok(id) => {
+                        held = None;
+                        r.problem(
+                            repo.entries_display(&rec.entries.id),
+                            format!(
+                                "{}: blob {id} is in no index (snapshot {})",
+                                e.path,
+                                &sid[..12]
+                            ),
+                        )
+                    }
+                    Err(_) => {
+                        held = None;
+                        r.problem(
+                            repo.entries_display(&rec.entries.id),
+                            format!("{}: chunk id {hex:?} is not BLAKE3 hex", e.path),
+                        )
+                    }
+                }
+            }
+            let stored = match &e.sparse {
+                Some(x) => Some(x.iter().map(|[_, l]| *l).sum::<u64>()),
+                None => e.size,
+            };
+            if let (Some(held), Some(stored), EntryKind::File) = (held, stored, e.kind) {
+                if held != stored {
+                    r.problem(
+                        repo.entries_display(&rec.entries.id),
                         format!(
-                            "{}: blob {id} is in no index (snapshot {})",
+                            "{}: its chunks hold {held} bytes, the record says {stored} (snapshot {})",
                             e.path,
                             &sid[..12]
                         ),
-                    ),
-                    Err(_) => r.problem(
-                        repo.display(&format!("entries/{}", rec.entries.id)),
-                        format!("{}: chunk id {hex:?} is not BLAKE3 hex", e.path),
-                    ),
+                    );
                 }
             }
         }

@@ -14,6 +14,7 @@
 pub mod check;
 pub mod pack;
 pub mod sidecar;
+pub mod tree;
 
 use std::collections::HashMap;
 use std::io;
@@ -1516,7 +1517,7 @@ impl Repo {
                 detail: format!("entries id {id:?} is not a BLAKE3-256 hex id"),
             });
         }
-        let path = self.display(&format!("entries/{}/{id}.jsonl", &id[..2]));
+        let path = self.entries_display(id);
         let fd = self
             .open_dir(&["entries", &id[..2]])?
             .open_file(&name(&format!("{id}.jsonl")))
@@ -1525,6 +1526,12 @@ impl Repo {
                 detail: format!("cannot read entries file: {e}"),
             })?;
         Ok((path, fd))
+    }
+
+    /// The path of entries file `id`, for messages
+    /// (`<repo>/entries/<2 hex>/<id>.jsonl`).
+    pub fn entries_display(&self, id: &str) -> String {
+        self.display(&format!("entries/{}/{id}.jsonl", id.get(..2).unwrap_or("")))
     }
 
     /// Opens pack `id` for reading through io_uring.

@@ -267,7 +267,10 @@ impl EntryRecord {
     /// 0x3FFFFFFF and `UTIME_OMIT` 0x3FFFFFFE specially, so a stored one
     /// would set "now" or nothing); the mode holds only permission bits;
     /// sparse extents are in order, do not overlap, end within `size`, and
-    /// their lengths sum without wrapping.
+    /// their lengths sum without wrapping; what a kind needs is there and
+    /// well-formed (a symlink's target, a hard link's leader path, a
+    /// device's `rdev`, a file's chunk ids as 64 hex digits, and a
+    /// one-chunk file's hash equal to that chunk's id).
     ///
     /// # Errors
     ///
@@ -275,6 +278,44 @@ impl EntryRecord {
     pub fn check_values(&self) -> Result<(), String> {
         self.rel_path()
             .map_err(|e| format!("invalid path {:?}: {e}", self.path))?;
+        match self.kind {
+            EntryKind::Symlink => {
+                self.target_bytes()
+                    .map_err(|e| format!("invalid symlink target: {e}"))?
+                    .ok_or("symlink without target")?;
+            }
+            EntryKind::Hardlink => {
+                self.link_path()
+                    .map_err(|e| format!("invalid hard link leader: {e}"))?
+                    .ok_or("hard link without leader")?;
+            }
+            EntryKind::Char | EntryKind::Block if self.rdev.is_none() => {
+                return Err("device without rdev".into());
+            }
+            _ => {}
+        }
+        if let Some(chunks) = &self.chunks {
+            if let Some(bad) = chunks
+                .iter()
+                .find(|c| c.len() != 64 || !c.bytes().all(|b| b.is_ascii_hexdigit()))
+            {
+                return Err(format!("chunk id {bad:?} is not a BLAKE3-256 hex id"));
+            }
+        }
+        if self.kind == EntryKind::File {
+            // The content's hash when restore does not hash it whole: a
+            // one-chunk file's is that chunk's id, an empty file's the
+            // hash of nothing.
+            match (self.chunks.as_deref().unwrap_or(&[]), &self.hash) {
+                ([one], Some(hash)) if one != hash => {
+                    return Err("a one-chunk file's hash is not its chunk's id".into());
+                }
+                ([], Some(hash)) if *hash != blake3::hash(b"").to_hex().as_str() => {
+                    return Err("a file without chunks has the hash of some content".into());
+                }
+                _ => {}
+            }
+        }
         for (what, t) in [
             ("mtime", Some(&self.mtime)),
             ("atime", self.atime.as_ref()),

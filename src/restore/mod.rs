@@ -488,6 +488,30 @@ pub fn run(
     Ok((summary, warnings))
 }
 
+/// The error for an entry restore could not create or apply: a name that
+/// already exists in the staging tree (which holds only what this run
+/// made) is a second record of it, `E_INTEGRITY`; a full disk is
+/// `E_NO_SPACE`; anything else `E_RESTORE_FAILED`.
+fn entry_error(shown: &str, op: &str, e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::AlreadyExists {
+        return integrity(
+            shown,
+            format!("{op}: a second record of this name in the snapshot"),
+        );
+    }
+    if crate::error::io_error_id(&e) == crate::error::ErrorId::E_NO_SPACE {
+        return Error::Io {
+            op: "restore",
+            path: shown.to_owned(),
+            source: e,
+        };
+    }
+    Error::Restore {
+        path: shown.to_owned(),
+        detail: format!("{op}: {e}"),
+    }
+}
+
 /// Whether `name` in `parent` is (now) the directory `st` was taken of:
 /// same device and inode, without following a symlink.
 fn holds(parent: &Dir, name: &Name, st: &crate::fs::Stat) -> bool {
@@ -967,10 +991,7 @@ impl<'a> Restorer<'a> {
         for (rel, lrel) in &links {
             crate::interrupt::check()?;
             let shown = rel.to_string();
-            let ctx = |op: &str, e: std::io::Error| Error::Restore {
-                path: shown.clone(),
-                detail: format!("{op}: {e}"),
-            };
+            let ctx = |op: &str, e: std::io::Error| entry_error(&shown, op, e);
             let parent_of = |r: &RelPath| sh.staging.open_path(&r.parent().unwrap_or_default());
             let ldir = parent_of(lrel).map_err(|e| ctx("open leader directory", e))?;
             let dir = parent_of(rel).map_err(|e| ctx("open directory", e))?;
@@ -988,10 +1009,10 @@ impl<'a> Restorer<'a> {
             } else {
                 rel.to_string()
             };
-            let dir = sh.staging.open_path(rel).map_err(|e| Error::Restore {
-                path: shown.clone(),
-                detail: format!("open directory: {e}"),
-            })?;
+            let dir = sh
+                .staging
+                .open_path(rel)
+                .map_err(|e| entry_error(&shown, "open directory", e))?;
             match rec {
                 Some(r) => self.apply_fd_metadata(&dir, r, rel, *order, &shown)?,
                 // A synthetic target directory: as mkdir(1) would make it.
@@ -1022,9 +1043,7 @@ impl<'a> Restorer<'a> {
         use crate::policy::PreservationTier as T;
         let sh = self.sh;
         let id = &loaded.record.entries.id;
-        let entries_path = sh
-            .repo
-            .display(&format!("entries/{}/{id}.jsonl", &id[..2.min(id.len())]));
+        let entries_path = sh.repo.entries_display(id);
         let root = sh
             .staging
             .open_path(&RelPath::root())
@@ -1090,10 +1109,7 @@ impl<'a> Restorer<'a> {
                     ));
                 };
                 let shown = rel.to_string();
-                let ctx = |op: &str, e: std::io::Error| Error::Restore {
-                    path: shown.clone(),
-                    detail: format!("{op}: {e}"),
-                };
+                let ctx = |op: &str, e: std::io::Error| entry_error(&shown, op, e);
                 // The record whose content and metadata a file takes.
                 let mut file_from: Option<Arc<EntryRecord>> = None;
                 match rec.kind {
@@ -1122,9 +1138,10 @@ impl<'a> Restorer<'a> {
                                 ),
                             ));
                         };
-                        if !kept(lrec.kind, loaded.tier) {
+                        if !kept(lrec.kind, loaded.tier) || lrec.kind == EntryKind::Socket {
                             // Its leader's kind is not restored at this
-                            // tier, so neither is this name.
+                            // tier (a socket never is: it is recorded
+                            // only), so neither is this name.
                             continue;
                         }
                         match (at, lrec.kind) {
@@ -1254,10 +1271,10 @@ impl<'a> Restorer<'a> {
         let parent = f.rel.parent().unwrap_or_default();
         let dir = match self.dir_cache.take() {
             Some((r, d)) if r == parent => d,
-            _ => sh.staging.open_path(&parent).map_err(|e| Error::Restore {
-                path: shown.clone(),
-                detail: format!("open directory: {e}"),
-            })?,
+            _ => sh
+                .staging
+                .open_path(&parent)
+                .map_err(|e| entry_error(&shown, "open directory", e))?,
         };
         let name = f
             .rel
@@ -1342,10 +1359,7 @@ impl<'a> Restorer<'a> {
         order: usize,
         shown: &str,
     ) -> Result<()> {
-        let ctx = |op: &str, e: std::io::Error| Error::Restore {
-            path: shown.to_owned(),
-            detail: format!("{op}: {e}"),
-        };
+        let ctx = |op: &str, e: std::io::Error| entry_error(shown, op, e);
         // A chown or chmod that would change nothing is skipped: on ext4
         // each is an inode update, and a chmod also looks up the inode's
         // ACL (`posix_acl_chmod`), while a new file usually has its owner
@@ -1424,10 +1438,7 @@ impl<'a> Restorer<'a> {
         // staging tree (mode 0700) keeps it from other users meanwhile.
         let out = dir
             .create_file(name, rec.mode & 0o777)
-            .map_err(|e| Error::Restore {
-                path: shown.to_owned(),
-                detail: format!("create: {e}"),
-            })?;
+            .map_err(|e| entry_error(shown, "create", e))?;
         let progress = self.sh.progress;
         // Where the stored bytes go: the data extents, or the whole file.
         let extents: Vec<(u64, u64)> = match &rec.sparse {
@@ -1600,10 +1611,7 @@ impl<'a> Restorer<'a> {
     /// by backup but not created: a socket belongs to the process that
     /// bound it.
     fn special(&mut self, dir: &Dir, name: &Name, rec: &EntryRecord, shown: &str) -> Result<()> {
-        let ctx = |op: &str, e: std::io::Error| Error::Restore {
-            path: shown.to_owned(),
-            detail: format!("{op}: {e}"),
-        };
+        let ctx = |op: &str, e: std::io::Error| entry_error(shown, op, e);
         match rec.kind {
             EntryKind::Symlink => {
                 let target = rec
