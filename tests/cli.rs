@@ -430,6 +430,11 @@ fn unreadable_file_gives_partial_snapshot_exit_3() {
         "{}",
         r.stderr
     );
+    let summary = r.fact("backup.summary");
+    assert_eq!(
+        (summary["error_id"].as_str(), summary["exit_code"].as_i64()),
+        (Some("E_PARTIAL"), Some(3))
+    );
     let w = r.fact("backup.warning");
     assert_eq!(w["path"], "keep/secret");
     assert_eq!(w["entry_skipped"], true);

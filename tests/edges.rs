@@ -749,3 +749,147 @@ fn a_full_target_filesystem_is_e_no_space_and_leaves_nothing() {
     assert_eq!(r.fact("command.failed")["error_id"], "E_NO_SPACE");
     assert_eq!(listed, 0, "the staging tree was left");
 }
+
+#[test]
+fn a_source_file_swapped_for_a_fifo_after_the_scan_is_refused_not_waited_on() {
+    // The walker reads `aa` (large) before it opens `zz`; the scan has
+    // stat'ed both long before. `zz` becomes a FIFO held open for writing
+    // (so a blocking read would wait forever) while `aa` is read.
+    for size in [200usize << 20, 600 << 20] {
+        let env = Env::new();
+        let src = env.path("src");
+        fs::create_dir(&src).unwrap();
+        fs::write(src.join("aa"), pseudo_random(size, 5)).unwrap();
+        fs::write(src.join("zz"), b"regular").unwrap();
+        env.snap(["init"]).ok();
+        let mut child = snap_cmd(&env, &[OsStr::new("backup"), src.as_os_str()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(60));
+        let zz = src.join("zz");
+        fs::remove_file(&zz).unwrap();
+        sh(&format!("mkfifo '{}'", zz.display()));
+        // O_RDWR opens a FIFO without waiting and keeps a writer on it.
+        let holder = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&zz)
+            .unwrap();
+        let t = Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "backup waits on a FIFO swapped in after the scan"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        drop(holder);
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        if status.code() == Some(3) {
+            assert!(
+                stderr.contains("zz") && stderr.contains("changed since"),
+                "{stderr}"
+            );
+            let ls = env.snap(["ls", "latest"]).ok();
+            assert!(!ls.stdout.contains(" zz"), "{}", ls.stdout);
+            return;
+        }
+        // zz was opened before the swap: try again with more to read first.
+        assert_eq!(status.code(), Some(0), "{stderr}");
+    }
+    panic!("the swap never landed between the scan and the open");
+}
+
+#[test]
+fn a_usage_error_of_check_names_the_command_in_its_fact() {
+    let env = Env::new();
+    let r = env.snap(["check", "--no-such-flag"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let f = r.fact("command.failed");
+    assert_eq!(
+        (f["command"].as_str(), f["error_id"].as_str()),
+        (Some("check"), Some("E_USAGE"))
+    );
+}
+
+#[test]
+fn a_racer_swapping_the_staging_directory_never_gets_its_tree_placed() {
+    let (env, _) = backed_up();
+    let shared = env.path("shared");
+    fs::create_dir(&shared).unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).unwrap();
+    let decoy = env.path("decoy");
+    fs::create_dir(&decoy).unwrap();
+    fs::write(decoy.join("precious"), b"keep").unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (mut placed, mut refused) = (0, 0);
+    std::thread::scope(|s| {
+        // The racer: whenever a staging directory appears, move it away
+        // and put a symlink to the decoy in its place.
+        s.spawn(|| {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for e in fs::read_dir(&shared).unwrap().flatten() {
+                    let name = e.file_name();
+                    // Real directories only (not its own symlinks).
+                    if name.to_string_lossy().starts_with(".snap-restore-")
+                        && e.file_type().is_ok_and(|t| t.is_dir())
+                    {
+                        n += 1;
+                        let away = shared.join(format!("stolen-{n}"));
+                        if fs::rename(e.path(), &away).is_ok() {
+                            let _ = std::os::unix::fs::symlink(&decoy, e.path());
+                        }
+                    }
+                }
+            }
+        });
+        for i in 0..30 {
+            let target = shared.join(format!("T{i}"));
+            let r = env.restore_latest(&target);
+            match r.code {
+                0 => {
+                    let st = fs::symlink_metadata(&target).unwrap();
+                    assert!(
+                        st.is_dir(),
+                        "round {i}: the target is not the restored tree"
+                    );
+                    assert_eq!(fs::read(target.join("a.txt")).unwrap(), b"alpha\n");
+                    placed += 1;
+                }
+                40 => {
+                    assert!(
+                        r.stderr.contains("another process replaced"),
+                        "{}",
+                        r.stderr
+                    );
+                    refused += 1;
+                }
+                // The racer took the staging directory before the build
+                // opened it (or mid-build): a failure, never success.
+                c => assert!([1, 70].contains(&c), "round {i}: exit {c}: {}", r.stderr),
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    eprintln!("{placed} restores placed, {refused} refused after a swap");
+    // What a refused restore built was emptied through its descriptor,
+    // wherever the racer moved it.
+    for e in fs::read_dir(&shared).unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with("stolen-") {
+            assert_eq!(fs::read_dir(e.path()).unwrap().count(), 0, "{:?}", e.path());
+        }
+    }
+    assert_eq!(fs::read(decoy.join("precious")).unwrap(), b"keep");
+    assert_eq!(
+        fs::read_dir(&decoy).unwrap().count(),
+        1,
+        "the decoy was written to"
+    );
+}

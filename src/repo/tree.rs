@@ -26,7 +26,7 @@ pub struct TreeRules {
     /// The open directories, outermost first, with the names met in each.
     stack: Vec<(RelPath, HashSet<Vec<u8>>)>,
     root: bool,
-    /// Records that may lead hard links: path -> kind.
+    /// Records met that are not hard links: path -> kind.
     leaders: HashMap<RelPath, EntryKind>,
     /// Records seen.
     pub records: u64,
@@ -75,6 +75,9 @@ impl TreeRules {
         if !names.insert(name.as_bytes().to_vec()) {
             return Err(format!("a second record for {rel}"));
         }
+        if rec.kind != EntryKind::Hardlink {
+            self.leaders.insert(rel.clone(), rec.kind);
+        }
         match rec.kind {
             EntryKind::Dir => self.stack.push((rel, HashSet::new())),
             EntryKind::Hardlink => {
@@ -93,9 +96,6 @@ impl TreeRules {
                     }
                     Some(_) => {}
                 }
-            }
-            k if can_lead(k) => {
-                self.leaders.insert(rel, k);
             }
             _ => {}
         }
