@@ -893,3 +893,33 @@ fn a_racer_swapping_the_staging_directory_never_gets_its_tree_placed() {
         "the decoy was written to"
     );
 }
+
+#[test]
+fn a_sparse_pack_whose_trailer_claims_a_huge_footer_is_refused_without_allocating_it() {
+    let (env, _) = backed_up();
+    let pack = one_file(&env.repo, "packs");
+    let len: u64 = 64 << 30;
+    let count: u32 = 1_000_000_000;
+    let footer_offset = len - 24 - u64::from(count) * 44;
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&pack)
+        .unwrap();
+    f.set_len(len).unwrap();
+    let mut trailer = Vec::new();
+    trailer.extend_from_slice(&count.to_le_bytes());
+    trailer.extend_from_slice(&0u32.to_le_bytes());
+    trailer.extend_from_slice(&footer_offset.to_le_bytes());
+    trailer.extend_from_slice(b"SNAPPAK1");
+    std::os::unix::fs::FileExt::write_all_at(&f, &trailer, len - 24).unwrap();
+    drop(f);
+    let out = run_limited(
+        snap_cmd(&env, &[OsStr::new("check"), OsStr::new("--read-data")]),
+        Duration::from_secs(60),
+    )
+    .expect("check hung");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(90), "{stderr}");
+    assert!(stderr.contains("a footer may hold"), "{stderr}");
+}

@@ -18,6 +18,10 @@ pub const PACK_MAGIC: &[u8; 8] = b"SNAPPAK1";
 pub const TRAILER_LEN: usize = 24;
 /// Length of one footer row.
 pub const FOOTER_ROW_LEN: usize = 44;
+/// Most bytes a pack's footer may hold: about 24 million blobs. A backup
+/// closes a pack at about 16 MiB of blob data, so its footer holds at most
+/// 16 million rows (1-byte blobs), 704 MB.
+pub const PACK_FOOTER_MAX: usize = 1 << 30;
 
 /// A piece of a blob: `range` of the bytes of `buf`.
 pub struct Part<B> {
@@ -130,6 +134,15 @@ pub fn parse_trailer(trailer: &[u8], pack_len: u64) -> Result<(usize, u64), Stri
     let count = u32::from_le_bytes(trailer[0..4].try_into().map_err(|_| "trailer")?) as usize;
     let footer_offset = u64::from_le_bytes(trailer[8..16].try_into().map_err(|_| "trailer")?);
     let footer_end = pack_len - TRAILER_LEN as u64;
+    // Every blob holds at least one byte (an empty file has no chunk), and
+    // a footer past PACK_FOOTER_MAX is not one a backup writes: both keep
+    // what a reader allocates for the footer bounded by what the format
+    // allows, not by a (sparse, hostile) file's length.
+    if count as u64 > footer_offset || count * FOOTER_ROW_LEN > PACK_FOOTER_MAX {
+        return Err(format!(
+            "pack trailer names {count} blobs, more than its {footer_offset} data bytes or a footer may hold"
+        ));
+    }
     if footer_offset > footer_end || footer_end - footer_offset != (count * FOOTER_ROW_LEN) as u64 {
         return Err(format!(
             "pack footer of {count} blobs does not fit between offset {footer_offset} and {footer_end}"
