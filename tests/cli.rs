@@ -716,6 +716,8 @@ fn running_out_of_space_mid_backup_is_e_no_space_and_commits_nothing() {
         r.stderr
     );
     assert_eq!(r.fact("command.failed")["error_id"], "E_NO_SPACE");
+    // The message says what the run leaves behind.
+    assert!(r.stderr.contains("garbage packs"), "{}", r.stderr);
     assert_eq!(
         fs::read_dir(repo.join("snapshots")).unwrap().count(),
         0,

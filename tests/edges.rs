@@ -850,9 +850,32 @@ fn a_racer_swapping_the_staging_directory_never_gets_its_tree_placed() {
                 }
             }
         });
+        // The racer stops however the rounds end (a failed assertion
+        // included), or the scope would wait for it forever.
+        struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let _stop = Stop(&stop);
         for i in 0..30 {
             let target = shared.join(format!("T{i}"));
-            let r = env.restore_latest(&target);
+            // Odd rounds replace an existing tree (RENAME_EXCHANGE).
+            let replace = i % 2 == 1;
+            let r = if replace {
+                fs::create_dir(&target).unwrap();
+                fs::write(target.join("old"), b"old tree").unwrap();
+                env.snap([
+                    OsStr::new("restore"),
+                    OsStr::new("latest"),
+                    OsStr::new("--replace"),
+                    OsStr::new("--target"),
+                    target.as_os_str(),
+                ])
+            } else {
+                env.restore_latest(&target)
+            };
             match r.code {
                 0 => {
                     let st = fs::symlink_metadata(&target).unwrap();
@@ -869,6 +892,17 @@ fn a_racer_swapping_the_staging_directory_never_gets_its_tree_placed() {
                         "{}",
                         r.stderr
                     );
+                    if replace {
+                        // The swap was undone and nothing was removed by
+                        // name: the old tree is back at the target, or
+                        // wherever the racer (which can rename anything in
+                        // this directory) moved it once it sat under the
+                        // staging name.
+                        let kept = std::iter::once(target.clone())
+                            .chain(fs::read_dir(&shared).unwrap().flatten().map(|e| e.path()))
+                            .any(|p| fs::read(p.join("old")).is_ok_and(|b| b == b"old tree"));
+                        assert!(kept, "round {i}: the old tree is gone");
+                    }
                     refused += 1;
                 }
                 // The racer took the staging directory before the build
@@ -876,14 +910,22 @@ fn a_racer_swapping_the_staging_directory_never_gets_its_tree_placed() {
                 c => assert!([1, 70].contains(&c), "round {i}: exit {c}: {}", r.stderr),
             }
         }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
     });
     eprintln!("{placed} restores placed, {refused} refused after a swap");
     // What a refused restore built was emptied through its descriptor,
     // wherever the racer moved it.
     for e in fs::read_dir(&shared).unwrap().flatten() {
-        if e.file_name().to_string_lossy().starts_with("stolen-") {
-            assert_eq!(fs::read_dir(e.path()).unwrap().count(), 0, "{:?}", e.path());
+        // (Not the symlinks: the racer may rename one it planted, once our
+        // exchange has put it back under the staging name.)
+        if e.file_name().to_string_lossy().starts_with("stolen-")
+            && e.file_type().is_ok_and(|t| t.is_dir())
+            && !e.path().join("old").exists()
+        {
+            let left: Vec<_> = fs::read_dir(e.path())
+                .unwrap()
+                .map(|x| x.unwrap().file_name())
+                .collect();
+            assert!(left.is_empty(), "{:?} holds {left:?}", e.path());
         }
     }
     assert_eq!(fs::read(decoy.join("precious")).unwrap(), b"keep");
@@ -922,4 +964,49 @@ fn a_sparse_pack_whose_trailer_claims_a_huge_footer_is_refused_without_allocatin
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(90), "{stderr}");
     assert!(stderr.contains("a footer may hold"), "{stderr}");
+}
+
+#[test]
+fn an_fsync_error_on_the_target_parent_says_the_restore_was_placed() {
+    if !has_tool("strace") {
+        eprintln!("skipped: needs strace for fault injection");
+        return;
+    }
+    let (env, _) = backed_up();
+    let parent = env.path("p");
+    fs::create_dir(&parent).unwrap();
+    let out = Command::new("strace")
+        .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=fsync"])
+        .args(["-e", "inject=fsync:error=EIO:when=1", "-P"])
+        .arg(&parent)
+        .arg(snap_bin())
+        .arg("--repo")
+        .arg(&env.repo)
+        .args(["restore", "latest", "--target"])
+        .arg(parent.join("T"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("was restored into"), "{stderr}");
+    assert_eq!(fs::read(parent.join("T/a.txt")).unwrap(), b"alpha\n");
+}
+
+#[test]
+fn list_waits_for_the_lock_as_long_as_lock_wait_says() {
+    let (env, _) = backed_up();
+    let mut holder = Command::new("flock")
+        .arg("--no-fork")
+        .arg(env.repo.join("lock"))
+        .args(["sleep", "30"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    let r = env.snap(["list", "--lock-wait", "300"]);
+    let waited = t.elapsed();
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert_eq!(r.code, 30, "{}", r.stderr);
+    assert!(waited < Duration::from_secs(3), "waited {waited:?}");
 }

@@ -350,12 +350,12 @@ pub fn run(
             (summary, warnings, root_flags)
         }
         Err(e) => {
-            remove_staging(&parent, &staging_name, &staging_display);
+            remove_staging(&parent, &staging_name, &staging_lock, &staging_display);
             return Err(e);
         }
     };
     if let Err(e) = crate::interrupt::check() {
-        remove_staging(&parent, &staging_name, &staging_display);
+        remove_staging(&parent, &staging_name, &staging_lock, &staging_display);
         return Err(e);
     }
     let built = staging_lock
@@ -376,7 +376,7 @@ pub fn run(
     let (built, old) = match built.and_then(|b| old.map(|o| (b, o))) {
         Ok(x) => x,
         Err(e) => {
-            remove_staging(&parent, &staging_name, &staging_display);
+            remove_staging(&parent, &staging_name, &staging_lock, &staging_display);
             return Err(e);
         }
     };
@@ -386,7 +386,7 @@ pub fn run(
         parent.rename(&staging_name, &parent, &target_name, true)
     };
     if let Err(e) = placed {
-        remove_staging(&parent, &staging_name, &staging_display);
+        remove_staging(&parent, &staging_name, &staging_lock, &staging_display);
         return Err(Error::Swap {
             from: staging_display,
             to: target_display,
@@ -861,8 +861,17 @@ fn remove_stale_staging(
 
 /// Removes a staging directory after a failed restore; a failure to remove
 /// it is reported on stderr (the next restore does not reuse the name).
-fn remove_staging(parent: &Dir, name: &Name, display: &str) {
-    if let Err(e) = parent.remove_tree(name) {
+fn remove_staging(parent: &Dir, name: &Name, staging: &Dir, display: &str) {
+    // Emptied through its own descriptor, wherever another process may
+    // have moved it; its name is removed only while it still names it.
+    let removed = staging.clear().and_then(|()| {
+        let st = staging.stat_self()?;
+        if holds(parent, name, &st) {
+            parent.rmdir(name)?;
+        }
+        Ok(())
+    });
+    if let Err(e) = removed {
         eprintln!(
             "snap: warning: could not remove staging directory {display}: {e}; remove it by hand"
         );
