@@ -21,10 +21,12 @@ use globset::{GlobSet, GlobSetBuilder};
 
 use crate::error::{Error, Result};
 use crate::facts::{Decision, Emitter, Event};
-use crate::fs::{fd, DataFile, Dir, FileKind, Name, RelPath, Stat};
+use crate::fs::{fd, Dir, FileKind, Name, RelPath, Stat};
+use crate::io::DataFile;
 use crate::policy::{Policy, PreservationTier};
 use crate::repo::sidecar::{DevNum, EntryKind, EntryRecord};
-use crate::repo::{EntriesRef, IndexFile, Repo, SnapshotRecord, SnapshotStats, Syncs};
+use crate::repo::storage::{Ranged, Staged};
+use crate::repo::{commit, EntriesRef, IndexFile, Repo, SnapshotRecord, SnapshotStats, Syncs};
 use pipeline::Msg;
 
 /// Bytes requested per read submission.
@@ -288,7 +290,7 @@ struct Parent {
     id: String,
     /// The entries file, for error messages.
     path: String,
-    fd: std::os::fd::OwnedFd,
+    file: Box<dyn Ranged>,
     /// Its length in bytes.
     size: u64,
     /// Directories by raw path.
@@ -332,7 +334,7 @@ impl Parent {
             nsec: start.subsec_nanos(),
         };
         let id = &rec.entries.id;
-        let (path, fd) = repo.open_entries(id)?;
+        let (path, file) = repo.open_entries(id)?;
         let read_err = |e| Error::io("read", &path, e);
         let mut dirs = PathMap::default();
         // The line being assembled, its offset and index; the line index
@@ -345,7 +347,7 @@ impl Parent {
         let mut buf = vec![0u8; PARENT_READ];
         let mut at = 0u64;
         'read: loop {
-            let n = crate::fs::read_at(&fd, &mut buf, at).map_err(read_err)?;
+            let n = file.read_at(&mut buf, at).map_err(read_err)?;
             if n == 0 {
                 break;
             }
@@ -403,9 +405,7 @@ impl Parent {
             }
             line.extend_from_slice(rest);
         }
-        let size = crate::fs::fd::stat(&fd)
-            .map_err(|e| Error::io("stat", &path, e))?
-            .size;
+        let size = file.size().map_err(|e| Error::io("stat", &path, e))?;
         if let Some(p) = open.take() {
             if let Some(d) = dirs.get_mut(&p) {
                 if line_no < next_dir {
@@ -424,19 +424,20 @@ impl Parent {
         let parent = Self {
             id: id.clone(),
             path: path.clone(),
-            fd,
+            file,
             size,
             dirs,
             settled,
         };
         // The walker may have stopped already; the check still decides.
         let _ = out.send(parent);
-        let (_, fd) = repo.open_entries(id)?;
+        let (_, file) = repo.open_entries(id)?;
         let mut hasher = blake3::Hasher::new();
         let mut at = 0u64;
         loop {
-            let n =
-                crate::fs::read_at(&fd, &mut buf, at).map_err(|e| Error::io("read", &path, e))?;
+            let n = file
+                .read_at(&mut buf, at)
+                .map_err(|e| Error::io("read", &path, e))?;
             if n == 0 {
                 break;
             }
@@ -470,7 +471,9 @@ impl Parent {
     ///
     /// As [`Parent::read`].
     fn read_into(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        let n = crate::fs::read_at(&self.fd, buf, offset)
+        let n = self
+            .file
+            .read_at(buf, offset)
             .map_err(|e| Error::io("read", &self.path, e))?;
         if n < buf.len() {
             return Err(Error::Integrity {
@@ -566,7 +569,7 @@ impl Block {
 struct EntriesOut {
     /// `Some(n)` while the output is the parent's first `n` bytes.
     same: Option<u64>,
-    tmp: Option<crate::repo::TmpFile>,
+    tmp: Option<Box<dyn Staged>>,
     buf: Vec<u8>,
     hasher: blake3::Hasher,
     /// Records so far.
@@ -597,7 +600,7 @@ impl EntriesOut {
     /// # Errors
     ///
     /// Repository I/O errors; a record that cannot be serialised.
-    async fn push(&mut self, item: Item, parent: Option<&Parent>, repo: &Repo) -> Result<()> {
+    fn push(&mut self, item: Item, parent: Option<&Parent>, repo: &Repo) -> Result<()> {
         self.count += match &item {
             Item::Rec(_) => 1,
             Item::Copy(c) => c.lines,
@@ -626,7 +629,7 @@ impl EntriesOut {
                 }
                 _ => {}
             }
-            self.diverge(p, repo).await?;
+            self.diverge(p, repo)?;
         }
         match item {
             Item::Rec(r) => {
@@ -635,17 +638,17 @@ impl EntriesOut {
             }
             Item::Copy(Copy { offset, len, .. }) => {
                 let p = parent.expect("a copied block has a parent");
-                self.copy(p, offset, len, repo).await?;
+                self.copy(p, offset, len, repo)?;
             }
         }
         if self.buf.len() >= ENTRIES_WRITE {
-            self.write(repo).await?;
+            self.write(repo)?;
         }
         Ok(())
     }
 
     /// Bytes `offset..offset + len` of the parent's file, appended.
-    async fn copy(&mut self, p: &Parent, offset: u64, len: u64, repo: &Repo) -> Result<()> {
+    fn copy(&mut self, p: &Parent, offset: u64, len: u64, repo: &Repo) -> Result<()> {
         let (mut at, end) = (offset, offset + len);
         while at < end {
             let room = ENTRIES_WRITE.saturating_sub(self.buf.len()).max(64 << 10);
@@ -655,30 +658,30 @@ impl EntriesOut {
             p.read_into(&mut self.buf[from..], at)?;
             at += want as u64;
             if self.buf.len() >= ENTRIES_WRITE {
-                self.write(repo).await?;
+                self.write(repo)?;
             }
         }
         Ok(())
     }
 
     /// The output stops being the parent's: its first bytes go in.
-    async fn diverge(&mut self, p: &Parent, repo: &Repo) -> Result<()> {
+    fn diverge(&mut self, p: &Parent, repo: &Repo) -> Result<()> {
         if let Some(n) = self.same.take() {
-            self.copy(p, 0, n, repo).await?;
+            self.copy(p, 0, n, repo)?;
         }
         Ok(())
     }
 
     /// Hashes and writes what the buffer holds.
-    async fn write(&mut self, repo: &Repo) -> Result<()> {
+    fn write(&mut self, repo: &Repo) -> Result<()> {
         if self.tmp.is_none() {
-            self.tmp = Some(repo.create_tmp().await?);
+            self.tmp = Some(commit::stage_entries(repo)?);
         }
         let tmp = self.tmp.as_mut().expect("created above");
         self.hasher.update(&self.buf);
-        let mut b = tmp.write(std::mem::take(&mut self.buf)).await?;
-        b.clear();
-        self.buf = b;
+        tmp.append(&[&self.buf])
+            .map_err(|e| Error::io("write", repo.display("tmp (entries file)"), e))?;
+        self.buf.clear();
         Ok(())
     }
 
@@ -687,7 +690,7 @@ impl EntriesOut {
     /// # Errors
     ///
     /// Repository I/O errors.
-    async fn finish(
+    fn finish(
         mut self,
         parent: Option<&Parent>,
         repo: &Repo,
@@ -697,21 +700,18 @@ impl EntriesOut {
             if n == p.size {
                 return Ok((p.id.clone(), 0));
             }
-            self.diverge(p, repo).await?;
+            self.diverge(p, repo)?;
         }
-        self.write(repo).await?;
+        self.write(repo)?;
         let id = self.hasher.finalize().to_hex().to_string();
-        let dir = repo.fanout_dir("entries", &id, syncs)?;
-        let fname =
-            Name::new(format!("{id}.jsonl").as_bytes()).map_err(|e| Error::Usage(e.to_string()))?;
         let tmp = self.tmp.take().expect("written above");
-        let added = repo.commit_tmp(tmp, &dir, &fname, syncs).await?;
+        let added = commit::put_entries(repo, tmp, &id, syncs)?;
         Ok((id, added))
     }
 }
 
 /// Opens the source file `name` the walk stat'ed as `st` (non-blocking,
-/// no symlinks: [`Dir::open_file_read_uring`]) and checks that the
+/// no symlinks: [`crate::io::open_read`]) and checks that the
 /// descriptor is that regular file: a name swapped since the stat (for a
 /// FIFO, which a read would wait on forever, or another file) is refused.
 ///
@@ -723,7 +723,7 @@ async fn open_same_file(
     name: &Name,
     st: &Stat,
 ) -> std::io::Result<std::os::fd::OwnedFd> {
-    let f = dir.open_file_read_uring(name).await?;
+    let f = crate::io::open_read(dir, name).await?;
     let now = fd::stat(&f)?;
     if now.kind != FileKind::File || (now.dev, now.ino) != (st.dev, st.ino) {
         return Err(std::io::Error::new(
@@ -796,7 +796,7 @@ pub fn run(
     };
 
     let snapshots = repo.snapshots()?;
-    let host = crate::fs::hostname();
+    let host = crate::sys::hostname();
     let parent = snapshots
         .iter()
         .rev()
@@ -813,7 +813,7 @@ pub fn run(
     // Owner names for tier full, from this host's /etc (first name wins).
     let (mut users, mut groups) = (HashMap::new(), HashMap::new());
     if opts.policy.tier == PreservationTier::Full {
-        let (u, g) = crate::fs::id_names(Path::new("/etc"))
+        let (u, g) = crate::sys::id_names(Path::new("/etc"))
             .map_err(|e| Error::io("read", "/etc/passwd", e))?;
         for (name, id) in u {
             users.entry(id).or_insert(name);
@@ -884,7 +884,7 @@ pub fn run(
             }
         }
         let stop = Stop(scanner);
-        let walked = crate::fs::block_on(async {
+        let walked = crate::io::block_on(async {
             match &root {
                 SourceRoot::Dir(d) => w.walk(d, scanner, load_parent).await,
                 SourceRoot::Single(pdir, name) => {
@@ -918,7 +918,7 @@ pub fn run(
     let packed = packed?;
     let chunked = chunked?;
     walked?;
-    crate::fs::block_on(w.commit(
+    crate::io::block_on(w.commit(
         chunked, packed, time, host, &source, opts, parent, started, repo,
     ))
     .map_err(rt_err)?
@@ -1630,7 +1630,7 @@ impl Writer<'_> {
                     break;
                 };
                 self.base += 1;
-                self.out.push(item, self.parent.as_ref(), self.repo).await?;
+                self.out.push(item, self.parent.as_ref(), self.repo)?;
             }
             let stuck = !self.waiting.is_empty() && (all || self.pending.len() > MAX_PENDING);
             if !stuck {
@@ -1687,15 +1687,11 @@ impl Writer<'_> {
         for packs in groups {
             let index = IndexFile { v: 1, packs };
             let bytes = serde_json::to_vec(&index).map_err(|e| ser("index", e))?;
-            let id = blake3::hash(&bytes).to_hex().to_string();
-            let fname = Name::new(format!("{id}.idx").as_bytes())
-                .map_err(|e| Error::Usage(e.to_string()))?;
-            let dir = RelPath::parse(b"index").map_err(|e| Error::Usage(e.to_string()))?;
-            self.stats.bytes_added += repo.write_atomic(&dir, &fname, bytes, &mut syncs).await?;
+            self.stats.bytes_added += commit::put_index(repo, &bytes, &mut syncs)?.1;
         }
         let count = self.out.count;
         let out = std::mem::replace(&mut self.out, EntriesOut::new(false));
-        let (entries_id, added) = out.finish(self.parent.as_ref(), repo, &mut syncs).await?;
+        let (entries_id, added) = out.finish(self.parent.as_ref(), repo, &mut syncs)?;
         self.stats.bytes_added += added;
         self.stats.duration_ms = started.elapsed().as_millis() as u64;
         use std::os::unix::ffi::OsStrExt;
@@ -1719,15 +1715,13 @@ impl Writer<'_> {
         };
         let bytes = serde_json::to_vec_pretty(&record).map_err(|e| ser("snapshot", e))?;
         let snapshot_id = blake3::hash(&bytes).to_hex().to_string();
-        // Everything the record names is durable before it, also what this
-        // run found in place and reused (the parent's entries file, packs
-        // and index files of a run without syncs or a killed one).
-        repo.barrier(&mut syncs)?;
-        // Last chance to stop: nothing is visible until this rename.
+        // Last chance to stop: nothing is visible until the record is.
         crate::interrupt::check()?;
-        // The commit point: rename into snapshots/, then fsync snapshots/.
-        repo.commit_snapshot(&snapshot_id, bytes, &mut syncs)
-            .await?;
+        // The barrier (everything the record names is durable before it,
+        // also what this run found in place and reused: the parent's
+        // entries file, packs and index files of a run without syncs or a
+        // killed one), then the commit point.
+        commit::commit_snapshot(repo, &snapshot_id, &bytes, &mut syncs)?;
         Ok(BackupOutcome {
             snapshot_id,
             record,

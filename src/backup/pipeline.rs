@@ -7,10 +7,10 @@
 //!    [`Cutter`] carries the cut search from one read buffer to the next),
 //!    hashes each with BLAKE3, keeps the blobs the repository lacks and
 //!    collects them for 16 MiB packs as pieces of the read buffers;
-//! 3. the packer writes each finished pack through its own io_uring ring
-//!    to `tmp/` with vectored writes from those buffers and makes them
-//!    durable in batches (one `syncfs`, then `RENAME_NOREPLACE` into place;
-//!    see [`packer`]), so waiting for the disk overlaps reading and hashing.
+//! 3. the packer puts each finished pack with vectored writes from those
+//!    buffers and makes them durable in batches ([`commit::PackWriter`]:
+//!    one barrier, then the names), so waiting for the disk overlaps
+//!    reading and hashing.
 //!
 //! No blob byte is copied in user space between the read and the pack
 //! write: a read buffer is shared ([`ReadBuf`]) by the chunker and the packs
@@ -27,9 +27,8 @@ use std::sync::mpsc::{Receiver, SyncSender};
 
 use super::cdc::Cutter;
 use crate::error::{Error, Result};
-use crate::fs::Name;
 use crate::repo::pack::{FinishedPack, PackBuilder, Part};
-use crate::repo::{ChunkerParams, IndexBlob, IndexPack, Repo, Syncs, PACK_TARGET};
+use crate::repo::{commit, ChunkerParams, IndexBlob, IndexPack, Repo, Syncs, PACK_TARGET};
 
 /// Reads that may wait for the chunker.
 pub const DATA_QUEUE: usize = 8;
@@ -346,121 +345,51 @@ pub fn chunker(
     Ok(out)
 }
 
-/// Makes a batch of packs in `tmp/` durable with one `syncfs` (when
-/// `syncs` is enabled) and renames each into place; returns the bytes
-/// added. When the syncfs fails, every pack of the batch is removed.
-///
-/// # Errors
-///
-/// The syncfs error; as [`Repo::place_tmp`].
-async fn place(
-    repo: &Repo,
-    tmp: &crate::fs::Dir,
-    tmp_path: &str,
-    batch: Vec<(crate::repo::TmpFile, crate::fs::RelPath, Name)>,
-    syncs: &mut Syncs,
-) -> Result<u64> {
-    if let Err(e) = syncs.filesystem(tmp, tmp_path) {
-        for (t, ..) in batch {
-            t.discard().await;
-        }
-        return Err(e);
-    }
-    let mut added = 0;
-    for (t, dir, fname) in batch {
-        added += repo.place_tmp(t, &dir, &fname).await?.0;
-    }
-    Ok(added)
-}
-
-/// Packs the packer writes to `tmp/` (starting their write-out at once)
-/// before it makes them durable together. Each pack used to be committed
-/// alone (fsync, rename, fsync of its directory): a 4 GiB backup made 653
-/// fsyncs and spent half its time in them, each waiting for a disk cache
-/// flush of ~5 ms on this machine's disk (docs/BENCHMARKS.md).
-const PACKS_IN_FLIGHT: usize = 8;
-
-/// Runs the packer until the chunker's sender is dropped: writes each pack
-/// under `packs/xx/<id>.pack`. With `durable`, following the commit
-/// protocol's batching rule (`DESIGN.md`: one `syncfs` may stand for the
-/// fsyncs where the order holds): packs are written to `tmp/` with their
-/// write-out started (`sync_file_range`); every [`PACKS_IN_FLIGHT`] packs,
-/// one `syncfs` makes their data and inodes durable, then they are renamed
-/// into place, so a pack's name never points at bytes not yet on disk; at
-/// the end one more `syncfs` makes the new names (and new fan-out
-/// directories) durable, before the index that names the packs is
-/// written.
+/// Runs the packer until the chunker's sender is dropped: puts each pack
+/// through [`commit::PackWriter`] (step 3 of the commit protocol: staged
+/// with its write-out started, named in batches after one barrier, the
+/// names made durable at the end, before the index that names them is
+/// written). The blob bytes go to the pack straight from the read buffers
+/// they lie in; the buffers return to the walker as the parts drop.
 ///
 /// # Errors
 ///
 /// Repository I/O errors (`E_NO_SPACE` for a full disk); `E_INTERRUPTED`
-/// when a signal arrived. Packs still in `tmp/` are left to the next
+/// when a signal arrived. Packs still staged are left to the next
 /// writer's cleanup.
 pub fn packer(rx: Receiver<PackBuilder<ReadBuf>>, repo: &Repo, durable: bool) -> Result<Packed> {
-    let mut out = Packed {
-        packs: Vec::new(),
-        bytes_added: 0,
-        syncs: Syncs {
-            enabled: durable,
-            ..Syncs::default()
-        },
-    };
-    let tmp = repo.open_dir(&["tmp"])?;
-    let tmp_path = repo.display("tmp");
-    crate::fs::block_on(async {
-        // Packs in `tmp/`, on their way to the disk, not yet in place.
-        let mut in_flight = Vec::new();
-        for pack in rx {
-            crate::interrupt::check()?;
-            let FinishedPack {
-                parts,
-                tail,
-                id,
-                blobs,
-            } = pack.finish();
-            let hex = id.to_hex().to_string();
-            let (dir, _) = repo.fanout_dir_unsynced("packs", &hex)?;
-            let fname = Name::new(format!("{hex}.pack").as_bytes())
-                .map_err(|e| Error::Usage(e.to_string()))?;
-            if !repo.has(&dir, &fname)? {
-                let mut t = repo.create_tmp().await?;
-                // The blob bytes go from the read buffers they lie in; the
-                // buffers return to the walker as the parts drop.
-                drop(t.write_parts(parts).await?);
-                t.write(tail).await?;
-                if durable {
-                    t.start_writeback().await?;
-                }
-                in_flight.push((t, dir, fname));
-                if in_flight.len() >= PACKS_IN_FLIGHT {
-                    let batch = std::mem::take(&mut in_flight);
-                    out.bytes_added += place(repo, &tmp, &tmp_path, batch, &mut out.syncs).await?;
-                }
-            }
-            out.packs.push(IndexPack {
-                id: hex,
-                blobs: blobs
-                    .into_iter()
-                    .map(|(id, offset, length)| IndexBlob {
-                        id: id.to_hex().to_string(),
-                        offset,
-                        length,
-                    })
-                    .collect(),
-            });
-        }
-        if !in_flight.is_empty() {
-            out.bytes_added += place(repo, &tmp, &tmp_path, in_flight, &mut out.syncs).await?;
-        }
-        // The names (and fan-out directories) reach the disk before the
-        // index that names them is written: this run's new ones, and packs
-        // found already in place (a killed run may have renamed them there
-        // without its last syncfs).
-        if !out.packs.is_empty() {
-            out.syncs.filesystem(&tmp, &tmp_path)?;
-        }
-        Ok(())
+    let mut writer = commit::PackWriter::new(repo, durable);
+    let mut packs = Vec::new();
+    for pack in rx {
+        crate::interrupt::check()?;
+        let FinishedPack {
+            parts,
+            tail,
+            id,
+            blobs,
+        } = pack.finish();
+        let hex = id.to_hex().to_string();
+        let mut refs: Vec<&[u8]> = parts.iter().map(AsRef::as_ref).collect();
+        refs.push(&tail);
+        writer.add(&hex, &refs)?;
+        drop(refs);
+        drop(parts);
+        packs.push(IndexPack {
+            id: hex,
+            blobs: blobs
+                .into_iter()
+                .map(|(id, offset, length)| IndexBlob {
+                    id: id.to_hex().to_string(),
+                    offset,
+                    length,
+                })
+                .collect(),
+        });
+    }
+    let (bytes_added, syncs) = writer.finish()?;
+    Ok(Packed {
+        packs,
+        bytes_added,
+        syncs,
     })
-    .map_err(|e| Error::io("start io_uring runtime", repo.path.display(), e))??;
-    Ok(out)
 }

@@ -6,21 +6,21 @@
 //! of the tree it works in. The one path-based call is [`Dir::open_root`],
 //! which opens the root a command works on.
 //!
-//! File data moves through io_uring with compio ([`DataFile`]); namespace and
-//! metadata calls that io_uring does not cover (statx on a dirfd, getdents,
-//! xattrs, fchown, futimens, renameat2 flags, flock) go through `rustix`,
-//! synchronously, in the same fd-relative style.
+//! Calls go through `rustix`, synchronously, in the same fd-relative style
+//! (statx on a dirfd, getdents, xattrs, fchown, futimens, renameat2 flags,
+//! flock, pread/pwritev). What moves through io_uring (source file reads
+//! in backup) is in [`crate::io`]; process facts (ids, capabilities,
+//! umask, host name, randomness) are in [`crate::sys`].
 //!
 //! Side effects: whatever the called method says; nothing is cached.
 
 #![allow(unsafe_code)]
 
 mod name;
-mod uring;
 
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -297,6 +297,29 @@ pub fn read_at(fd: impl AsFd, buf: &mut [u8], offset: u64) -> io::Result<usize> 
         done += n;
     }
     Ok(done)
+}
+
+/// Reads up to `len` bytes at `offset` with `pread(2)` into a new buffer
+/// that is not zero-filled first (the kernel writes into its spare
+/// capacity), repeating short reads; shorter only at the end of the file.
+///
+/// # Errors
+///
+/// The `pread(2)` error.
+pub fn read_vec_at(fd: impl AsFd, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(len);
+    while buf.len() < len {
+        let (done, at) = (buf.len(), offset + buf.len() as u64);
+        let n = rustix::io::pread(&fd, &mut buf.spare_capacity_mut()[..len - done], at)?
+            .0
+            .len();
+        if n == 0 {
+            break;
+        }
+        // SAFETY: `pread` initialised the first `n` spare bytes.
+        unsafe { buf.set_len(buf.len() + n) };
+    }
+    Ok(buf)
 }
 
 /// `fsync(2)` on a directory that gained or lost a name, so the change to
@@ -1171,193 +1194,76 @@ pub mod fd {
         }
         Ok(())
     }
-}
 
-/// A file whose data moves through io_uring (compio): reads, writes and
-/// `fsync` are submitted to the ring of the current compio runtime.
-///
-/// Built from a descriptor this module opened with `O_NOFOLLOW`.
-pub struct DataFile {
-    file: compio::fs::File,
-}
+    /// Most iovecs one `pwritev(2)` takes (`IOV_MAX`, `UIO_MAXIOV` in
+    /// `include/uapi/linux/uio.h`).
+    const IOV_MAX: usize = 1024;
 
-impl DataFile {
-    /// The descriptor, for submissions that borrow it while awaited.
-    fn raw_fd(&self) -> std::os::fd::RawFd {
+    /// Writes the bytes of `parts` back to back from `offset` with
+    /// `pwritev(2)` (1,024 parts per call at most), resuming after a short
+    /// write inside the part it stopped in. The parts' bytes go to the
+    /// page cache straight from where they lie: the caller need not copy
+    /// them into one buffer first.
+    ///
+    /// # Errors
+    ///
+    /// The first failed call's error (`ENOSPC`, `EIO`); `WriteZero` when
+    /// a call writes nothing.
+    pub fn write_parts_at(fd: impl AsFd, parts: &[&[u8]], mut offset: u64) -> io::Result<()> {
+        let fd = fd.as_fd();
+        // The next part to write, and how much of it is written.
+        let (mut next, mut skip) = (0usize, 0usize);
+        let mut iov = Vec::with_capacity(parts.len().min(IOV_MAX));
+        while next < parts.len() {
+            iov.clear();
+            for (i, p) in parts[next..].iter().take(IOV_MAX).enumerate() {
+                iov.push(io::IoSlice::new(if i == 0 { &p[skip..] } else { p }));
+            }
+            if iov.iter().all(|v| v.is_empty()) {
+                next += iov.len();
+                skip = 0;
+                continue;
+            }
+            let mut n = rustix::io::pwritev(fd, &iov, offset)?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            offset += n as u64;
+            for v in &iov {
+                if n < v.len() {
+                    skip += n;
+                    break;
+                }
+                n -= v.len();
+                next += 1;
+                skip = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts write-out of the file's dirty pages (`sync_file_range(2)`
+    /// with `SYNC_FILE_RANGE_WRITE`, offset 0 and length 0: to the end)
+    /// and returns without waiting for it to finish. Not a durability
+    /// guarantee (see the man page): a later `fsync`/`syncfs` is, and finds
+    /// little left to write.
+    ///
+    /// # Errors
+    ///
+    /// The `sync_file_range(2)` error (`EIO`, `ENOSPC`).
+    pub fn start_writeback(fd: impl AsFd) -> io::Result<()> {
         use std::os::fd::AsRawFd;
-        self.file.as_raw_fd()
-    }
-
-    /// Hands `fd` to the compio runtime. Must run inside a compio runtime.
-    pub fn new(fd: OwnedFd) -> Self {
-        // SAFETY: `into_raw_fd` transfers ownership of a valid open
-        // descriptor; `File` takes over closing it exactly once.
-        let file = unsafe { compio::fs::File::from_raw_fd(fd.into_raw_fd()) };
-        Self { file }
-    }
-
-    /// The descriptor, for metadata calls in [`fd`].
-    pub fn as_fd(&self) -> BorrowedFd<'_> {
-        self.file.as_fd()
-    }
-
-    /// Reads up to `len` bytes at `offset` (IORING_OP_READ) into a new
-    /// buffer; a short or empty buffer means end of file (or a short read,
-    /// which callers handle by reading again at the new offset).
-    ///
-    /// # Errors
-    ///
-    /// The read error (`EIO`, `EAGAIN` for a FIFO opened non-blocking).
-    pub async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        use compio::io::AsyncReadAt;
-        let buf = Vec::with_capacity(len);
-        let compio::BufResult(res, mut buf) = self.file.read_at(buf, offset).await;
-        let n = res?;
-        buf.truncate(n);
-        Ok(buf)
-    }
-
-    /// Reads up to `len` bytes at `offset` (IORING_OP_READ), appended to
-    /// `buf` after its current length, so a caller can recycle buffers
-    /// (no fresh pages to fault in for every read). Fewer bytes than `len`
-    /// appended means end of file or a short read, as for
-    /// [`DataFile::read_at`].
-    ///
-    /// # Errors
-    ///
-    /// The read error; the buffer is dropped.
-    pub async fn read_at_into(
-        &self,
-        mut buf: Vec<u8>,
-        offset: u64,
-        len: usize,
-    ) -> io::Result<Vec<u8>> {
-        use compio::buf::{IntoInner, IoBuf};
-        use compio::io::AsyncReadAt;
-        let start = buf.len();
-        buf.reserve(len);
-        let compio::BufResult(res, slice) = self
-            .file
-            .read_at(buf.slice(start..start + len), offset)
-            .await;
-        res?;
-        Ok(slice.into_inner())
-    }
-
-    /// Reads exactly `len` bytes at `offset` into a new buffer.
-    ///
-    /// # Errors
-    ///
-    /// `UnexpectedEof` when the file is shorter; the read error otherwise.
-    pub async fn read_exact_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        use compio::io::AsyncReadAtExt;
-        let buf = Vec::with_capacity(len);
-        let compio::BufResult(res, buf) = self.file.read_exact_at(buf, offset).await;
-        res?;
-        Ok(buf)
-    }
-
-    /// Writes all of `buf` at `offset` (IORING_OP_WRITE, repeated on short
-    /// writes) and gives the buffer back.
-    ///
-    /// # Errors
-    ///
-    /// The write error (`ENOSPC`, `EIO`).
-    pub async fn write_all_at(&mut self, buf: Vec<u8>, offset: u64) -> io::Result<Vec<u8>> {
-        use compio::io::AsyncWriteAtExt;
-        let compio::BufResult(res, buf) = self.file.write_all_at(buf, offset).await;
-        res?;
-        Ok(buf)
-    }
-
-    /// `fsync` through io_uring (IORING_OP_FSYNC).
-    ///
-    /// # Errors
-    ///
-    /// The fsync error; callers never ignore it.
-    pub async fn sync_all(&self) -> io::Result<()> {
-        self.file.sync_all().await
-    }
-
-    /// Closes the descriptor through io_uring (IORING_OP_CLOSE).
-    ///
-    /// # Errors
-    ///
-    /// The close error (on NFS, a delayed write error).
-    pub async fn close(self) -> io::Result<()> {
-        self.file.close().await
-    }
-}
-
-/// Runs `f` on a single-threaded compio runtime (one io_uring).
-///
-/// # Errors
-///
-/// `io::Error` when the ring cannot be created (io_uring disabled:
-/// `/proc/sys/kernel/io_uring_disabled`); `f`'s own output otherwise.
-pub fn block_on<F: std::future::Future>(f: F) -> io::Result<F::Output> {
-    let rt = compio::runtime::Runtime::new()?;
-    Ok(rt.block_on(f))
-}
-
-/// Fills `buf` with random bytes from `getrandom(2)`.
-///
-/// # Errors
-///
-/// The `getrandom(2)` error.
-pub fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        filled +=
-            rustix::rand::getrandom(&mut buf[filled..], rustix::rand::GetRandomFlags::empty())?;
-    }
-    Ok(())
-}
-
-/// The node name from `uname(2)`.
-pub fn hostname() -> String {
-    rustix::system::uname()
-        .nodename()
-        .to_string_lossy()
-        .into_owned()
-}
-
-/// The process umask (`umask(2)` read by setting it and setting it back).
-pub fn umask() -> u32 {
-    let old = rustix::process::umask(Mode::from_raw_mode(0o022));
-    rustix::process::umask(old);
-    old.bits()
-}
-
-/// The (name, id) pairs of `passwd` and `group` in the directory `etc`
-/// (normally `/etc`), read through a dirfd. Only the files are consulted,
-/// not NSS (LDAP, sssd); a missing file gives an empty list.
-///
-/// # Errors
-///
-/// An error opening `etc` or reading an existing file.
-#[allow(clippy::type_complexity)]
-pub fn id_names(etc: &Path) -> io::Result<(Vec<(String, u32)>, Vec<(String, u32)>)> {
-    let dir = Dir::open_root(etc)?;
-    let read = |file: &str| -> io::Result<Vec<(String, u32)>> {
-        let name = Name::new(file.as_bytes())
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let text = match dir.read_all(&name, 64 << 20) {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
+        // SAFETY: a plain syscall on a descriptor borrowed for the call;
+        // no memory is passed.
+        let r = unsafe {
+            libc::sync_file_range(fd.as_fd().as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE)
         };
-        Ok(String::from_utf8_lossy(&text)
-            .lines()
-            .filter_map(|l| {
-                let mut f = l.split(':');
-                let name = f.next()?;
-                let id = f.nth(1)?.parse().ok()?;
-                (!name.is_empty() && !name.starts_with('#')).then(|| (name.to_owned(), id))
-            })
-            .collect())
-    };
-    Ok((read("passwd")?, read("group")?))
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
 }
 
 /// `lstat` of a path the user named (a source or repository location, not
@@ -1412,27 +1318,6 @@ pub fn writable(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// The effective capability set of this process (`CapEff` in
-/// `/proc/self/status`, see `proc_pid_status(5)`); 0 when unreadable.
-pub fn effective_caps() -> u64 {
-    // `/proc/self` is a symlink, which `open_root` (O_NOFOLLOW) refuses.
-    let own = format!("/proc/{}", rustix::process::getpid().as_raw_nonzero());
-    let Ok(dir) = Dir::open_root(Path::new(&own)) else {
-        return 0;
-    };
-    let Ok(name) = Name::new(b"status") else {
-        return 0;
-    };
-    let Ok(text) = dir.read_all(&name, 1 << 20) else {
-        return 0;
-    };
-    String::from_utf8_lossy(&text)
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
-        .unwrap_or(0)
-}
-
 /// Errors meaning "this filesystem has no inode flags" (`ioctl_iflags(2)`):
 /// `ENOTTY`, `EOPNOTSUPP`, `EINVAL`, `ENOSYS`.
 pub fn flags_unsupported(e: &io::Error) -> bool {
@@ -1443,16 +1328,38 @@ pub fn flags_unsupported(e: &io::Error) -> bool {
         || c == Errno::NOSYS.raw_os_error())
 }
 
-/// The effective user id of this process, asked of the kernel once (snap
-/// never changes its ids; restore's scan asks per entry).
-pub fn euid() -> u32 {
-    static EUID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    *EUID.get_or_init(|| rustix::process::geteuid().as_raw())
-}
-
-/// The effective group id of this process (`getegid(2)`).
-pub fn egid() -> u32 {
-    rustix::process::getegid().as_raw()
+impl Dir {
+    /// Creates the regular file `name` with a direct `openat2(2)`
+    /// (`RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS|RESOLVE_NO_MAGICLINKS`):
+    /// `O_WRONLY|O_CREAT|O_EXCL|O_NOFOLLOW` with `mode` (before umask);
+    /// `openat(2)` with the same flags on kernels without `openat2`.
+    ///
+    /// Restore creates files this way rather than through io_uring: an
+    /// `O_CREAT` open is always handed to an io-wq worker thread
+    /// (`io_openat_force_async` in `io_uring/openclose.c`), and on ext4 the
+    /// wake-up and switch per file cost more than the open itself (measured
+    /// in `docs/BENCHMARKS.md`).
+    ///
+    /// # Errors
+    ///
+    /// The open error: `EEXIST`, `ENOSPC`, `ELOOP`.
+    pub fn create_file(&self, name: &Name, mode: u32) -> io::Result<OwnedFd> {
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let path = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name.as_bytes());
+        let how = rustix::fs::ResolveFlags::BENEATH
+            | rustix::fs::ResolveFlags::NO_SYMLINKS
+            | rustix::fs::ResolveFlags::NO_MAGICLINKS;
+        match rustix::fs::openat2(self, path, flags, Mode::from_raw_mode(mode), how) {
+            Err(rustix::io::Errno::NOSYS) => Ok(rustix::fs::openat(
+                self,
+                path,
+                flags,
+                Mode::from_raw_mode(mode),
+            )?),
+            other => Ok(other?),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1481,5 +1388,24 @@ mod tests {
         root.remove_tree(&top).unwrap();
         assert!(root.stat_opt(&top).unwrap().is_none());
         assert!(root.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn vectored_writes_put_every_part_in_order_beyond_one_call() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Dir::open_root(tmp.path()).unwrap();
+        // 2,500 parts (three calls), some empty.
+        let parts: Vec<Vec<u8>> = (0..2500u32)
+            .map(|i| vec![(i % 251) as u8; (i as usize * 7) % 61])
+            .collect();
+        let want: Vec<u8> = parts.concat();
+        let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        let f = dir.create_file(&Name::new(b"v").unwrap(), 0o600).unwrap();
+        fd::write_parts_at(&f, &refs, 10).unwrap();
+        fd::write_parts_at(&f, &[b"", b""], 0).unwrap();
+        fd::start_writeback(&f).unwrap();
+        let got = std::fs::read(tmp.path().join("v")).unwrap();
+        assert_eq!(&got[..10], &[0u8; 10]);
+        assert!(got[10..] == want[..], "content differs");
     }
 }

@@ -111,7 +111,7 @@ impl Caps {
 
     /// The effective set of this process (empty when unreadable).
     pub fn current() -> Caps {
-        Caps(crate::fs::effective_caps())
+        Caps(crate::sys::effective_caps())
     }
 
     /// Whether capability number `cap` is effective.
@@ -371,8 +371,8 @@ fn shared_parent_check(r: &mut Report, parent: &Path) {
     match crate::fs::lstat_path(parent) {
         Ok(Some(st)) => {
             let others_write = st.mode & 0o002 != 0
-                || (st.mode & 0o020 != 0 && st.gid != crate::fs::egid())
-                || (st.uid != crate::fs::euid() && st.uid != 0 && st.mode & 0o200 != 0);
+                || (st.mode & 0o020 != 0 && st.gid != crate::sys::egid())
+                || (st.uid != crate::sys::euid() && st.uid != 0 && st.mode & 0o200 != 0);
             if others_write && st.mode & 0o1000 == 0 {
                 r.add(
                     "target_parent",
@@ -498,7 +498,7 @@ impl Needs {
         kind: EntryKind,
         xattrs: impl IntoIterator<Item = &'a str>,
     ) {
-        self.foreign_owner |= uid.is_some_and(|u| u != crate::fs::euid());
+        self.foreign_owner |= uid.is_some_and(|u| u != crate::sys::euid());
         self.protect_flags |= flags.is_some_and(|f| f & 0x30 != 0);
         self.devices |= matches!(kind, EntryKind::Char | EntryKind::Block);
         for k in xattrs {
@@ -630,9 +630,9 @@ fn probe_xattrs(dir: &Path) -> bool {
     let Ok(name) = Name::new(format!(".snap-xattr-probe-{}", std::process::id()).as_bytes()) else {
         return false;
     };
-    let ok = match crate::fs::block_on(d.create_file_uring(&name, 0o600)) {
-        Ok(Ok(f)) => fd::set_xattr(&f, b"user.snap.probe", b"1").is_ok(),
-        _ => return false,
+    let ok = match d.create_file(&name, 0o600) {
+        Ok(f) => fd::set_xattr(&f, b"user.snap.probe", b"1").is_ok(),
+        Err(_) => return false,
     };
     if let Err(e) = d.unlink(&name) {
         eprintln!(

@@ -9,11 +9,13 @@ use std::collections::{HashMap, HashSet};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::format::is_hex_id;
+use super::layout;
 use super::pack::{parse_rows, parse_trailer, TRAILER_LEN};
 use super::sidecar::EntryKind;
-use super::{IndexFile, Repo, SnapshotRecord};
+use super::storage::FileKind;
+use super::{IndexFile, Repo, SnapshotRecord, INDEX_MAX};
 use crate::error::Result;
-use crate::fs::fd;
 
 /// At most this many problems are listed; `problem_count` has them all.
 pub const MAX_LISTED: usize = 100;
@@ -71,10 +73,6 @@ impl CheckReport {
     }
 }
 
-fn is_hex_id(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
 /// Checks `repo`.
 ///
 /// # Errors
@@ -88,20 +86,15 @@ pub fn run(repo: &Repo, read_data: bool, repair_tmp: bool) -> Result<CheckReport
     };
     // Snapshot records.
     let mut snapshots: Vec<(String, SnapshotRecord)> = Vec::new();
-    let dir = repo.open_dir(&["snapshots"])?;
-    for n in dir
-        .list()
-        .map_err(|e| crate::error::Error::io("list", repo.display("snapshots"), e))?
-    {
-        let fname = n.to_string();
-        let path = repo.display(&format!("snapshots/{fname}"));
+    for fname in repo.list(FileKind::Snapshot)? {
+        let path = repo.display(&format!("{}/{fname}", layout::SNAPSHOTS));
         let Some(id) = fname.strip_suffix(".json").filter(|i| is_hex_id(i)) else {
             r.problem(path, "unexpected file in snapshots/");
             continue;
         };
         r.snapshots += 1;
         // The reader's own rules (regular file, size, id, shape, version).
-        match crate::repo::read_record(&dir, &n, id, &path) {
+        match repo.read_record(id) {
             Ok(rec) => snapshots.push((id.to_owned(), rec)),
             Err(crate::error::Error::Integrity { detail, .. }) => r.problem(path, detail),
             Err(e) => r.problem(path, format!("unreadable: {e}")),
@@ -110,19 +103,14 @@ pub fn run(repo: &Repo, read_data: bool, repair_tmp: bool) -> Result<CheckReport
     // Index files.
     let mut index: HashMap<blake3::Hash, (blake3::Hash, u64, u32)> = HashMap::new();
     let mut by_pack: HashMap<blake3::Hash, Vec<(blake3::Hash, u64, u32)>> = HashMap::new();
-    let dir = repo.open_dir(&["index"])?;
-    for n in dir
-        .list()
-        .map_err(|e| crate::error::Error::io("list", repo.display("index"), e))?
-    {
-        let fname = n.to_string();
-        let path = repo.display(&format!("index/{fname}"));
+    for fname in repo.list(FileKind::Index)? {
+        let path = repo.display(&format!("{}/{fname}", layout::INDEX));
         let Some(id) = fname.strip_suffix(".idx").filter(|i| is_hex_id(i)) else {
             r.problem(path, "unexpected file in index/");
             continue;
         };
         r.index_files += 1;
-        let idx: IndexFile = match dir.read_all(&n, crate::repo::INDEX_MAX) {
+        let idx: IndexFile = match repo.store().read(FileKind::Index, id, INDEX_MAX) {
             Err(e) => {
                 r.problem(path, format!("unreadable: {e}"));
                 continue;
@@ -247,15 +235,10 @@ pub fn run(repo: &Repo, read_data: bool, repair_tmp: bool) -> Result<CheckReport
     r.unused_blobs = index.keys().filter(|b| !referenced.contains(b)).count() as u64;
     // Packs: every indexed pack present with a consistent footer.
     let on_disk = list_packs(repo, &mut r)?;
-    crate::fs::block_on(check_packs(repo, &by_pack, &on_disk, &mut r))
-        .map_err(|e| crate::error::Error::io("start io_uring runtime", repo.path.display(), e))??;
+    check_packs(repo, &by_pack, &on_disk, &mut r);
     r.garbage_packs = on_disk.iter().filter(|p| !by_pack.contains_key(p)).count() as u64;
     // tmp/ leftovers.
-    let tmp = repo.open_dir(&["tmp"])?;
-    r.tmp_entries = tmp
-        .list()
-        .map_err(|e| crate::error::Error::io("list", repo.display("tmp"), e))?
-        .len() as u64;
+    r.tmp_entries = repo.staging()?.len() as u64;
     if repair_tmp {
         r.tmp_removed = repo.clean_tmp()?;
     }
@@ -264,45 +247,31 @@ pub fn run(repo: &Repo, read_data: bool, repair_tmp: bool) -> Result<CheckReport
 
 fn list_packs(repo: &Repo, r: &mut CheckReport) -> Result<HashSet<blake3::Hash>> {
     let mut out = HashSet::new();
-    let packs = repo.open_dir(&["packs"])?;
-    for sub in packs
-        .list()
-        .map_err(|e| crate::error::Error::io("list", repo.display("packs"), e))?
-    {
-        let sub_name = sub.to_string();
-        let d = repo.open_dir(&["packs", &sub_name])?;
-        for n in d.list().map_err(|e| {
-            crate::error::Error::io("list", repo.display(&format!("packs/{sub_name}")), e)
-        })? {
-            let fname = n.to_string();
-            match fname
-                .strip_suffix(".pack")
-                .and_then(|i| blake3::Hash::from_hex(i).ok())
-            {
-                Some(id) if id.to_hex().starts_with(&sub_name) => {
-                    out.insert(id);
-                }
-                _ => r.problem(
-                    repo.display(&format!("packs/{sub_name}/{fname}")),
-                    "unexpected file in packs/",
-                ),
+    for name in repo.list(FileKind::Pack)? {
+        match layout::id_of(FileKind::Pack, &name).and_then(|i| blake3::Hash::from_hex(i).ok()) {
+            Some(id) => {
+                out.insert(id);
             }
+            None => r.problem(
+                repo.display(&format!("{}/{name}", layout::PACKS)),
+                "unexpected file in packs/",
+            ),
         }
     }
     Ok(out)
 }
 
-async fn check_packs(
+fn check_packs(
     repo: &Repo,
     by_pack: &HashMap<blake3::Hash, Vec<(blake3::Hash, u64, u32)>>,
     on_disk: &HashSet<blake3::Hash>,
     r: &mut CheckReport,
-) -> Result<()> {
+) {
     let mut ids: Vec<_> = by_pack.keys().copied().collect();
     ids.sort_by_key(|h| *h.as_bytes());
     for id in ids {
         let hex = id.to_hex();
-        let path = repo.display(&format!("packs/{}/{hex}.pack", &hex[..2]));
+        let path = repo.file_path(FileKind::Pack, &hex);
         if !on_disk.contains(&id) {
             r.problem(path, "pack listed in the index is missing");
             continue;
@@ -316,25 +285,23 @@ async fn check_packs(
                 continue;
             }
         };
-        let len = match fd::stat(f.as_fd()) {
-            Ok(s) => s.size,
+        let len = match f.size() {
+            Ok(s) => s,
             Err(e) => {
                 r.problem(path, format!("stat: {e}"));
                 continue;
             }
         };
-        let footer = async {
+        let footer = (|| {
             if len < TRAILER_LEN as u64 {
                 return Err(format!("pack is {len} bytes, shorter than its trailer"));
             }
             let t = f
                 .read_exact_at(len - TRAILER_LEN as u64, TRAILER_LEN)
-                .await
                 .map_err(|e| e.to_string())?;
             let (_, footer_offset) = parse_trailer(&t, len)?;
             let tail = f
                 .read_exact_at(footer_offset, (len - footer_offset) as usize)
-                .await
                 .map_err(|e| e.to_string())?;
             // The pack id is the BLAKE3 of footer and trailer.
             if blake3::hash(&tail) != id {
@@ -362,8 +329,7 @@ async fn check_packs(
                 ));
             }
             Ok(blobs)
-        }
-        .await;
+        })();
         let footer = match footer {
             Ok(x) => x,
             Err(e) => {
@@ -386,7 +352,7 @@ async fn check_packs(
             }
         }
         if r.read_data {
-            match f.read_exact_at(0, len as usize).await {
+            match f.read_exact_at(0, len as usize) {
                 Err(e) => r.problem(&path, format!("read: {e}")),
                 Ok(bytes) => {
                     r.bytes_read += len;
@@ -407,5 +373,4 @@ async fn check_packs(
             }
         }
     }
-    Ok(())
 }

@@ -19,8 +19,9 @@ use base64::Engine as _;
 
 use crate::error::{Error, Result};
 use crate::facts::{FieldCount, RestoreSummary};
-use crate::fs::{fd, DataFile, Dir, Name, RelPath};
+use crate::fs::{fd, Dir, Name, RelPath};
 use crate::repo::sidecar::{EntryKind, EntryRecord};
+use crate::repo::storage::{FileKind, Ranged};
 use crate::repo::{parse_lines, EntriesReader, Repo};
 
 /// What to restore and where.
@@ -119,7 +120,7 @@ struct Shared<'a> {
 /// One restore thread's state and counts.
 struct Restorer<'a> {
     sh: &'a Shared<'a>,
-    packs: HashMap<blake3::Hash, DataFile>,
+    packs: HashMap<blake3::Hash, Box<dyn Ranged>>,
     window: Option<Window>,
     /// A blob read alone, outside the window.
     single: Vec<u8>,
@@ -253,7 +254,7 @@ pub fn run(
             .map_err(|e| Error::io("open staging directory", &staging_display, e))?;
         progress.set_length(loaded.bytes);
         let names = if opts.by_name {
-            let (u, g) = crate::fs::id_names(Path::new("/etc"))
+            let (u, g) = crate::sys::id_names(Path::new("/etc"))
                 .map_err(|e| Error::io("read", "/etc/passwd", e))?;
             Some((u.into_iter().collect(), g.into_iter().collect()))
         } else {
@@ -263,7 +264,7 @@ pub fn run(
             repo,
             index: &index,
             staging: &staging,
-            chown: crate::fs::euid() == 0,
+            chown: crate::sys::euid() == 0,
             progress,
             names: names.as_ref(),
             abort: std::sync::atomic::AtomicBool::new(false),
@@ -844,7 +845,7 @@ fn remove_stale_staging(
         let Ok(d) = parent.open_dir(&n) else { continue };
         // Only what a restore as this user made: another user's directory
         // of that name is theirs, whatever it holds.
-        if d.stat_self().ok().map(|st| st.uid) != Some(crate::fs::euid()) {
+        if d.stat_self().ok().map(|st| st.uid) != Some(crate::sys::euid()) {
             skipped.push(shown);
             continue;
         }
@@ -1025,7 +1026,7 @@ impl<'a> Restorer<'a> {
             match rec {
                 Some(r) => self.apply_fd_metadata(&dir, r, rel, *order, &shown)?,
                 // A synthetic target directory: as mkdir(1) would make it.
-                None if rel.is_root() => fd::chmod(&dir, 0o777 & !crate::fs::umask())
+                None if rel.is_root() => fd::chmod(&dir, 0o777 & !crate::sys::umask())
                     .map_err(|e| Error::io("chmod", &self.summary.target, e))?,
                 None => {}
             }
@@ -1227,7 +1228,7 @@ impl<'a> Restorer<'a> {
 
     /// A worker of step 2 of [`Restorer::build`]: takes batches until the
     /// plan is done, each file written and given its metadata, with its own
-    /// io_uring for pack reads. The first worker to fail sets `abort`,
+    /// open packs. The first worker to fail sets `abort`,
     /// which stops the others and the plan. Returns its counts, warnings,
     /// queued inode flags and result.
     #[allow(clippy::type_complexity)]
@@ -1244,21 +1245,15 @@ impl<'a> Restorer<'a> {
         use std::sync::atomic::Ordering;
         let mut w = Restorer::new(sh, template.clone());
         let recv = || rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            crate::fs::block_on(async {
-                loop {
-                    let Ok(batch) = recv() else { return Ok(()) };
-                    w.ahead = batch.iter().map(|f| f.rec.size.unwrap_or(0)).sum();
-                    for f in &batch {
-                        if sh.abort.load(Ordering::Relaxed) {
-                            return Ok(());
-                        }
-                        w.file_work(f).await?;
-                    }
+        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loop {
+            let Ok(batch) = recv() else { return Ok(()) };
+            w.ahead = batch.iter().map(|f| f.rec.size.unwrap_or(0)).sum();
+            for f in &batch {
+                if sh.abort.load(Ordering::Relaxed) {
+                    return Ok(());
                 }
-            })
-            .map_err(|e| Error::io("start io_uring runtime", &template.target, e))
-            .and_then(|r| r)
+                w.file_work(f)?;
+            }
         }))
         .unwrap_or_else(|p| Err(internal_panic(&template.target, &*p)));
         if res.is_err() {
@@ -1273,7 +1268,7 @@ impl<'a> Restorer<'a> {
 
     /// Creates one file of a worker's batch in its directory (kept open
     /// for the files that follow in the same directory).
-    async fn file_work(&mut self, f: &FileWork) -> Result<()> {
+    fn file_work(&mut self, f: &FileWork) -> Result<()> {
         crate::interrupt::check()?;
         let sh = self.sh;
         let shown = f.rel.to_string();
@@ -1289,7 +1284,7 @@ impl<'a> Restorer<'a> {
             .rel
             .file_name()
             .ok_or_else(|| integrity(&shown, "a file record for the snapshot root"))?;
-        let res = self.file(&dir, name, &f.rec, &f.rel, f.order, &shown).await;
+        let res = self.file(&dir, name, &f.rec, &f.rel, f.order, &shown);
         self.dir_cache = Some((parent, dir));
         res
     }
@@ -1433,7 +1428,7 @@ impl<'a> Restorer<'a> {
     /// extents for a sparse file, leaving the holes unwritten), applies its
     /// metadata. Creation and writes are direct syscalls (see
     /// [`Dir::create_file`]); blobs come through [`Restorer::read_blob`].
-    async fn file(
+    fn file(
         &mut self,
         dir: &Dir,
         name: &Name,
@@ -1460,7 +1455,7 @@ impl<'a> Restorer<'a> {
         for hex in chunks {
             let id = blake3::Hash::from_hex(hex)
                 .map_err(|_| integrity(shown, format!("chunk id {hex:?} is not BLAKE3 hex")))?;
-            let bytes = self.read_blob(&id).await?;
+            let bytes = self.read_blob(&id)?;
             let len = bytes.len() as u64;
             if rec.sparse.is_none() {
                 fd::write_all_at(&out, bytes, offset).map_err(|e| Error::io("write", shown, e))?;
@@ -1531,7 +1526,7 @@ impl<'a> Restorer<'a> {
     /// packs in the order backup wrote them, so the blobs after it are then
     /// served from memory. A blob before the window (a deduplicated one)
     /// is read alone, leaving the window in place.
-    async fn read_blob(&mut self, id: &blake3::Hash) -> Result<&[u8]> {
+    fn read_blob(&mut self, id: &blake3::Hash) -> Result<&[u8]> {
         let sh = self.sh;
         let loc = sh.index.get(id).ok_or_else(|| {
             integrity(
@@ -1541,7 +1536,7 @@ impl<'a> Restorer<'a> {
         })?;
         let len = loc.length as usize;
         let hex = loc.pack.to_hex();
-        let pack_path = sh.repo.display(&format!("packs/{}/{hex}.pack", &hex[..2]));
+        let pack_path = sh.repo.file_path(FileKind::Pack, &hex);
         let end = loc
             .offset
             .checked_add(u64::from(loc.length))
@@ -1575,12 +1570,9 @@ impl<'a> Restorer<'a> {
             let pack = &self.packs[&loc.pack];
             if sequential {
                 let want = (self.ahead.min(PACK_WINDOW as u64) as usize).max(len);
-                let mut bytes = pack.read_at(loc.offset, want).await.map_err(read_err)?;
+                let mut bytes = pack.read_vec(loc.offset, want).map_err(read_err)?;
                 if bytes.len() < len {
-                    bytes = pack
-                        .read_exact_at(loc.offset, len)
-                        .await
-                        .map_err(read_err)?;
+                    bytes = pack.read_exact_at(loc.offset, len).map_err(read_err)?;
                 }
                 self.window = Some(Window {
                     pack: loc.pack,
@@ -1588,10 +1580,7 @@ impl<'a> Restorer<'a> {
                     bytes,
                 });
             } else {
-                self.single = pack
-                    .read_exact_at(loc.offset, len)
-                    .await
-                    .map_err(read_err)?;
+                self.single = pack.read_exact_at(loc.offset, len).map_err(read_err)?;
             }
         }
         let bytes = if hit || sequential {

@@ -10,7 +10,7 @@
 //! 2; the footer names every blob by its own BLAKE3). Pure data: the
 //! repository writes and reads the bytes.
 
-use super::BlobLocation;
+use super::index::BlobLocation;
 
 /// The last 8 bytes of every pack.
 pub const PACK_MAGIC: &[u8; 8] = b"SNAPPAK1";

@@ -1,0 +1,291 @@
+//! The command line as clap types: the global flags, one variant per
+//! command, and the policy and lock flags commands share. No side effects.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::Result;
+use crate::policy::{OnDegraded, Overrides, Policy, PolicyFile, PreservationTier, Preset};
+
+/// snap: transactional backups of Linux directory trees.
+#[derive(Debug, Parser)]
+#[command(name = "snap", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Repository location [default: $XDG_DATA_HOME/snap, else ~/.local/share/snap].
+    #[arg(long, global = true, env = "SNAP_REPO", value_name = "PATH")]
+    pub repo: Option<PathBuf>,
+    /// Append facts (JSON Lines) to FILE (created 0600; a symlink, FIFO or
+    /// anything but a regular file at FILE is refused, not followed).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub facts: Option<PathBuf>,
+    /// Write facts to stdout; human text goes to stderr.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Take a snapshot of SRC (a directory or a single file).
+    Backup {
+        /// Tag the snapshot (repeatable).
+        #[arg(long = "tag", value_name = "T")]
+        tags: Vec<String>,
+        /// The policy.
+        #[command(flatten)]
+        policy: BackupPolicyArgs,
+        /// Source directory or file.
+        src: PathBuf,
+    },
+    /// Restore a snapshot into a new directory.
+    Restore {
+        /// Snapshot: full id, unique id prefix, or `latest`.
+        snapshot: String,
+        /// Directory to create (must not exist).
+        #[arg(long, value_name = "DIR")]
+        target: PathBuf,
+        /// Restore only this path of the snapshot.
+        #[arg(long, value_name = "SUBPATH")]
+        path: Option<String>,
+        /// Map owners by the recorded user/group names through this host's
+        /// /etc/passwd and /etc/group (default: by recorded uid/gid).
+        #[arg(long)]
+        by_name: bool,
+        /// Replace an existing target directory: restore beside it, then
+        /// swap atomically (renameat2 RENAME_EXCHANGE); the old tree is
+        /// removed unless --keep-old is given.
+        #[arg(long)]
+        replace: bool,
+        /// With --replace: keep the old tree at DIR (same filesystem).
+        #[arg(long, value_name = "DIR", requires = "replace")]
+        keep_old: Option<PathBuf>,
+        /// The policy (its tier defaults to the snapshot's).
+        #[command(flatten)]
+        policy: RestorePolicyArgs,
+    },
+    /// Run the preflight checks alone.
+    Preflight {
+        /// What to check.
+        #[command(subcommand)]
+        what: PreflightCmd,
+    },
+    /// Show the effective policy.
+    Policy {
+        /// What to do.
+        #[command(subcommand)]
+        what: PolicyCmd,
+    },
+    /// Verify the repository: records and entries files against their
+    /// BLAKE3 ids, every referenced blob indexed, every indexed pack present
+    /// with a matching footer.
+    Check {
+        /// Also re-hash every pack and blob.
+        #[arg(long)]
+        read_data: bool,
+        /// Remove leftovers of interrupted runs from tmp/ (takes the
+        /// exclusive lock).
+        #[arg(long)]
+        repair_tmp: bool,
+        /// How long to wait for the repository lock.
+        #[command(flatten)]
+        lock: LockArgs,
+    },
+    /// List snapshots.
+    List {
+        /// How long to wait for the repository lock.
+        #[command(flatten)]
+        lock: LockArgs,
+    },
+    /// List the entries of a snapshot.
+    Ls {
+        /// Snapshot: full id, unique id prefix, or `latest`.
+        snapshot: String,
+        /// Only entries at or under this path.
+        path: Option<String>,
+        /// How long to wait for the repository lock.
+        #[command(flatten)]
+        lock: LockArgs,
+    },
+    /// Create an empty repository.
+    Init,
+    /// Print the fact JSON Schema, or write every schema to DIR.
+    Schema {
+        /// Write all schema files here (a symlink or anything but a
+        /// regular file at a schema's name in DIR is refused, not followed).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+}
+
+/// The lock wait of commands that take no policy.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LockArgs {
+    /// Milliseconds to wait for the repository lock [default: the default
+    /// policy's `lock_wait_ms`, 5000].
+    #[arg(long, value_name = "MS")]
+    pub lock_wait: Option<u64>,
+}
+
+impl LockArgs {
+    /// The wait, in milliseconds.
+    pub fn ms(&self) -> u64 {
+        self.lock_wait
+            .unwrap_or_else(|| Policy::default().lock_wait_ms)
+    }
+}
+
+/// `snap preflight` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PreflightCmd {
+    /// Checks before `snap backup SRC`.
+    Backup {
+        /// The policy.
+        #[command(flatten)]
+        policy: BackupPolicyArgs,
+        /// Source directory or file.
+        src: PathBuf,
+    },
+    /// Checks before `snap restore SNAPSHOT --target DIR`.
+    Restore {
+        /// Snapshot: full id, unique id prefix, or `latest`.
+        snapshot: String,
+        /// Directory restore would create.
+        #[arg(long, value_name = "DIR")]
+        target: PathBuf,
+        /// The policy (its tier defaults to the snapshot's).
+        #[command(flatten)]
+        policy: RestorePolicyArgs,
+    },
+}
+
+/// `snap policy` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCmd {
+    /// Print the effective policy as JSON (valid against
+    /// schemas/policy.schema.json).
+    Show {
+        /// The policy.
+        #[command(flatten)]
+        policy: BackupPolicyArgs,
+        /// See `snap restore --untrusted`.
+        #[arg(long)]
+        untrusted: bool,
+    },
+}
+
+/// Policy selection shared by every command that runs under a policy:
+/// `--preset`, then `--policy FILE`, then the flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PolicyArgs {
+    /// Start from a preset.
+    #[arg(long, value_enum)]
+    pub preset: Option<Preset>,
+    /// Overlay a TOML policy file.
+    #[arg(long = "policy", value_name = "FILE")]
+    pub policy_file: Option<PathBuf>,
+    /// Preservation tier.
+    #[arg(long, value_enum)]
+    pub tier: Option<PreservationTier>,
+    /// Go on (with a warning) when the inode flags check cannot read flags.
+    #[arg(long)]
+    pub allow_unreliable_immutable_check: bool,
+    /// What to do when the process cannot honour the tier.
+    #[arg(long, value_enum)]
+    pub on_degraded: Option<OnDegraded>,
+    /// Milliseconds to wait for the repository lock.
+    #[arg(long, value_name = "MS")]
+    pub lock_wait: Option<u64>,
+}
+
+/// The policy flags of a backup: the shared ones and what only a backup
+/// reads.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BackupPolicyArgs {
+    /// The shared policy flags.
+    #[command(flatten)]
+    pub common: PolicyArgs,
+    /// Skip the fsyncs of the commit protocol (faster, not crash-safe).
+    #[arg(long)]
+    pub no_durability: bool,
+    /// Leave out entries matching GLOB (repeatable). Without `/` it matches
+    /// names at any depth; with `/` the path relative to SRC (a leading `/`
+    /// anchors it at SRC); a trailing `/` matches directories only.
+    #[arg(long = "exclude", value_name = "GLOB")]
+    pub excludes: Vec<String>,
+}
+
+/// The policy flags of a restore: the shared ones and what only a restore
+/// reads.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RestorePolicyArgs {
+    /// The shared policy flags (the tier defaults to the snapshot's).
+    #[command(flatten)]
+    pub common: PolicyArgs,
+    /// Treat the repository as untrusted (policy `restore_untrusted`): the
+    /// tier is capped at extended (no xattrs, file capabilities, inode
+    /// flags or device nodes) and set-user-ID/set-group-ID bits are
+    /// cleared, whatever the snapshot records.
+    #[arg(long)]
+    pub untrusted: bool,
+}
+
+impl PolicyArgs {
+    /// The effective policy, and whether a tier was chosen explicitly.
+    pub fn resolve_with(&self, mut o: Overrides) -> Result<(Policy, bool)> {
+        let file = self
+            .policy_file
+            .as_deref()
+            .map(PolicyFile::load)
+            .transpose()?;
+        let explicit = self.tier.is_some()
+            || self.preset.is_some()
+            || file.as_ref().is_some_and(|f| f.tier.is_some());
+        o.tier = self.tier;
+        o.allow_unreliable_immutable_check = self.allow_unreliable_immutable_check;
+        o.on_degraded = self.on_degraded;
+        o.lock_wait_ms = self.lock_wait;
+        Ok((Policy::resolve(self.preset, file.as_ref(), &o), explicit))
+    }
+}
+
+impl BackupPolicyArgs {
+    /// The effective policy, and whether a tier was chosen explicitly.
+    pub fn resolve(&self) -> Result<(Policy, bool)> {
+        self.common.resolve_with(Overrides {
+            no_durability: self.no_durability,
+            excludes: self.excludes.clone(),
+            ..Overrides::default()
+        })
+    }
+}
+
+impl RestorePolicyArgs {
+    /// The effective policy, and whether a tier was chosen explicitly.
+    pub fn resolve(&self) -> Result<(Policy, bool)> {
+        self.common.resolve_with(Overrides {
+            untrusted: self.untrusted,
+            ..Overrides::default()
+        })
+    }
+}
+
+impl Command {
+    /// The command's name, as typed.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Backup { .. } => "backup",
+            Command::Restore { .. } => "restore",
+            Command::Preflight { .. } => "preflight",
+            Command::Policy { .. } => "policy",
+            Command::List { .. } => "list",
+            Command::Check { .. } => "check",
+            Command::Ls { .. } => "ls",
+            Command::Init => "init",
+            Command::Schema { .. } => "schema",
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! `snap backup`: lock (or create the default repository), preflight,
+//! snapshot, summary line.
+//!
+//! Side effects: may create the default repository; writes a snapshot.
+
+use std::path::Path;
+
+use super::args::BackupPolicyArgs;
+use super::common::{create_repo, gate, lock_fact, mib, take_snapshot};
+use super::{default_repo, repo_path, Cli, Out};
+use crate::error::{Error, ErrorId, Result};
+use crate::facts::Emitter;
+use crate::preflight::LockState;
+use crate::repo::Repo;
+
+/// Runs `snap backup`; returns the exit code (3, `E_PARTIAL`, when
+/// entries could not be read).
+///
+/// # Errors
+///
+/// Any error of the stages; after the commit point, [`Error::AfterCommit`].
+pub(super) fn run(
+    cli: &Cli,
+    facts: &mut Emitter,
+    out: &Out,
+    tags: &[String],
+    policy: &BackupPolicyArgs,
+    src: &Path,
+) -> Result<i32> {
+    let (policy, _) = policy.resolve()?;
+    let path = repo_path(cli)?;
+    // With a repository: lock (bounded wait), then preflight. Without
+    // one: preflight first, so a STOP creates nothing.
+    let existing = match Repo::open(&path) {
+        Ok(r) => Some(r),
+        Err(Error::RepoMissing { .. }) if default_repo(cli) => None,
+        Err(e) => return Err(e),
+    };
+    let (repo, lock) = match existing {
+        Some(repo) => {
+            let lock = repo.lock(true, policy.lock_wait_ms)?;
+            lock_fact(facts, &repo, &lock)?;
+            gate(
+                facts,
+                "backup",
+                crate::preflight::backup(&path, src, &policy, LockState::Held),
+                &policy,
+            )?;
+            (repo, lock)
+        }
+        None => {
+            gate(
+                facts,
+                "backup",
+                crate::preflight::backup(&path, src, &policy, LockState::Later),
+                &policy,
+            )?;
+            let repo = create_repo(&path, facts, out)?;
+            let lock = repo.lock(true, policy.lock_wait_ms)?;
+            lock_fact(facts, &repo, &lock)?;
+            (repo, lock)
+        }
+    };
+    let opts = crate::backup::BackupOptions {
+        source: src.to_owned(),
+        policy,
+        tags: tags.to_vec(),
+    };
+    let outcome = take_snapshot(&repo, &opts, facts);
+    drop(lock);
+    let outcome = outcome?;
+    let committed = crate::repo::committed(&outcome.snapshot_id);
+    let st = &outcome.record.stats;
+    out.line(&format!(
+        "snapshot {} saved: {} files, {} dirs, {} ({} new), {} added to {}, {:.2} s{}",
+        &outcome.snapshot_id[..12],
+        st.files,
+        st.dirs,
+        mib(st.bytes),
+        mib(st.new_blob_bytes),
+        mib(st.bytes_added),
+        repo.path.display(),
+        st.duration_ms as f64 / 1000.0,
+        if outcome.record.durable {
+            ""
+        } else {
+            " (not durable: syncs skipped)"
+        }
+    ))
+    .map_err(|e| e.after_commit(&committed))?;
+    if st.unreadable > 0 {
+        eprintln!(
+            "snap: error [{}]: {} entries could not be read and are not in the snapshot",
+            ErrorId::E_PARTIAL.as_str(),
+            st.unreadable
+        );
+        return Ok(ErrorId::E_PARTIAL.exit_code());
+    }
+    Ok(0)
+}

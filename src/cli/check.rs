@@ -1,0 +1,67 @@
+//! `snap check`: verify the repository and report what is wrong.
+//!
+//! Side effects: reads the repository; with `--repair-tmp`, empties
+//! `tmp/` under the exclusive lock.
+
+use super::args::LockArgs;
+use super::common::{lock_fact, mib};
+use super::{repo_path, Cli, Out};
+use crate::error::{ErrorId, Result};
+use crate::facts::{Decision, Emitter, Event};
+use crate::repo::Repo;
+
+/// Runs `snap check`; returns 0, or 90 (`E_INTEGRITY`) when a problem was
+/// found.
+///
+/// # Errors
+///
+/// What prevents checking at all: no repository, the lock, a directory
+/// that cannot be listed.
+pub(super) fn run(
+    cli: &Cli,
+    facts: &mut Emitter,
+    out: &Out,
+    read_data: bool,
+    repair_tmp: bool,
+    lock: &LockArgs,
+) -> Result<i32> {
+    let repo = Repo::open(&repo_path(cli)?)?;
+    let lock = repo.lock(repair_tmp, lock.ms())?;
+    lock_fact(facts, &repo, &lock)?;
+    let report = crate::repo::check::run(&repo, read_data, repair_tmp)?;
+    for p in &report.problems {
+        eprintln!("snap: check: {}: {}", p.path, p.detail);
+    }
+    let ok = report.problem_count == 0;
+    out.line(&format!(
+        "checked {} snapshots, {} index files, {} packs, {} blobs, {} references{}: {}; {} garbage packs, {} unused blobs, {} entries in tmp/{}",
+        report.snapshots,
+        report.index_files,
+        report.packs,
+        report.blobs,
+        report.references,
+        if report.read_data { format!(", {} read", mib(report.bytes_read)) } else { String::new() },
+        if ok { "no problems".to_owned() } else { format!("{} problems", report.problem_count) },
+        report.garbage_packs,
+        report.unused_blobs,
+        report.tmp_entries,
+        if repair_tmp { format!(" ({} removed)", report.tmp_removed) } else { String::new() },
+    ))?;
+    facts.emit(
+        if ok {
+            Decision::Success
+        } else {
+            Decision::Failure
+        },
+        (!ok).then_some(ErrorId::E_INTEGRITY),
+        Event::CheckResult {
+            repo: repo.path.display().to_string(),
+            report,
+        },
+    )?;
+    Ok(if ok {
+        0
+    } else {
+        ErrorId::E_INTEGRITY.exit_code()
+    })
+}

@@ -1,0 +1,49 @@
+//! `snap list`: the snapshots, oldest first.
+//!
+//! Side effects: reads the repository under the shared lock.
+
+use super::args::LockArgs;
+use super::common::{damaged_facts, lock_fact, mib};
+use super::{repo_path, Cli, Out};
+use crate::error::Result;
+use crate::facts::{Decision, Emitter, Event};
+use crate::repo::Repo;
+
+/// Runs `snap list`.
+///
+/// # Errors
+///
+/// No repository; the lock; an unlistable `snapshots/`.
+pub(super) fn run(cli: &Cli, facts: &mut Emitter, out: &Out, lock: &LockArgs) -> Result<i32> {
+    let repo = Repo::open(&repo_path(cli)?)?;
+    let lock = repo.lock(false, lock.ms())?;
+    lock_fact(facts, &repo, &lock)?;
+    let snaps = repo.snapshots()?;
+    damaged_facts(facts, &repo)?;
+    out.line(&format!(
+        "{:<12}  {:<20}  {:<12}  {:<8}  {:>8}  {:>10}  {:<12}  source",
+        "id", "time", "host", "tier", "files", "size", "tags"
+    ))?;
+    for (id, r) in &snaps {
+        out.line(&format!(
+            "{:<12}  {:<20}  {:<12}  {:<8}  {:>8}  {:>10}  {:<12}  {}",
+            &id[..12],
+            r.time.get(..19).unwrap_or(&r.time).replace('T', " "),
+            r.host,
+            r.tier.as_str(),
+            r.stats.files,
+            mib(r.stats.bytes),
+            r.tags.join(","),
+            r.source
+        ))?;
+    }
+    facts.emit(
+        Decision::Success,
+        None,
+        Event::ListResult {
+            repo: repo.path.display().to_string(),
+            snapshots: snaps.len() as u64,
+        },
+    )?;
+    Ok(0)
+}

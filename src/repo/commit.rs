@@ -1,0 +1,332 @@
+//! The commit protocol: the one place that orders puts and barriers
+//! (`docs/FORMAT.md`, "The commit protocol (backup)", steps 3 to 6, and
+//! the creation of a repository).
+//!
+//! 3. Packs ([`PackWriter`]): staged, write-out started, and every
+//!    [`PACKS_IN_FLIGHT`] packs one barrier makes their bytes durable
+//!    before they get their names; after the last batch one more barrier
+//!    makes the names durable, before the index that names them.
+//! 4. The index files ([`put_index`]), then the entries file
+//!    ([`put_entries`]): each synced, named create-only, its directory
+//!    synced.
+//! 5. The barrier before the record ([`commit_snapshot`]): every file and
+//!    name the record depends on is durable, whoever wrote it.
+//! 6. The snapshot record: synced, named create-only — **the commit
+//!    point** — and its directory synced; an error after the name exists
+//!    is [`Error::AfterCommit`].
+//!
+//! With syncs off (`--no-durability`) the order is the same and no sync
+//! is made. Side effects: writes through the repository's backend.
+
+use super::storage::{Backend, FileKind, Put, Staged, Syncs};
+use super::{committed, Config, Repo};
+use crate::error::{Error, Result};
+
+/// Packs staged before one barrier makes them durable together. Each pack
+/// used to be committed alone (fsync, rename, fsync of its directory): a
+/// 4 GiB backup made 653 fsyncs and spent half its time in them, each
+/// waiting for a disk cache flush of ~5 ms on this machine's disk
+/// (docs/BENCHMARKS.md).
+pub const PACKS_IN_FLIGHT: usize = 8;
+
+/// Step 3: puts the packs of one run.
+pub struct PackWriter<'r> {
+    repo: &'r Repo,
+    /// Staged packs on their way to the disk, not yet named: (file, id).
+    in_flight: Vec<(Box<dyn Staged>, String)>,
+    /// Whether the run listed a pack, new or found in place.
+    listed: bool,
+    /// Sync accounting.
+    pub syncs: Syncs,
+    /// Pack bytes added.
+    pub bytes_added: u64,
+}
+
+impl<'r> PackWriter<'r> {
+    /// A writer for `repo`, making syncs when `durable`.
+    pub fn new(repo: &'r Repo, durable: bool) -> Self {
+        PackWriter {
+            repo,
+            in_flight: Vec::new(),
+            listed: false,
+            syncs: Syncs {
+                enabled: durable,
+                ..Syncs::default()
+            },
+            bytes_added: 0,
+        }
+    }
+
+    /// Puts pack `id` made of `parts` (blob bytes where they lie, then the
+    /// footer and trailer): nothing is written when the pack is stored
+    /// already (a killed run may have put it), else it is staged and its
+    /// write-out started.
+    ///
+    /// # Errors
+    ///
+    /// Write errors (`E_NO_SPACE`), with the pack's path; those of the
+    /// batch's barrier and puts.
+    pub fn add(&mut self, id: &str, parts: &[&[u8]]) -> Result<()> {
+        self.listed = true;
+        let store = self.repo.store();
+        let path = || self.repo.file_path(FileKind::Pack, id);
+        if store
+            .exists(FileKind::Pack, id)
+            .map_err(|e| Error::io("stat", path(), e))?
+        {
+            return Ok(());
+        }
+        let mut s = store
+            .stage(FileKind::Pack)
+            .map_err(|e| Error::io("create", self.repo.display(super::layout::STAGING), e))?;
+        s.append(parts).map_err(|e| Error::io("write", path(), e))?;
+        if self.syncs.enabled {
+            if let Err(e) = s.start_writeback() {
+                s.discard();
+                return Err(Error::io("sync_file_range", path(), e));
+            }
+        }
+        self.in_flight.push((s, id.to_owned()));
+        if self.in_flight.len() >= PACKS_IN_FLIGHT {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// One barrier for the staged packs' bytes, then their names. When
+    /// the barrier fails, every staged pack is removed.
+    fn flush(&mut self) -> Result<()> {
+        let batch = std::mem::take(&mut self.in_flight);
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let store = self.repo.store();
+        if let Err(e) = store.barrier(&mut self.syncs) {
+            for (s, _) in batch {
+                s.discard();
+            }
+            return Err(Error::io(
+                "syncfs",
+                self.repo.display(super::layout::STAGING),
+                e,
+            ));
+        }
+        let mut batch = batch.into_iter();
+        while let Some((s, id)) = batch.next() {
+            match store.put_staged(s, FileKind::Pack, &id, false, &mut self.syncs) {
+                Ok(put) => self.bytes_added += put.added(),
+                Err(e) => {
+                    for (s, _) in batch {
+                        s.discard();
+                    }
+                    return Err(Error::io(
+                        "rename",
+                        self.repo.file_path(FileKind::Pack, &id),
+                        e,
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts the last batch, then makes the names durable (this run's new
+    /// ones, and packs found already in place: a killed run may have named
+    /// them without its last barrier) before the index names them.
+    /// Returns the bytes added and the sync accounting.
+    ///
+    /// # Errors
+    ///
+    /// As [`PackWriter::add`]; the barrier's error.
+    pub fn finish(mut self) -> Result<(u64, Syncs)> {
+        self.flush()?;
+        if self.listed {
+            self.repo
+                .store()
+                .barrier(&mut self.syncs)
+                .map_err(|e| Error::io("syncfs", self.repo.path.display(), e))?;
+        }
+        Ok((self.bytes_added, self.syncs))
+    }
+
+    /// Removes the staged packs not yet named (after a failure elsewhere).
+    pub fn discard(self) {
+        for (s, _) in self.in_flight {
+            s.discard();
+        }
+    }
+}
+
+/// Step 4: puts index file `bytes` under its BLAKE3 id; returns the id and
+/// the bytes added (0 when it was stored already).
+///
+/// # Errors
+///
+/// Write, sync and rename errors with the path; `E_NO_SPACE`.
+pub fn put_index(repo: &Repo, bytes: &[u8], syncs: &mut Syncs) -> Result<(String, u64)> {
+    let id = blake3::hash(bytes).to_hex().to_string();
+    let put = repo
+        .store()
+        .put(FileKind::Index, &id, bytes, syncs)
+        .map_err(|e| Error::io("write", repo.file_path(FileKind::Index, &id), e))?;
+    Ok((id, put.added()))
+}
+
+/// A staged entries file, written a piece at a time during the walk and
+/// put by [`put_entries`].
+///
+/// # Errors
+///
+/// The create error.
+pub fn stage_entries(repo: &Repo) -> Result<Box<dyn Staged>> {
+    repo.store()
+        .stage(FileKind::Entries)
+        .map_err(|e| Error::io("create", repo.display(super::layout::STAGING), e))
+}
+
+/// Step 4: puts the staged entries file as `id` (its BLAKE3): synced,
+/// named, its directory synced; returns the bytes added (0 when a file of
+/// that id was stored already, and the staged one is removed).
+///
+/// # Errors
+///
+/// Sync and rename errors with the path.
+pub fn put_entries(
+    repo: &Repo,
+    staged: Box<dyn Staged>,
+    id: &str,
+    syncs: &mut Syncs,
+) -> Result<u64> {
+    let path = || repo.file_path(FileKind::Entries, id);
+    let store = repo.store();
+    let put = store
+        .put_staged(staged, FileKind::Entries, id, true, syncs)
+        .map_err(|e| Error::io("put", path(), e))?;
+    if put != Put::Existed {
+        store
+            .sync_names(FileKind::Entries, id, syncs)
+            .map_err(|e| Error::io("fsync directory", path(), e))?;
+    }
+    Ok(put.added())
+}
+
+/// Steps 5 and 6: the barrier (when `syncs` is enabled), then the snapshot
+/// record `bytes` as `id` — the commit point — and its directory synced.
+///
+/// # Errors
+///
+/// Before the record has its name: the barrier, write, sync or rename
+/// error (nothing is committed). After: [`Error::AfterCommit`]
+/// (`E_UNCONFIRMED`), the snapshot is listed but its directory sync
+/// failed.
+pub fn commit_snapshot(repo: &Repo, id: &str, bytes: &[u8], syncs: &mut Syncs) -> Result<()> {
+    let store = repo.store();
+    let path = || repo.file_path(FileKind::Snapshot, id);
+    store
+        .barrier(syncs)
+        .map_err(|e| Error::io("syncfs", repo.path.display(), e))?;
+    let mut s = store
+        .stage(FileKind::Snapshot)
+        .map_err(|e| Error::io("create", repo.display(super::layout::STAGING), e))?;
+    s.append(&[bytes])
+        .map_err(|e| Error::io("write", path(), e))?;
+    store
+        .put_staged(s, FileKind::Snapshot, id, true, syncs)
+        .map_err(|e| Error::io("put", path(), e))?;
+    store
+        .sync_names(FileKind::Snapshot, id, syncs)
+        .map_err(|e| {
+            Error::io("fsync directory", repo.display(super::layout::SNAPSHOTS), e)
+                .after_commit(committed(id))
+        })
+}
+
+/// Creates `config.json`, the last step of creating a repository (the
+/// directories come first: a location is a repository once it has its
+/// config): written, synced, named create-only, the root synced. Returns
+/// false when another process created it first (nothing is changed).
+///
+/// # Errors
+///
+/// Write, sync and rename errors with the path.
+pub fn create_config(store: &dyn Backend, config: &Config) -> Result<bool> {
+    let path = store.path(FileKind::Config, "");
+    let mut syncs = Syncs::on();
+    let put = store
+        .put(FileKind::Config, "", &config.to_bytes(), &mut syncs)
+        .map_err(|e| Error::io("write", &path, e))?;
+    Ok(put != Put::Existed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::storage::FileKind;
+
+    #[test]
+    fn packs_are_named_only_after_a_barrier_and_a_known_pack_is_not_rewritten() {
+        let repo = Repo::memory();
+        let mut w = PackWriter::new(&repo, true);
+        let ids: Vec<String> = (0..PACKS_IN_FLIGHT as u32 + 1)
+            .map(|i| blake3::hash(&i.to_le_bytes()).to_hex().to_string())
+            .collect();
+        for id in &ids[..PACKS_IN_FLIGHT - 1] {
+            w.add(id, &[b"blob", b"tail"]).unwrap();
+            assert!(!repo.store().exists(FileKind::Pack, id).unwrap());
+        }
+        assert_eq!(w.syncs.count, 0);
+        w.add(&ids[PACKS_IN_FLIGHT - 1], &[b"x"]).unwrap();
+        assert_eq!(w.syncs.count, 1, "one barrier for the batch");
+        assert!(repo.store().exists(FileKind::Pack, &ids[0]).unwrap());
+        // Found in place: not written again, but still covered.
+        w.add(&ids[0], &[b"other"]).unwrap();
+        w.add(&ids[PACKS_IN_FLIGHT], &[b"last"]).unwrap();
+        let (added, syncs) = w.finish().unwrap();
+        assert_eq!(added, (PACKS_IN_FLIGHT as u64 - 1) * 8 + 1 + 4);
+        assert_eq!(syncs.count, 3, "batch, last batch, names");
+        assert_eq!(
+            repo.store().read(FileKind::Pack, &ids[0], 100).unwrap(),
+            b"blobtail"
+        );
+    }
+
+    #[test]
+    fn a_snapshot_is_committed_after_the_barrier_and_reads_back() {
+        let repo = Repo::memory();
+        let (idx, added) = put_index(&repo, br#"{"v":1,"packs":[]}"#, &mut Syncs::on()).unwrap();
+        assert!(added > 0);
+        assert_eq!(
+            put_index(&repo, br#"{"v":1,"packs":[]}"#, &mut Syncs::on()).unwrap(),
+            (idx, 0),
+            "stored already"
+        );
+        let mut s = stage_entries(&repo).unwrap();
+        s.append(&[b"{}\n"]).unwrap();
+        let eid = blake3::hash(b"{}\n").to_hex().to_string();
+        let mut syncs = Syncs::on();
+        assert_eq!(put_entries(&repo, s, &eid, &mut syncs).unwrap(), 3);
+        let rec = crate::repo::SnapshotRecord {
+            v: 1,
+            time: "2026-01-01T00:00:00.000000000Z".into(),
+            host: "h".into(),
+            source: "/s".into(),
+            source_b64: None,
+            tier: crate::policy::PreservationTier::Basic,
+            tags: vec![],
+            policy: crate::policy::Policy::default(),
+            parent: None,
+            entries: crate::repo::EntriesRef { id: eid, count: 1 },
+            stats: Default::default(),
+            durable: true,
+        };
+        let bytes = serde_json::to_vec(&rec).unwrap();
+        let id = blake3::hash(&bytes).to_hex().to_string();
+        let before = syncs.count;
+        commit_snapshot(&repo, &id, &bytes, &mut syncs).unwrap();
+        assert_eq!(syncs.count, before + 3, "barrier, record, directory");
+        let all = repo.snapshots().unwrap();
+        assert_eq!(all, vec![(id.clone(), rec)]);
+        assert!(repo.take_damaged().is_empty());
+        assert!(repo.staging().unwrap().is_empty());
+    }
+}

@@ -1,0 +1,126 @@
+//! Snapshot records (`snapshots/<id>.json`), the commit record of a
+//! backup. Pure: parsing, no I/O.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::policy::{Policy, PreservationTier};
+
+/// Most bytes a snapshot record may hold.
+pub const RECORD_MAX: u64 = 16 << 20;
+/// The record version this build reads and writes.
+pub const RECORD_VERSION: u32 = 1;
+
+/// Reference from a snapshot to its entries file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct EntriesRef {
+    /// Entries file id (BLAKE3-256 hex of the file).
+    pub id: String,
+    /// Number of records in it.
+    pub count: u64,
+}
+
+/// Counts kept in a snapshot record and in `backup.summary`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SnapshotStats {
+    /// Regular files stored (hard link leaders included).
+    pub files: u64,
+    /// Directories stored (the root included).
+    pub dirs: u64,
+    /// Symlinks stored.
+    pub symlinks: u64,
+    /// Extra names of hard-linked files.
+    pub hardlinks: u64,
+    /// FIFOs, devices and sockets stored.
+    pub special: u64,
+    /// Entries left out: excluded by pattern, not kept by the tier, or
+    /// unreadable.
+    pub skipped: u64,
+    /// Entries that could not be read (a subset of `skipped`).
+    pub unreadable: u64,
+    /// Content bytes of all stored files.
+    pub bytes: u64,
+    /// Regular files whose content was taken from the parent snapshot
+    /// without reading them: same size, mtime, ctime, inode and device, and
+    /// a ctime at least 1 s older than the parent's start (so a change
+    /// made while the parent ran cannot hide behind an unchanged stat).
+    #[serde(default)]
+    pub files_unchanged: u64,
+    /// Directories whose non-directory entries were copied from the
+    /// parent snapshot's records as they were, without a file being
+    /// opened: the same children key (the names and stat fields of every
+    /// non-directory entry), all of them older than the parent's start
+    /// minus 1 s, and none with more than one link. Not done at tier full,
+    /// which reads every file's xattrs and inode flags again.
+    #[serde(default)]
+    pub dirs_unchanged: u64,
+    /// Blob bytes not already in the repository.
+    pub new_blob_bytes: u64,
+    /// Blobs not already in the repository.
+    pub new_blobs: u64,
+    /// Packs written.
+    pub packs: u64,
+    /// Bytes this backup added to the repository in packs, index and
+    /// entries files. The snapshot record (about 1 KiB) holds this count and
+    /// so is not part of it.
+    pub bytes_added: u64,
+    /// Wall time of the backup, in milliseconds.
+    pub duration_ms: u64,
+}
+
+/// `snapshots/<id>.json`: the commit record. Its id is the BLAKE3-256 of
+/// the file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SnapshotRecord {
+    /// Record version, 1.
+    pub v: u32,
+    /// Start of the backup, RFC 3339 UTC with nanoseconds.
+    pub time: String,
+    /// Host name (`uname -n`).
+    pub host: String,
+    /// Absolute path of the source, UTF-8 text.
+    pub source: String,
+    /// Base64 of the raw source path when it is not UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_b64: Option<String>,
+    /// Preservation tier used.
+    pub tier: PreservationTier,
+    /// User tags.
+    pub tags: Vec<String>,
+    /// The policy in force.
+    pub policy: Policy,
+    /// The previous snapshot of the same host and source, if any.
+    pub parent: Option<String>,
+    /// The entries file.
+    pub entries: EntriesRef,
+    /// Counts and sizes.
+    pub stats: SnapshotStats,
+    /// True when every file and directory of this snapshot was synced
+    /// before this record was committed.
+    pub durable: bool,
+}
+
+impl SnapshotRecord {
+    /// Checks `bytes` against the record's `id` and parses them (the file
+    /// shown as `path`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Integrity`] for bytes that do not match the id, malformed
+    /// JSON or an unknown record version.
+    pub fn parse(bytes: &[u8], id: &str, path: &str) -> Result<SnapshotRecord> {
+        super::check_id(bytes, id, path, "snapshot record")?;
+        let rec: SnapshotRecord = serde_json::from_slice(bytes).map_err(|e| Error::Integrity {
+            path: path.to_owned(),
+            detail: format!("malformed snapshot record: {e}"),
+        })?;
+        if rec.v != RECORD_VERSION {
+            return Err(Error::Integrity {
+                path: path.to_owned(),
+                detail: format!("snapshot record version {} is not supported", rec.v),
+            });
+        }
+        Ok(rec)
+    }
+}

@@ -1,0 +1,117 @@
+//! Facts about this process and host, and randomness: effective ids and
+//! capabilities, the umask, the host name, user and group names, random
+//! bytes. No module but this one asks them of the kernel.
+//!
+//! Side effects: none, except [`umask`], which sets the umask and sets it
+//! back (the only way to read it without `/proc`).
+
+use std::io;
+use std::path::Path;
+
+use rustix::fs::Mode;
+
+use crate::fs::{Dir, Name};
+
+/// Fills `buf` with random bytes from `getrandom(2)`.
+///
+/// # Errors
+///
+/// The `getrandom(2)` error.
+pub fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        filled +=
+            rustix::rand::getrandom(&mut buf[filled..], rustix::rand::GetRandomFlags::empty())?;
+    }
+    Ok(())
+}
+
+/// The node name from `uname(2)`.
+pub fn hostname() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The process umask (`umask(2)` read by setting it and setting it back).
+pub fn umask() -> u32 {
+    let old = rustix::process::umask(Mode::from_raw_mode(0o022));
+    rustix::process::umask(old);
+    old.bits()
+}
+
+/// The (name, id) pairs of `passwd` and `group` in the directory `etc`
+/// (normally `/etc`), read through a dirfd. Only the files are consulted,
+/// not NSS (LDAP, sssd); a missing file gives an empty list.
+///
+/// # Errors
+///
+/// An error opening `etc` or reading an existing file.
+#[allow(clippy::type_complexity)]
+pub fn id_names(etc: &Path) -> io::Result<(Vec<(String, u32)>, Vec<(String, u32)>)> {
+    let dir = Dir::open_root(etc)?;
+    let read = |file: &str| -> io::Result<Vec<(String, u32)>> {
+        let name = Name::new(file.as_bytes())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let text = match dir.read_all(&name, 64 << 20) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        Ok(String::from_utf8_lossy(&text)
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split(':');
+                let name = f.next()?;
+                let id = f.nth(1)?.parse().ok()?;
+                (!name.is_empty() && !name.starts_with('#')).then(|| (name.to_owned(), id))
+            })
+            .collect())
+    };
+    Ok((read("passwd")?, read("group")?))
+}
+
+/// Random hex string of `bytes` random bytes.
+///
+/// # Errors
+///
+/// The `getrandom(2)` error.
+pub fn random_hex(bytes: usize) -> io::Result<String> {
+    let mut b = vec![0u8; bytes];
+    random_bytes(&mut b)?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// The effective capability set of this process (`CapEff` in
+/// `/proc/self/status`, see `proc_pid_status(5)`); 0 when unreadable.
+pub fn effective_caps() -> u64 {
+    // `/proc/self` is a symlink, which `open_root` (O_NOFOLLOW) refuses.
+    let own = format!("/proc/{}", rustix::process::getpid().as_raw_nonzero());
+    let Ok(dir) = Dir::open_root(Path::new(&own)) else {
+        return 0;
+    };
+    let Ok(name) = Name::new(b"status") else {
+        return 0;
+    };
+    let Ok(text) = dir.read_all(&name, 1 << 20) else {
+        return 0;
+    };
+    String::from_utf8_lossy(&text)
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        .unwrap_or(0)
+}
+
+/// The effective user id of this process, asked of the kernel once (snap
+/// never changes its ids; restore's scan asks per entry).
+pub fn euid() -> u32 {
+    static EUID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *EUID.get_or_init(|| rustix::process::geteuid().as_raw())
+}
+
+/// The effective group id of this process (`getegid(2)`).
+pub fn egid() -> u32 {
+    rustix::process::getegid().as_raw()
+}
