@@ -20,6 +20,7 @@ use base64::Engine as _;
 use crate::error::{Error, Result};
 use crate::facts::{FieldCount, RestoreSummary};
 use crate::fs::{fd, Dir, Name, RelPath};
+use crate::repo::format::tier;
 use crate::repo::sidecar::{EntryKind, EntryRecord};
 use crate::repo::storage::{FileKind, Ranged};
 use crate::repo::{parse_lines, EntriesReader, Repo};
@@ -625,28 +626,7 @@ fn second_record(sub: &RelPath) -> String {
     }
 }
 
-/// Whether entries of `kind` are restored at `tier`: devices and sockets
-/// from full, symlinks and FIFOs from extended (basic keeps directories and
-/// regular files, and gives hard link names their leader's content).
-fn kept(kind: EntryKind, tier: crate::policy::PreservationTier) -> bool {
-    use crate::policy::PreservationTier as T;
-    match kind {
-        EntryKind::Char | EntryKind::Block | EntryKind::Socket => tier >= T::Full,
-        EntryKind::Symlink | EntryKind::Fifo => tier >= T::Extended,
-        EntryKind::Dir | EntryKind::File | EntryKind::Hardlink => true,
-    }
-}
-
-/// Which record fields `tier` applies beyond basic's: (owners and atimes,
-/// from extended; xattrs, inode flags, sparse maps and owner names, at
-/// full). The one rule for [`limit`] and the scan in [`load`].
-fn applies(tier: crate::policy::PreservationTier) -> (bool, bool) {
-    use crate::policy::PreservationTier as T;
-    (tier >= T::Extended, tier >= T::Full)
-}
-
-/// Drops every field of `r` that `tier` does not apply, so a full snapshot
-/// can be restored at tier extended or basic.
+/// Drops every field of `r` that `tier` does not apply ([`tier::limit`]).
 ///
 /// `untrusted` (policy `restore_untrusted`) also clears the set-user-ID and
 /// set-group-ID bits.
@@ -654,19 +634,7 @@ fn limit(r: &mut EntryRecord, tier: crate::policy::PreservationTier, untrusted: 
     if untrusted {
         r.mode &= !0o6000;
     }
-    let (extended, full) = applies(tier);
-    if !full {
-        r.xattrs = None;
-        r.flags = None;
-        r.sparse = None;
-        r.user = None;
-        r.group = None;
-    }
-    if !extended {
-        r.uid = None;
-        r.gid = None;
-        r.atime = None;
-    }
+    tier::limit(r, tier);
 }
 
 /// The fields of an entry record the scan before a restore reads,
@@ -745,7 +713,7 @@ pub fn load(
             let l: ScanLine =
                 serde_json::from_slice(line).map_err(|e| bad(format!("malformed record: {e}")))?;
             crate::repo::sidecar::check_version(l.v).map_err(bad)?;
-            if !kept(l.kind, tier) {
+            if !tier::keeps(tier, l.kind) {
                 continue;
             }
             let raw: std::borrow::Cow<[u8]> = match &l.path_b64 {
@@ -754,7 +722,10 @@ pub fn load(
                     .map_err(|e| bad(format!("invalid path: {e}")))?
                     .into(),
             };
-            let (extended, full) = applies(tier);
+            let tier::Fields {
+                owners: extended,
+                full,
+            } = tier::fields(tier);
             out.needs.add(
                 l.uid.filter(|_| extended),
                 l.flags.filter(|_| full),
@@ -1087,7 +1058,7 @@ impl<'a> Restorer<'a> {
                 if is_leader {
                     leaders.insert(snap_rel.clone(), (Arc::new(rec.clone()), None));
                 }
-                if !kept(rec.kind, loaded.tier) {
+                if !tier::keeps(loaded.tier, rec.kind) {
                     continue;
                 }
                 let rel = match loaded.place(&snap_rel) {
@@ -1148,7 +1119,7 @@ impl<'a> Restorer<'a> {
                                 ),
                             ));
                         };
-                        if !kept(lrec.kind, loaded.tier) || lrec.kind == EntryKind::Socket {
+                        if !tier::keeps(loaded.tier, lrec.kind) || lrec.kind == EntryKind::Socket {
                             // Its leader's kind is not restored at this
                             // tier (a socket never is: it is recorded
                             // only), so neither is this name.

@@ -13,6 +13,7 @@ pub mod index;
 pub mod pack;
 pub mod sidecar;
 pub mod snapshot;
+pub mod tier;
 
 use crate::error::{Error, Result};
 
