@@ -107,7 +107,12 @@ mod tests {
     #[test]
     fn limit_drops_what_a_lower_tier_does_not_keep() {
         let rel = crate::fs::RelPath::parse(b"f").unwrap();
-        let mut r = EntryRecord::new(&rel, EntryKind::File, 0o644, crate::fs::Time::default());
+        let mut r = EntryRecord::new(
+            &rel,
+            EntryKind::File,
+            0o644,
+            crate::fs::Time { sec: 0, nsec: 0 },
+        );
         r.uid = Some(1);
         r.gid = Some(2);
         r.flags = Some(0x10);
