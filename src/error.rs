@@ -200,6 +200,27 @@ pub enum Error {
         /// What failed.
         detail: String,
     },
+    /// Restore could not give `path` the owner the policy requires (the
+    /// tier keeps owners, and this process may chown): `chown(2)` failed,
+    /// e.g. `EPERM` on a filesystem that refuses it (NFS with root
+    /// squashing) or `EINVAL` for an id this user namespace does not map
+    /// (`user_namespaces(7)`).
+    #[error("restore {path}: cannot apply the owner {uid}:{gid} the policy requires: {source}")]
+    Ownership {
+        /// The entry's path relative to the target.
+        path: String,
+        /// The owner and group asked for.
+        uid: u32,
+        /// See `uid`.
+        gid: u32,
+        /// The `chown(2)` error.
+        #[source]
+        source: io::Error,
+    },
+    /// A broken invariant of snap itself (a bug, not bad input): what was
+    /// expected.
+    #[error("internal error: {0} (a bug in snap; please report it)")]
+    Internal(String),
     /// The final rename of the staging directory failed.
     #[error("rename {from} -> {to}: {source}")]
     Swap {
@@ -226,6 +247,12 @@ pub enum Error {
 }
 
 impl Error {
+    /// [`Error::Internal`] for a value that could not be serialised (every
+    /// type snap serialises can be: this is a bug).
+    pub fn serialise(what: &str, e: serde_json::Error) -> Self {
+        Error::Internal(format!("cannot serialise {what}: {e}"))
+    }
+
     /// Wraps an error that happened after the commit point (see
     /// [`Error::AfterCommit`]); an error already wrapped stays as it is.
     pub fn after_commit(self, committed: impl Into<String>) -> Self {
@@ -261,6 +288,8 @@ impl Error {
             Error::Policy(_) => ErrorId::E_POLICY,
             Error::Interrupted => ErrorId::E_INTERRUPTED,
             Error::Restore { .. } => ErrorId::E_RESTORE_FAILED,
+            Error::Ownership { .. } => ErrorId::E_OWNERSHIP,
+            Error::Internal(_) => ErrorId::E_GENERIC,
             Error::AfterCommit { .. } => ErrorId::E_UNCONFIRMED,
             Error::Swap { source, .. } => match source.raw_os_error() {
                 Some(code) if code == rustix::io::Errno::XDEV.raw_os_error() => ErrorId::E_EXDEV,
@@ -281,12 +310,14 @@ impl Error {
             | Error::RepoMissing { path }
             | Error::Integrity { path, .. }
             | Error::Locked { path, .. }
-            | Error::Restore { path, .. } => Some(path),
+            | Error::Restore { path, .. }
+            | Error::Ownership { path, .. } => Some(path),
             Error::Swap { to, .. } => Some(to),
             Error::AfterCommit { source, .. } => source.path(),
             Error::SnapshotNotFound { .. }
             | Error::Usage(_)
             | Error::Policy(_)
+            | Error::Internal(_)
             | Error::Interrupted => None,
         }
     }

@@ -1010,3 +1010,62 @@ fn list_waits_for_the_lock_as_long_as_lock_wait_says() {
     assert_eq!(r.code, 30, "{}", r.stderr);
     assert!(waited < Duration::from_secs(3), "waited {waited:?}");
 }
+
+/// An owner the tier keeps that restore cannot apply (chown refused:
+/// EPERM, as NFS with root squashing, or EINVAL for an id a user namespace
+/// does not map) is `E_OWNERSHIP`, exit 20, and no target appears.
+#[test]
+fn an_owner_the_policy_requires_that_cannot_be_applied_is_e_ownership() {
+    if !is_root() || !has_tool("strace") {
+        eprintln!("skipped: needs root (chown to another user) and strace");
+        return;
+    }
+    let env = Env::new();
+    let src = env.path("src");
+    small_tree(&src);
+    std::os::unix::fs::chown(src.join("a.txt"), Some(12345), Some(12346)).unwrap();
+    env.snap([
+        OsStr::new("backup"),
+        OsStr::new("--tier"),
+        OsStr::new("extended"),
+        src.as_os_str(),
+    ])
+    .ok();
+    let target = env.path("t");
+    let mut cmd = Command::new("strace");
+    cmd.args([
+        "-f",
+        "-qq",
+        "-o",
+        "/dev/null",
+        "-e",
+        "trace=fchown,fchownat",
+    ])
+    .args(["-e", "inject=fchown,fchownat:error=EPERM"])
+    .arg(snap_bin())
+    .arg("--repo")
+    .arg(&env.repo);
+    let r = env.run_cmd(
+        cmd,
+        [
+            OsStr::new("restore"),
+            OsStr::new("latest"),
+            OsStr::new("--target"),
+            target.as_os_str(),
+        ],
+    );
+    assert_eq!(r.code, 20, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("[E_OWNERSHIP]") && r.stderr.contains("12345:12346"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.fact("command.failed")["error_id"], "E_OWNERSHIP");
+    assert!(!target.exists(), "no target after a failed restore");
+    assert_eq!(staging_dirs(env.dir.path()), 0);
+    // Without the fault the same restore applies the owner.
+    env.restore_latest(&target).ok();
+    let st = fs::symlink_metadata(target.join("a.txt")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((st.uid(), st.gid()), (12345, 12346));
+}

@@ -180,8 +180,5 @@ impl EntriesOut {
 }
 
 pub(super) fn ser_err(e: serde_json::Error) -> Error {
-    Error::Integrity {
-        path: "entries".into(),
-        detail: format!("cannot serialise: {e}"),
-    }
+    Error::serialise("an entries record", e)
 }

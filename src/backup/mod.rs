@@ -274,10 +274,7 @@ impl Walker<'_> {
         self.stats.packs = packed.packs.len() as u64;
         self.stats.bytes_added = packed.bytes_added;
         let mut syncs = packed.syncs;
-        let ser = |what: &str, e: serde_json::Error| Error::Integrity {
-            path: what.to_owned(),
-            detail: format!("cannot serialise: {e}"),
-        };
+        let ser = |what: &str, e: serde_json::Error| Error::serialise(what, e);
         // One index file per at most INDEX_BLOBS_PER_FILE blobs, so each
         // stays within what readers accept (INDEX_MAX).
         let mut groups: Vec<Vec<crate::repo::IndexPack>> = Vec::new();

@@ -151,10 +151,7 @@ pub struct Packed {
 /// The error a stage returns when the next stage has gone away; the caller
 /// reports that stage's own error instead.
 pub fn downstream_gone() -> Error {
-    Error::Integrity {
-        path: "backup pipeline".into(),
-        detail: "a later stage stopped".into(),
-    }
+    Error::Internal("a later stage of the backup pipeline stopped".into())
 }
 
 struct Current {
@@ -323,10 +320,9 @@ pub fn chunker(
                     (_, None, Some(w), _) => w.finalize(),
                     (_, None, None, Some(Some(w))) => w,
                     (_, None, None, _) => {
-                        return Err(Error::Integrity {
-                            path: "backup pipeline".into(),
-                            detail: "a file's whole-content hash is missing".into(),
-                        })
+                        return Err(Error::Internal(
+                            "a file's whole-content hash is missing in the chunker".into(),
+                        ))
                     }
                 };
                 // The walker may have stopped; its error is reported.

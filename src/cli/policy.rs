@@ -25,7 +25,8 @@ pub(super) fn show(
         untrusted,
         ..Overrides::default()
     })?;
-    let text = serde_json::to_string_pretty(&policy).map_err(|e| Error::Usage(e.to_string()))?;
+    let text =
+        serde_json::to_string_pretty(&policy).map_err(|e| Error::serialise("the policy", e))?;
     out.line(&text)?;
     facts.emit(Decision::Success, None, Event::PolicyShow { policy })?;
     Ok(0)

@@ -20,7 +20,7 @@ pub(super) fn run(facts: &mut Emitter, out: &Out, dir: Option<&Path>) -> Result<
         None => {
             let fact = &schemas[0].1;
             let text =
-                serde_json::to_string_pretty(fact).map_err(|e| Error::Usage(e.to_string()))?;
+                serde_json::to_string_pretty(fact).map_err(|e| Error::serialise("a schema", e))?;
             out.line(&text)?;
         }
         Some(d) => {
@@ -30,11 +30,11 @@ pub(super) fn run(facts: &mut Emitter, out: &Out, dir: Option<&Path>) -> Result<
             let mut files = Vec::new();
             for (name, schema) in &schemas {
                 let mut text = serde_json::to_string_pretty(schema)
-                    .map_err(|e| Error::Usage(e.to_string()))?;
+                    .map_err(|e| Error::serialise("a schema", e))?;
                 text.push('\n');
                 let p = d.join(name);
                 let n = crate::fs::Name::new(name.as_bytes())
-                    .map_err(|e| Error::Usage(e.to_string()))?;
+                    .map_err(|e| Error::Internal(format!("schema file name {name:?}: {e}")))?;
                 dir.create_output(&n, 0o644)
                     .and_then(|fd| crate::fs::fd::write_all_at(&fd, text.as_bytes(), 0))
                     .map_err(|e| Error::io("write", p.display(), e))?;

@@ -423,7 +423,7 @@ impl Emitter {
         };
         self.seq += 1;
         let mut line =
-            serde_json::to_vec(&fact).map_err(|e| crate::error::Error::Usage(e.to_string()))?;
+            serde_json::to_vec(&fact).map_err(|e| crate::error::Error::serialise("a fact", e))?;
         line.push(b'\n');
         if let Some((f, path)) = &mut self.file {
             f.write_all(&line)

@@ -253,7 +253,7 @@ pub fn create_config(store: &dyn Backend, config: &Config) -> Result<bool> {
     let path = store.path(FileKind::Config, "");
     let mut syncs = Syncs::on();
     let put = store
-        .put(FileKind::Config, "", &config.to_bytes(), &mut syncs)
+        .put(FileKind::Config, "", &config.to_bytes()?, &mut syncs)
         .map_err(|e| Error::io("write", &path, e))?;
     Ok(put != Put::Existed)
 }

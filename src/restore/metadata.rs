@@ -6,7 +6,7 @@
 
 use base64::Engine as _;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::facts::FieldCount;
 use crate::fs::{fd, RelPath};
 use crate::repo::sidecar::{EntryKind, EntryRecord};
@@ -23,6 +23,21 @@ pub(super) fn count(c: &mut FieldCount, ok: bool) {
         c.applied += 1;
     } else {
         c.skipped += 1;
+    }
+}
+
+/// The error for a failed `chown(2)` of `shown` to `uid:gid`, which the
+/// policy's tier requires: [`Error::Ownership`] (`E_OWNERSHIP`), or, for
+/// a quota (`EDQUOT`), `E_NO_SPACE`.
+pub(super) fn chown_error(shown: &str, uid: u32, gid: u32, e: std::io::Error) -> Error {
+    if crate::error::io_error_id(&e) == crate::error::ErrorId::E_NO_SPACE {
+        return entry_error(shown, "chown", e);
+    }
+    Error::Ownership {
+        path: shown.to_owned(),
+        uid,
+        gid,
+        source: e,
     }
 }
 
@@ -115,7 +130,7 @@ impl<'a> Restorer<'a> {
         let mut chowned = false;
         if let Some((uid, gid)) = self.owner(rec) {
             if (now.uid, now.gid) != (uid, gid) {
-                fd::chown(f, uid, gid).map_err(|e| ctx("chown", e))?;
+                fd::chown(f, uid, gid).map_err(|e| chown_error(shown, uid, gid, e))?;
                 chowned = true;
             }
         }

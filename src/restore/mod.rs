@@ -330,11 +330,9 @@ fn internal_panic(staging: &str, payload: &(dyn std::any::Any + Send)) -> Error 
         .map(|s| (*s).to_owned())
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".into());
-    Error::io(
-        "restore",
-        staging,
-        std::io::Error::other(format!("internal error: {what}")),
-    )
+    Error::Internal(format!(
+        "a restore thread panicked building {staging}: {what}"
+    ))
 }
 
 impl<'a> Restorer<'a> {

@@ -15,7 +15,7 @@ use crate::repo::sidecar::{EntryKind, EntryRecord};
 use crate::repo::{parse_lines, EntriesReader};
 
 use super::load::{limit, second_record, Loaded, Place};
-use super::metadata::count;
+use super::metadata::{chown_error, count};
 use super::{entry_error, integrity, Restorer};
 
 /// Files handed to one worker at a time: those of one directory, up to
@@ -396,7 +396,7 @@ impl<'a> Restorer<'a> {
         }
         if let Some((uid, gid)) = self.owner(rec) {
             dir.chown_nofollow(name, uid, gid)
-                .map_err(|e| ctx("chown", e))?;
+                .map_err(|e| chown_error(shown, uid, gid, e))?;
         }
         if rec.kind != EntryKind::Symlink {
             dir.chmod_at(name, rec.mode).map_err(|e| ctx("chmod", e))?;

@@ -99,7 +99,7 @@ impl Target {
     /// `.snap-old-…` for an old tree a failed `--keep-old` leaves).
     fn run_name(run_id: &str, prefix: &str) -> Result<Name> {
         Name::new(format!("{prefix}{}", &run_id[..run_id.len().min(16)]).as_bytes())
-            .map_err(|e| Error::Usage(e.to_string()))
+            .map_err(|e| Error::Internal(format!("run name {prefix}: {e}")))
     }
 
     /// The staging directory's path, for messages.

@@ -71,8 +71,12 @@ impl Config {
     }
 
     /// The file's bytes (pretty JSON).
-    pub fn to_bytes(&self) -> Vec<u8> {
-        serde_json::to_vec_pretty(self).expect("a config always serialises")
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Internal`] should serialising fail (it cannot).
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        serde_json::to_vec_pretty(self).map_err(|e| Error::serialise("the config", e))
     }
 
     /// Parses `config.json` (shown as `path`) and refuses a format or
@@ -106,10 +110,12 @@ mod tests {
     #[test]
     fn a_new_config_parses_back_and_an_unknown_version_is_refused() {
         let c = Config::new("ab".repeat(16));
-        assert_eq!(Config::parse(&c.to_bytes(), "c").unwrap(), c);
+        assert_eq!(Config::parse(&c.to_bytes().unwrap(), "c").unwrap(), c);
         let mut old = c.clone();
         old.version = 1;
-        let e = Config::parse(&old.to_bytes(), "c").unwrap_err().to_string();
+        let e = Config::parse(&old.to_bytes().unwrap(), "c")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("version 1 is not supported"), "{e}");
         assert!(Config::parse(b"{", "c").is_err());
     }
