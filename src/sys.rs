@@ -115,3 +115,20 @@ pub fn euid() -> u32 {
 pub fn egid() -> u32 {
     rustix::process::getegid().as_raw()
 }
+
+/// Raises the soft limit on open files (`RLIMIT_NOFILE`) to the hard limit,
+/// as many programs that keep many descriptors open do (see
+/// `getrlimit(2)`), and returns the soft limit in force. A failure leaves
+/// the limit as it was.
+pub fn raise_nofile_limit() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let lim = getrlimit(Resource::Nofile);
+    let raised = Rlimit {
+        current: lim.maximum,
+        maximum: lim.maximum,
+    };
+    if lim.current != lim.maximum && setrlimit(Resource::Nofile, raised).is_ok() {
+        return lim.maximum.unwrap_or(u64::MAX);
+    }
+    lim.current.unwrap_or(u64::MAX)
+}

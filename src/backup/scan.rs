@@ -28,10 +28,10 @@ pub const AHEAD_ENTRIES: usize = 1 << 16;
 
 /// How far ahead the scanners may go: [`AHEAD`], or a quarter of the
 /// open-file limit (`RLIMIT_NOFILE`, whose soft value
-/// [`crate::fs::raise_nofile_limit`] lifts to the hard one) when that is
+/// [`crate::sys::raise_nofile_limit`] lifts to the hard one) when that is
 /// lower; at least 16.
 pub fn ahead() -> usize {
-    let limit = crate::fs::raise_nofile_limit();
+    let limit = crate::sys::raise_nofile_limit();
     usize::try_from(limit / 4).unwrap_or(AHEAD).clamp(16, AHEAD)
 }
 
