@@ -149,7 +149,7 @@ impl EntriesOut {
         let tmp = self.tmp.as_mut().expect("created above");
         self.hasher.update(&self.buf);
         tmp.append(&[&self.buf])
-            .map_err(|e| Error::io("write", repo.display("tmp (entries file)"), e))?;
+            .map_err(|e| Error::io("write", repo.display(crate::repo::layout::STAGING), e))?;
         self.buf.clear();
         Ok(())
     }

@@ -215,7 +215,7 @@ pub(super) fn take_snapshot(
         ) {
             eprintln!(
                 "snap: note: packs this run had already placed stay in {} with no index and no snapshot; `snap check` counts them as garbage packs, and removing garbage is `snap prune`'s job (not in this release yet)",
-                repo.display("packs")
+                repo.display(crate::repo::layout::PACKS)
             );
         }
     }

@@ -15,7 +15,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::fs::{fd, Dir, FileKind, Name};
-use crate::policy::{OnDegraded, Policy, PreservationTier};
+use crate::policy::{OnDegraded, Policy};
 use crate::repo::sidecar::EntryKind;
 
 /// The environment variable that switches the inode flags ioctl off, so
@@ -330,7 +330,7 @@ pub fn backup(repo: &Path, source: &Path, policy: &Policy, lock: LockState) -> R
     }
     lock_check(&mut r, repo, true, lock);
     let caps = Caps::current();
-    if policy.tier == PreservationTier::Full && !caps.has(Caps::SYS_ADMIN) {
+    if crate::repo::format::tier::fields(policy.tier).full && !caps.has(Caps::SYS_ADMIN) {
         r.add(
             "tier",
             source,

@@ -163,7 +163,7 @@ pub fn run(repo: &Repo, read_data: bool, repair_tmp: bool) -> Result<CheckReport
         };
         if records.len() as u64 != rec.entries.count {
             r.problem(
-                repo.display(&format!("snapshots/{sid}.json")),
+                repo.file_path(FileKind::Snapshot, sid),
                 format!(
                     "record says {} entries, the entries file holds {}",
                     rec.entries.count,

@@ -195,7 +195,7 @@ impl<'a> Restorer<'a> {
         let sh = self.sh;
         let loc = sh.index.get(id).ok_or_else(|| {
             integrity(
-                sh.repo.display("index"),
+                sh.repo.display(crate::repo::layout::INDEX),
                 format!("blob {id} is in no index"),
             )
         })?;

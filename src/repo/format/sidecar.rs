@@ -376,3 +376,49 @@ fn unsupported(v: u32) -> String {
         "sidecar record version {v} is not supported (this snap reads version {SIDECAR_VERSION})"
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(r: &EntryRecord) -> Vec<u8> {
+        serde_json::to_vec(r).unwrap()
+    }
+
+    #[test]
+    fn a_record_round_trips_and_the_value_rules_refuse_what_restore_could_not_use() {
+        let rel = RelPath::parse(b"d/f").unwrap();
+        let mut r = EntryRecord::new(&rel, EntryKind::File, 0o640, Time { sec: 5, nsec: 6 });
+        r.size = Some(3);
+        r.chunks = Some(vec![blake3::hash(b"abc").to_hex().to_string()]);
+        r.hash = r.chunks.as_ref().map(|c| c[0].clone());
+        assert_eq!(EntryRecord::from_line(&line(&r)).unwrap(), r);
+
+        let mut bad = r.clone();
+        bad.mtime.nsec = 1_000_000_000;
+        assert!(
+            EntryRecord::from_line(&line(&bad)).is_err(),
+            "nsec past 10^9"
+        );
+        let mut bad = r.clone();
+        bad.chunks = Some(vec!["zz".into()]);
+        assert!(
+            EntryRecord::from_line(&line(&bad)).is_err(),
+            "chunk id not hex"
+        );
+        let mut bad = r.clone();
+        bad.path = "../x".into();
+        assert!(
+            EntryRecord::from_line(&line(&bad)).is_err(),
+            "path leaves the tree"
+        );
+        let dev = EntryRecord::new(&rel, EntryKind::Char, 0o600, Time { sec: 0, nsec: 0 });
+        let e = EntryRecord::from_line(&line(&dev)).unwrap_err();
+        assert!(e.contains("rdev"), "{e}");
+        let mut v3 = serde_json::to_value(&r).unwrap();
+        v3["v"] = 3.into();
+        let e = EntryRecord::from_line(v3.to_string().as_bytes()).unwrap_err();
+        assert!(e.contains('3'), "names the version: {e}");
+        assert!(EntryRecord::from_line(b"{").is_err());
+    }
+}

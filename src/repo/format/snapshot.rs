@@ -124,3 +124,48 @@ impl SnapshotRecord {
         Ok(rec)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> SnapshotRecord {
+        SnapshotRecord {
+            v: RECORD_VERSION,
+            time: "2026-12-02T00:00:00.000000000Z".into(),
+            host: "h".into(),
+            source: "/src".into(),
+            source_b64: None,
+            tier: PreservationTier::Full,
+            tags: vec!["t".into()],
+            policy: Policy::default(),
+            parent: None,
+            entries: EntriesRef {
+                id: "ab".repeat(32),
+                count: 2,
+            },
+            stats: SnapshotStats::default(),
+            durable: true,
+        }
+    }
+
+    #[test]
+    fn a_record_parses_only_under_its_own_id_and_version() {
+        let bytes = serde_json::to_vec_pretty(&record()).unwrap();
+        let id = blake3::hash(&bytes).to_hex().to_string();
+        assert_eq!(SnapshotRecord::parse(&bytes, &id, "p").unwrap(), record());
+        let e = SnapshotRecord::parse(&bytes, &"0".repeat(64), "p").unwrap_err();
+        assert!(
+            e.to_string().contains("does not match its BLAKE3 id"),
+            "{e}"
+        );
+        let mut v2 = record();
+        v2.v = 2;
+        let b2 = serde_json::to_vec(&v2).unwrap();
+        let e = SnapshotRecord::parse(&b2, blake3::hash(&b2).to_hex().as_str(), "p").unwrap_err();
+        assert!(e.to_string().contains("version 2 is not supported"), "{e}");
+        let junk = b"{\"v\":1}";
+        let e = SnapshotRecord::parse(junk, blake3::hash(junk).to_hex().as_str(), "p").unwrap_err();
+        assert!(e.to_string().contains("malformed snapshot record"), "{e}");
+    }
+}
