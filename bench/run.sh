@@ -145,7 +145,7 @@ for tree in $TREES; do
   rm -f "$WORK/fio.dat"
 
   # Backup (each run into an empty repository or target).
-  read -r snap_b snap_b_rss < <(measure snap "rm -rf $s; sync" "$SNAP --repo $s backup $src")
+  read -r snap_b snap_b_rss < <(measure snap "rm -rf $s; $SNAP --repo $s init >/dev/null; sync" "$SNAP --repo $s backup $src")
   read -r tar_b tar_b_rss < <(measure tar "rm -f $t.tar; sync" "tar -cf $t.tar $src 2>/dev/null; sync")
   read -r cp_b cp_b_rss < <(measure cp "fresh_fs $bytes" "cp -a $src $MNT/copy; sync")
   read -r rs_b rs_b_rss < <(measure rsync "fresh_fs $bytes" "rsync -aHAX $src/ $MNT/copy/; sync")
@@ -203,7 +203,7 @@ for i in range(n):
 PY
   sleep 2
   RUNS=1
-  read -r b_t b_rss < <(measure snap "rm -rf $s; sync" "$SNAP --repo $s backup $d")
+  read -r b_t b_rss < <(measure snap "rm -rf $s; $SNAP --repo $s init >/dev/null; sync" "$SNAP --repo $s backup $d")
   read -r i_t i_rss < <(measure snap "" "$SNAP --repo $s backup $d")
   read -r r_t r_rss < <(measure snap "fresh_fs $((n * 8192))" "$SNAP --repo $s restore latest --target $MNT/out")
   fresh_fs_off

@@ -18,6 +18,8 @@
 //! chunk ends at `max` when no position qualifies. The gear hash of a
 //! position depends on the 64 bytes before it, so the state carried from
 //! piece to piece is `h` and the position.
+//!
+//! No side effects: pure computation over the bytes it is given.
 
 use fastcdc::v2020::{
     get_gear_with_seed, AVERAGE_MAX, AVERAGE_MIN, MASKS, MAXIMUM_MAX, MAXIMUM_MIN, MINIMUM_MAX,

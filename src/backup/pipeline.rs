@@ -21,6 +21,9 @@
 //! unfinished chunk (at most 8 MiB, so three buffers) and those of one
 //! pack's blobs (16 MiB of blobs, and at most [`PACK_HELD_LIMIT`] of
 //! buffers), and at most [`PACK_QUEUE`] packs wait for the packer.
+//!
+//! Side effects: reads source files (the walker), writes packs through
+//! the repository's backend (the packer); threads are joined by the caller.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::mpsc::{Receiver, SyncSender};

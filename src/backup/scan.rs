@@ -11,6 +11,9 @@
 //!
 //! Everything goes through [`Dir`]: `openat(O_DIRECTORY|O_NOFOLLOW)`,
 //! `getdents64`, and `statx(AT_SYMLINK_NOFOLLOW)` by name.
+//!
+//! Side effects: opens and lists source directories; raises the process's
+//! `RLIMIT_NOFILE` soft limit to the hard one.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};

@@ -1,6 +1,9 @@
 //! The conformance suite every [`Backend`] must pass (after restic's
 //! `internal/backend/test/tests.go`): run [`run`] on a fresh, prepared
 //! backend from the implementation's tests.
+//!
+//! Side effects: writes, reads and removes files through the backend under
+//! test (a temporary directory, or memory).
 
 use std::io::ErrorKind;
 
