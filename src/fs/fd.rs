@@ -5,7 +5,7 @@
 
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use rustix::fs::{AtFlags, Mode};
@@ -264,6 +264,26 @@ pub fn write_parts_at(fd: impl AsFd, parts: &[&[u8]], mut offset: u64) -> io::Re
         }
     }
     Ok(())
+}
+
+/// `close(2)`, with its error: on a network filesystem a delayed write
+/// error may surface only here (see `close(2)`, "Dealing with error
+/// returns from close()"). The descriptor is gone either way; it is never
+/// closed again.
+///
+/// # Errors
+///
+/// The `close(2)` error (`EIO`, `ENOSPC`, `EDQUOT`).
+pub fn close(fd: OwnedFd) -> io::Result<()> {
+    use std::os::fd::IntoRawFd;
+    let raw = fd.into_raw_fd();
+    // SAFETY: `raw` came out of an `OwnedFd`, so it is open and nothing
+    // else owns it; it is closed exactly once, here.
+    if unsafe { libc::close(raw) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Starts write-out of the file's dirty pages (`sync_file_range(2)`

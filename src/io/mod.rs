@@ -40,27 +40,11 @@ impl DataFile {
         self.file.as_fd()
     }
 
-    /// Reads up to `len` bytes at `offset` (IORING_OP_READ) into a new
-    /// buffer; a short or empty buffer means end of file (or a short read,
-    /// which callers handle by reading again at the new offset).
-    ///
-    /// # Errors
-    ///
-    /// The read error (`EIO`, `EAGAIN` for a FIFO opened non-blocking).
-    pub async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        use compio::io::AsyncReadAt;
-        let buf = Vec::with_capacity(len);
-        let compio::BufResult(res, mut buf) = self.file.read_at(buf, offset).await;
-        let n = res?;
-        buf.truncate(n);
-        Ok(buf)
-    }
-
     /// Reads up to `len` bytes at `offset` (IORING_OP_READ), appended to
     /// `buf` after its current length, so a caller can recycle buffers
     /// (no fresh pages to fault in for every read). Fewer bytes than `len`
-    /// appended means end of file or a short read, as for
-    /// [`DataFile::read_at`].
+    /// appended means end of file or a short read (the caller reads again
+    /// at the new offset).
     ///
     /// # Errors
     ///
@@ -81,19 +65,6 @@ impl DataFile {
             .await;
         res?;
         Ok(slice.into_inner())
-    }
-
-    /// Reads exactly `len` bytes at `offset` into a new buffer.
-    ///
-    /// # Errors
-    ///
-    /// `UnexpectedEof` when the file is shorter; the read error otherwise.
-    pub async fn read_exact_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        use compio::io::AsyncReadAtExt;
-        let buf = Vec::with_capacity(len);
-        let compio::BufResult(res, buf) = self.file.read_exact_at(buf, offset).await;
-        res?;
-        Ok(buf)
     }
 
     /// Closes the descriptor through io_uring (IORING_OP_CLOSE).

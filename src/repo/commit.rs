@@ -148,13 +148,6 @@ impl<'r> PackWriter<'r> {
         }
         Ok((self.bytes_added, self.syncs))
     }
-
-    /// Removes the staged packs not yet named (after a failure elsewhere).
-    pub fn discard(self) {
-        for (s, _) in self.in_flight {
-            s.discard();
-        }
-    }
 }
 
 /// Step 4: puts index file `bytes` under its BLAKE3 id; returns the id and

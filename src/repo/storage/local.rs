@@ -23,7 +23,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use super::{valid, Backend, FileKind, Put, Ranged, Staged, Syncs};
+use super::{own, valid, Backend, FileKind, Put, Ranged, Staged, Syncs};
 use crate::fs::{fd, Dir, Name, RelPath};
 use crate::repo::layout::{self, CONFIG, DIRS, LOCK, STAGING};
 
@@ -69,14 +69,17 @@ struct LocalStaged {
     len: u64,
 }
 
+/// Removes the staged file `name` in `dir`, warning on stderr when it
+/// cannot (the next writer's staging cleanup will).
+fn remove_staged(dir: &Dir, name: &Name) {
+    if let Err(u) = dir.unlink(name) {
+        eprintln!("snap: warning: could not remove staged file {name}: {u}");
+    }
+}
+
 impl LocalStaged {
     fn remove(&self) {
-        if let Err(u) = self.dir.unlink(&self.name) {
-            eprintln!(
-                "snap: warning: could not remove staged file {}: {u}",
-                self.name
-            );
-        }
+        remove_staged(&self.dir, &self.name);
     }
 }
 
@@ -260,17 +263,19 @@ impl Backend for LocalBackend {
         sync_data: bool,
         syncs: &mut Syncs,
     ) -> io::Result<Put> {
-        let Ok(t) = staged.into_any().downcast::<LocalStaged>() else {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "a staged file of another backend",
-            ));
-        };
+        let LocalStaged {
+            dir: tmp_dir,
+            name: tmp,
+            fd: file_fd,
+            len,
+        } = *own::<LocalStaged>(staged)?;
         let placed = (|| {
             let file = Self::file_name(kind, id)?;
             if sync_data {
-                syncs.run(|| fd::fsync(&t.fd))?;
+                syncs.run(|| fd::fsync(&file_fd))?;
             }
+            // Closed before it is named, its error checked.
+            fd::close(file_fd)?;
             let mut dest = if kind.dir().is_empty() {
                 self.root.open_path(&RelPath::root())?
             } else {
@@ -285,17 +290,17 @@ impl Backend for LocalBackend {
                 }
                 dest = dest.open_dir(&name(sub)?)?;
             }
-            match t.dir.rename(&t.name, &dest, &file, true) {
-                Ok(()) => Ok(Put::Created(t.len)),
+            match tmp_dir.rename(&tmp, &dest, &file, true) {
+                Ok(()) => Ok(Put::Created(len)),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    t.dir.unlink(&t.name)?;
+                    tmp_dir.unlink(&tmp)?;
                     Ok(Put::Existed)
                 }
                 Err(e) => Err(e),
             }
         })();
         if placed.is_err() {
-            t.remove();
+            remove_staged(&tmp_dir, &tmp);
         }
         placed
     }

@@ -11,7 +11,7 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::{too_large, valid, Backend, FileKind, Put, Ranged, Staged, Syncs};
+use super::{own, too_large, valid, Backend, FileKind, Put, Ranged, Staged, Syncs};
 use crate::repo::layout;
 
 type Files = BTreeMap<(FileKind, String), Arc<Vec<u8>>>;
@@ -48,23 +48,6 @@ impl MemoryBackend {
             .get(&(kind, key(kind, id)))
             .cloned()
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, layout::path(kind, id)))
-    }
-
-    /// Replaces the bytes of a stored file (tests damage a repository
-    /// this way).
-    ///
-    /// # Errors
-    ///
-    /// `NotFound`.
-    pub fn overwrite(&self, kind: FileKind, id: &str, bytes: Vec<u8>) -> io::Result<()> {
-        let mut f = self.files();
-        match f.get_mut(&(kind, key(kind, id))) {
-            Some(b) => {
-                *b = Arc::new(bytes);
-                Ok(())
-            }
-            None => Err(io::ErrorKind::NotFound.into()),
-        }
     }
 }
 
@@ -218,12 +201,7 @@ impl Backend for MemoryBackend {
         sync_data: bool,
         syncs: &mut Syncs,
     ) -> io::Result<Put> {
-        let Ok(s) = staged.into_any().downcast::<MemoryStaged>() else {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "a staged file of another backend",
-            ));
-        };
+        let s = own::<MemoryStaged>(staged)?;
         s.forget();
         valid(kind, id)?;
         if sync_data {

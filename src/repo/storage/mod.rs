@@ -84,12 +84,6 @@ impl Syncs {
         }
         Ok(())
     }
-
-    /// Adds another run's counts (a thread's) to these.
-    pub fn add(&mut self, other: Syncs) {
-        self.count += other.count;
-        self.elapsed += other.elapsed;
-    }
 }
 
 /// A stored file open for reads at any offset (a pack, an entries file).
@@ -419,6 +413,21 @@ pub fn lock(backend: &dyn Backend, exclusive: bool, wait_ms: u64) -> Result<Lock
         attempts,
         waited_ms: start.elapsed().as_millis() as u64,
         exclusive,
+    })
+}
+
+/// The staged file `staged` as the implementation's own type `T`, for
+/// [`Backend::put_staged`].
+///
+/// # Errors
+///
+/// `InvalidInput` for a staged file another backend made.
+pub(crate) fn own<T: Any + Send>(staged: Box<dyn Staged>) -> io::Result<Box<T>> {
+    staged.into_any().downcast::<T>().map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a staged file of another backend",
+        )
     })
 }
 
