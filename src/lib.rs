@@ -26,4 +26,5 @@ pub mod policy;
 pub mod preflight;
 pub mod repo;
 pub mod restore;
+pub mod retention;
 pub mod sys;

@@ -132,3 +132,34 @@ pub fn raise_nofile_limit() -> u64 {
     }
     lim.current.unwrap_or(u64::MAX)
 }
+
+/// The local civil time of `sec` seconds since the epoch, in this host's
+/// zone (`TZ`, else `/etc/localtime`), from `localtime_r(3)`; UTC when
+/// the C library cannot convert it (a year out of its range).
+#[allow(unsafe_code)]
+pub fn local_civil(sec: i64) -> crate::retention::Civil {
+    let t: libc::time_t = sec;
+    // SAFETY: `tm` is plain data that localtime_r fills; both pointers are
+    // valid for the call, and a null return leaves `tm` unused.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    extern "C" {
+        // tzset(3): POSIX does not require localtime_r to read TZ.
+        fn tzset();
+    }
+    let ok = unsafe {
+        tzset();
+        !libc::localtime_r(&t, &mut tm).is_null()
+    };
+    if !ok {
+        return crate::retention::Civil::utc(sec);
+    }
+    crate::retention::Civil {
+        year: i64::from(tm.tm_year) + 1900,
+        month: (tm.tm_mon + 1) as u32,
+        day: tm.tm_mday as u32,
+        hour: tm.tm_hour as u32,
+        minute: tm.tm_min as u32,
+        second: tm.tm_sec as u32,
+        offset: tm.tm_gmtoff,
+    }
+}
