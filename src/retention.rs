@@ -261,6 +261,45 @@ impl Civil {
     }
 }
 
+/// Nanoseconds since the epoch of a snapshot time as records hold it:
+/// RFC 3339 in UTC, `YYYY-MM-DDTHH:MM:SS[.fraction]Z` (RFC 3339 §5.6;
+/// the fraction up to 9 digits). `None` for anything else.
+pub fn parse_utc_ns(s: &str) -> Option<i128> {
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let t = s.get(r)?;
+        t.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| t.parse().ok())
+            .flatten()
+    };
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let rest = s.get(19..)?;
+    let frac = rest.strip_suffix('Z')?;
+    let nanos = match frac.strip_prefix('.') {
+        None if frac.is_empty() => 0,
+        Some(f) if (1..=9).contains(&f.len()) && f.bytes().all(|c| c.is_ascii_digit()) => {
+            f.parse::<i64>().ok()? * 10i64.pow(9 - f.len() as u32)
+        }
+        _ => return None,
+    };
+    let secs = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + sec;
+    Some(i128::from(secs) * 1_000_000_000 + i128::from(nanos))
+}
+
 /// One snapshot of a group, as the rules see it.
 #[derive(Debug, Clone)]
 pub struct Item {
@@ -659,6 +698,29 @@ mod tests {
             for (i, k) in r.iter().enumerate() {
                 if k.is_some() { prop_assert!(items[i].time_ns >= cut); }
             }
+        }
+    }
+
+    #[test]
+    fn record_times_parse_to_nanoseconds() {
+        assert_eq!(parse_utc_ns("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            parse_utc_ns("2000-02-29T00:00:01.5Z"),
+            Some(951_782_401_500_000_000)
+        );
+        assert_eq!(
+            parse_utc_ns("2026-12-02T00:00:00.000000001Z"),
+            Some(i128::from(days_from_civil(2026, 12, 2)) * 86_400 * 1_000_000_000 + 1)
+        );
+        for bad in [
+            "",
+            "2026-12-02",
+            "2026-13-01T00:00:00Z",
+            "2026-12-02T00:00:00+01:00",
+            "2026-12-02T00:00:00.Z",
+            "2026-12-02T00:00:00.1234567890Z",
+        ] {
+            assert_eq!(parse_utc_ns(bad), None, "{bad}");
         }
     }
 }

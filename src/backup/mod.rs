@@ -275,19 +275,7 @@ impl Walker<'_> {
         self.stats.bytes_added = packed.bytes_added;
         let mut syncs = packed.syncs;
         let ser = |what: &str, e: serde_json::Error| Error::serialise(what, e);
-        // One index file per at most INDEX_BLOBS_PER_FILE blobs, so each
-        // stays within what readers accept (INDEX_MAX).
-        let mut groups: Vec<Vec<crate::repo::IndexPack>> = Vec::new();
-        let mut in_group = usize::MAX;
-        for p in packed.packs {
-            if in_group.saturating_add(p.blobs.len()) > crate::repo::INDEX_BLOBS_PER_FILE {
-                groups.push(Vec::new());
-                in_group = 0;
-            }
-            in_group += p.blobs.len();
-            groups.last_mut().expect("pushed above").push(p);
-        }
-        for packs in groups {
+        for packs in commit::index_groups(packed.packs) {
             let index = IndexFile { v: 1, packs };
             let bytes = serde_json::to_vec(&index).map_err(|e| ser("index", e))?;
             self.stats.bytes_added += commit::put_index(repo, &bytes, &mut syncs)?.1;

@@ -96,6 +96,9 @@ pub enum Command {
     },
     /// List snapshots.
     List {
+        /// Which snapshots.
+        #[command(flatten)]
+        filter: FilterArgs,
         /// How long to wait for the repository lock.
         #[command(flatten)]
         lock: LockArgs,
@@ -106,6 +109,133 @@ pub enum Command {
         snapshot: String,
         /// Only entries at or under this path.
         path: Option<String>,
+        /// What `latest` resolves to.
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// How long to wait for the repository lock.
+        #[command(flatten)]
+        lock: LockArgs,
+    },
+    /// Remove snapshots: those named, or those a retention policy does not
+    /// keep (restic's rules, applied per group; the newest of a group is
+    /// always kept). Removes snapshot records only; `--prune` (or `snap
+    /// prune`) then reclaims the space.
+    Forget {
+        /// Snapshots to remove: full ids, unique id prefixes or `latest`
+        /// (instead of a policy).
+        snapshots: Vec<String>,
+        /// The retention policy.
+        #[command(flatten)]
+        keep: KeepArgs,
+        /// Which snapshots the policy looks at.
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Apply the policy per group of snapshots sharing these fields:
+        /// any of host, paths, tags, comma-separated; "" for one group
+        /// [default: host,paths].
+        #[arg(long, value_name = "FIELDS")]
+        group_by: Option<crate::repo::select::GroupBy>,
+        /// Show what would be removed; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Run `snap prune` afterwards, under the same lock.
+        #[arg(long)]
+        prune: bool,
+        /// With --prune: see `snap prune --max-unused`.
+        #[arg(long, value_name = "LIMIT", requires = "prune")]
+        max_unused: Option<crate::repo::prune::MaxUnused>,
+        /// With --prune: see `snap prune --max-repack`.
+        #[arg(long, value_name = "SIZE", requires = "prune", value_parser = crate::repo::prune::parse_size)]
+        max_repack: Option<u64>,
+        /// How long to wait for the repository lock.
+        #[command(flatten)]
+        lock: LockArgs,
+    },
+    /// Remove what no snapshot references: packs with no used blob,
+    /// unused blobs in packs past the threshold (repacked), superseded
+    /// index files, unreferenced entries files, leftovers of interrupted
+    /// runs.
+    Prune {
+        /// Unused space to tolerate: a percentage of the used bytes as
+        /// restic counts it (`5%`), a size (`200M`), or `unlimited`
+        /// [default: 5%].
+        #[arg(long, value_name = "LIMIT")]
+        max_unused: Option<crate::repo::prune::MaxUnused>,
+        /// Repack at most this many pack bytes (`500M`, `2G`).
+        #[arg(long, value_name = "SIZE", value_parser = crate::repo::prune::parse_size)]
+        max_repack: Option<u64>,
+        /// Show what would be removed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// How long to wait for the repository lock.
+        #[command(flatten)]
+        lock: LockArgs,
+    },
+    /// Compare two snapshots: `+` added, `-` removed, `M` content
+    /// changed, `T` type changed, `U` metadata changed (restic's markers).
+    Diff {
+        /// The older snapshot: id, id prefix or `latest`.
+        a: String,
+        /// The newer snapshot: id, id prefix or `latest`.
+        b: String,
+        /// Only entries at or under this path.
+        path: Option<String>,
+        /// What `latest` resolves to.
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// How long to wait for the repository lock.
+        #[command(flatten)]
+        lock: LockArgs,
+    },
+    /// Write a file's verified bytes to stdout, or a directory as a tar
+    /// stream (POSIX ustar/PAX).
+    Dump {
+        /// Snapshot: full id, unique id prefix, or `latest`.
+        snapshot: String,
+        /// The path in the snapshot (`/` for the whole tree).
+        path: String,
+        /// What `latest` resolves to.
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// How long to wait for the repository lock.
+        #[command(flatten)]
+        lock: LockArgs,
+    },
+    /// Which snapshots hold an entry whose name matches PATTERN (a glob;
+    /// with a `/` it matches the whole path).
+    Find {
+        /// The glob (`*.conf`, `etc/**/passwd`).
+        pattern: String,
+        /// Search only these snapshots (repeatable) [default: all that
+        /// pass the filter].
+        #[arg(long = "snapshot", value_name = "ID")]
+        snapshots: Vec<String>,
+        /// Which snapshots.
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// How long to wait for the repository lock.
+        #[command(flatten)]
+        lock: LockArgs,
+    },
+    /// Sizes: what the snapshots restore to, the unique bytes they hold,
+    /// and what the repository stores per kind of file.
+    Stats {
+        /// One snapshot [default: every snapshot the filter passes].
+        snapshot: Option<String>,
+        /// Which snapshots.
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// How long to wait for the repository lock.
+        #[command(flatten)]
+        lock: LockArgs,
+    },
+    /// Print a snapshot's record as JSON.
+    Show {
+        /// Snapshot: full id, unique id prefix, or `latest`.
+        snapshot: String,
+        /// What `latest` resolves to.
+        #[command(flatten)]
+        filter: FilterArgs,
         /// How long to wait for the repository lock.
         #[command(flatten)]
         lock: LockArgs,
@@ -119,6 +249,102 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
+}
+
+/// The snapshot filter (restic's `--host/--tag/--path`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct FilterArgs {
+    /// Only snapshots of host H (repeatable: any).
+    #[arg(long = "host", value_name = "H")]
+    pub hosts: Vec<String>,
+    /// Only snapshots holding every tag of the list T, `a,b` (repeatable:
+    /// any list).
+    #[arg(long = "tag", value_name = "T")]
+    pub tags: Vec<String>,
+    /// Only snapshots of source P (repeatable: all).
+    #[arg(long = "path", value_name = "P")]
+    pub paths: Vec<String>,
+}
+
+impl FilterArgs {
+    /// The filter.
+    pub fn filter(&self) -> crate::repo::select::Filter {
+        crate::repo::select::Filter {
+            hosts: self.hosts.clone(),
+            tags: self
+                .tags
+                .iter()
+                .map(|t| crate::repo::select::tag_list(t))
+                .collect(),
+            paths: self.paths.clone(),
+        }
+    }
+}
+
+/// The retention policy of `snap forget` (restic's flags).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct KeepArgs {
+    /// Keep the N newest snapshots (`unlimited`: all).
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<crate::retention::Count>,
+    /// Keep the newest snapshot of each of the N newest hours that have one.
+    #[arg(long, value_name = "N")]
+    pub keep_hourly: Option<crate::retention::Count>,
+    /// Keep the newest snapshot of each of the N newest days (local time).
+    #[arg(long, value_name = "N")]
+    pub keep_daily: Option<crate::retention::Count>,
+    /// Keep the newest snapshot of each of the N newest ISO weeks.
+    #[arg(long, value_name = "N")]
+    pub keep_weekly: Option<crate::retention::Count>,
+    /// Keep the newest snapshot of each of the N newest months.
+    #[arg(long, value_name = "N")]
+    pub keep_monthly: Option<crate::retention::Count>,
+    /// Keep the newest snapshot of each of the N newest years.
+    #[arg(long, value_name = "N")]
+    pub keep_yearly: Option<crate::retention::Count>,
+    /// Keep every snapshot within DURATION (`1y5m7d2h`) of the newest.
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within: Option<crate::retention::Within>,
+    /// Keep snapshots holding every tag of the list T, `a,b` (repeatable:
+    /// any list; `""` keeps untagged ones).
+    #[arg(long = "keep-tag", value_name = "T")]
+    pub keep_tags: Vec<String>,
+}
+
+impl KeepArgs {
+    /// The rules.
+    pub fn rules(&self) -> crate::retention::Rules {
+        crate::retention::Rules {
+            last: self.keep_last.unwrap_or_default(),
+            hourly: self.keep_hourly.unwrap_or_default(),
+            daily: self.keep_daily.unwrap_or_default(),
+            weekly: self.keep_weekly.unwrap_or_default(),
+            monthly: self.keep_monthly.unwrap_or_default(),
+            yearly: self.keep_yearly.unwrap_or_default(),
+            within: self.keep_within,
+            tags: self
+                .keep_tags
+                .iter()
+                .map(|t| crate::repo::select::tag_list(t))
+                .collect(),
+        }
+    }
+
+    /// Whether any flag was given (`--keep-last 0` included).
+    pub fn given(&self) -> bool {
+        [
+            self.keep_last,
+            self.keep_hourly,
+            self.keep_daily,
+            self.keep_weekly,
+            self.keep_monthly,
+            self.keep_yearly,
+        ]
+        .iter()
+        .any(Option::is_some)
+            || self.keep_within.is_some()
+            || !self.keep_tags.is_empty()
+    }
 }
 
 /// The lock wait of commands that take no policy.
@@ -285,6 +511,13 @@ impl Command {
             Command::Check { .. } => "check",
             Command::Ls { .. } => "ls",
             Command::Init => "init",
+            Command::Forget { .. } => "forget",
+            Command::Prune { .. } => "prune",
+            Command::Diff { .. } => "diff",
+            Command::Dump { .. } => "dump",
+            Command::Find { .. } => "find",
+            Command::Stats { .. } => "stats",
+            Command::Show { .. } => "show",
             Command::Schema { .. } => "schema",
         }
     }

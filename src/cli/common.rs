@@ -146,15 +146,112 @@ pub(super) fn backup_summary_fact(
 }
 
 /// Emits a `repo.damaged` warning (and a line on stderr) for each
-/// snapshot record the command had to leave out.
-pub(super) fn damaged_facts(facts: &mut Emitter, repo: &Repo) -> Result<()> {
-    for (path, detail) in repo.take_damaged() {
+/// snapshot record the command had to leave out; returns how many.
+pub(super) fn damaged_facts(facts: &mut Emitter, repo: &Repo) -> Result<usize> {
+    let damaged = repo.take_damaged();
+    let n = damaged.len();
+    for (path, detail) in damaged {
         eprintln!(
             "snap: warning: damaged snapshot record {path} left out: {detail} (see `snap check`)"
         );
         facts.emit(Decision::Warn, None, Event::RepoDamaged { path, detail })?;
     }
-    Ok(())
+    Ok(n)
+}
+
+/// The summary of snapshot `id` that `list.result` carries.
+pub(super) fn snapshot_summary(
+    id: &str,
+    r: &crate::repo::SnapshotRecord,
+) -> crate::facts::SnapshotSummary {
+    crate::facts::SnapshotSummary {
+        id: id.to_owned(),
+        short_id: id.get(..12).unwrap_or(id).to_owned(),
+        time: r.time.clone(),
+        host: r.host.clone(),
+        source: r.source.clone(),
+        tags: r.tags.clone(),
+        tier: r.tier,
+        parent: r.parent.clone(),
+        files: r.stats.files,
+        dirs: r.stats.dirs,
+        symlinks: r.stats.symlinks,
+        entries: r.entries.count,
+        bytes: r.stats.bytes,
+        durable: r.durable,
+    }
+}
+
+/// The summary of entry `r` (at `rel`) that `ls.entry` and `find.match`
+/// carry.
+pub(super) fn entry_summary(
+    r: &crate::repo::sidecar::EntryRecord,
+    rel: &RelPath,
+) -> crate::facts::EntrySummary {
+    crate::facts::EntrySummary {
+        path: String::from_utf8_lossy(&rel.to_bytes()).into_owned(),
+        kind: r.kind,
+        mode: r.mode,
+        uid: r.uid,
+        gid: r.gid,
+        user: r.user.clone(),
+        group: r.group.clone(),
+        size: r.size,
+        mtime: utc_time(r.mtime.sec, r.mtime.nsec),
+        target: r.target.clone(),
+    }
+}
+
+/// The path of entry `r` in its entries file, checked.
+///
+/// # Errors
+///
+/// [`Error::Integrity`] naming the entries file for an invalid path.
+pub(super) fn entry_path(
+    repo: &Repo,
+    entries_id: &str,
+    r: &crate::repo::sidecar::EntryRecord,
+) -> Result<RelPath> {
+    r.rel_path().map_err(|e| Error::Integrity {
+        path: repo.entries_display(entries_id),
+        detail: format!("invalid path {:?}: {e}", r.path),
+    })
+}
+
+/// `sec` seconds (and `nsec` nanoseconds, shown when not 0) since the
+/// epoch as `YYYY-MM-DDTHH:MM:SS[.nnnnnnnnn]Z` (UTC, the proleptic
+/// Gregorian calendar), for any `i64`: years before 1 and after 9999 are
+/// written with as many digits as they need (and a sign before year 0),
+/// where RFC 3339 stops. Days to civil date by Howard Hinnant's
+/// `civil_from_days` ("chrono-Compatible Low-Level Date Algorithms").
+pub(super) fn utc_time(sec: i64, nsec: u32) -> String {
+    let sec = i128::from(sec);
+    let (days, rem) = (sec.div_euclid(86_400), sec.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i128::from(m <= 2);
+    let frac = if nsec == 0 {
+        String::new()
+    } else {
+        format!(".{nsec:09}")
+    };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}{frac}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// A record time as the tables show it: `YYYY-MM-DD HH:MM:SS`.
+pub(super) fn short_time(t: &str) -> String {
+    t.get(..19).unwrap_or(t).replace('T', " ")
 }
 
 /// The `repo.init` fact and the line saying a repository was created
@@ -207,7 +304,7 @@ pub(super) fn take_snapshot(
     let outcome = crate::backup::run(repo, opts, facts, &pb);
     pb.finish_and_clear();
     let damaged = damaged_facts(facts, repo);
-    let outcome = outcome.and_then(|o| damaged.map(|()| o));
+    let outcome = outcome.and_then(|o| damaged.map(|_| o));
     if let Err(e) = &outcome {
         if matches!(
             e,

@@ -2,8 +2,8 @@
 //!
 //! Side effects: reads the repository under the shared lock.
 
-use super::args::LockArgs;
-use super::common::{damaged_facts, lock_fact, mib};
+use super::args::{FilterArgs, LockArgs};
+use super::common::{damaged_facts, lock_fact, mib, short_time, snapshot_summary};
 use super::{repo_path, Cli, Out};
 use crate::error::Result;
 use crate::facts::{Decision, Emitter, Event};
@@ -14,11 +14,19 @@ use crate::repo::Repo;
 /// # Errors
 ///
 /// No repository; the lock; an unlistable `snapshots/`.
-pub(super) fn run(cli: &Cli, facts: &mut Emitter, out: &Out, lock: &LockArgs) -> Result<i32> {
+pub(super) fn run(
+    cli: &Cli,
+    facts: &mut Emitter,
+    out: &Out,
+    filter: &FilterArgs,
+    lock: &LockArgs,
+) -> Result<i32> {
     let repo = Repo::open(&repo_path(cli)?)?;
     let lock = repo.lock(false, lock.ms())?;
     lock_fact(facts, &repo, &lock)?;
-    let snaps = repo.snapshots()?;
+    let filter = filter.filter();
+    let mut snaps = repo.snapshots()?;
+    snaps.retain(|(_, r)| filter.matches(r));
     damaged_facts(facts, &repo)?;
     out.line(&format!(
         "{:<12}  {:<20}  {:<12}  {:<8}  {:>8}  {:>10}  {:<12}  source",
@@ -28,7 +36,7 @@ pub(super) fn run(cli: &Cli, facts: &mut Emitter, out: &Out, lock: &LockArgs) ->
         out.line(&format!(
             "{:<12}  {:<20}  {:<12}  {:<8}  {:>8}  {:>10}  {:<12}  {}",
             &id[..12],
-            r.time.get(..19).unwrap_or(&r.time).replace('T', " "),
+            short_time(&r.time),
             r.host,
             r.tier.as_str(),
             r.stats.files,
@@ -43,6 +51,10 @@ pub(super) fn run(cli: &Cli, facts: &mut Emitter, out: &Out, lock: &LockArgs) ->
         Event::ListResult {
             repo: repo.path.display().to_string(),
             snapshots: snaps.len() as u64,
+            items: snaps
+                .iter()
+                .map(|(id, r)| snapshot_summary(id, r))
+                .collect(),
         },
     )?;
     Ok(0)

@@ -8,6 +8,10 @@ pub mod args;
 mod backup;
 mod check;
 mod common;
+mod diff;
+mod dump;
+mod find;
+mod forget;
 mod init;
 mod list;
 mod ls;
@@ -15,6 +19,8 @@ mod policy;
 mod preflight;
 mod restore;
 mod schema;
+mod show;
+mod stats;
 
 use std::path::PathBuf;
 
@@ -101,6 +107,13 @@ fn usage_fact(message: &str) {
                 "schema",
                 "preflight",
                 "policy",
+                "forget",
+                "prune",
+                "diff",
+                "dump",
+                "find",
+                "stats",
+                "show",
             ]
             .contains(&a.as_ref())
         })
@@ -242,12 +255,86 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
             repair_tmp,
             lock,
         } => check::run(cli, facts, out, *read_data, *repair_tmp, lock),
-        Command::List { lock } => list::run(cli, facts, out, lock),
+        Command::List { filter, lock } => list::run(cli, facts, out, filter, lock),
         Command::Ls {
             snapshot,
             path,
+            filter,
             lock,
-        } => ls::run(cli, facts, out, snapshot, path.as_deref(), lock),
+        } => ls::run(cli, facts, out, snapshot, path.as_deref(), filter, lock),
+        Command::Forget {
+            snapshots,
+            keep,
+            filter,
+            group_by,
+            dry_run,
+            prune,
+            max_unused,
+            max_repack,
+            lock,
+        } => forget::run(
+            cli,
+            facts,
+            out,
+            &forget::ForgetArgs {
+                ids: snapshots,
+                keep,
+                filter,
+                group_by: *group_by,
+                dry_run: *dry_run,
+                prune: prune.then(|| crate::repo::prune::PruneOptions {
+                    max_unused: max_unused.unwrap_or_default(),
+                    max_repack: *max_repack,
+                    dry_run: *dry_run,
+                }),
+            },
+            lock,
+        ),
+        Command::Prune {
+            max_unused,
+            max_repack,
+            dry_run,
+            lock,
+        } => forget::prune(
+            cli,
+            facts,
+            out,
+            &crate::repo::prune::PruneOptions {
+                max_unused: max_unused.unwrap_or_default(),
+                max_repack: *max_repack,
+                dry_run: *dry_run,
+            },
+            lock,
+        ),
+        Command::Diff {
+            a,
+            b,
+            path,
+            filter,
+            lock,
+        } => diff::run(cli, facts, out, a, b, path.as_deref(), filter, lock),
+        Command::Dump {
+            snapshot,
+            path,
+            filter,
+            lock,
+        } => dump::run(cli, facts, out, snapshot, path, filter, lock),
+        Command::Find {
+            pattern,
+            snapshots,
+            filter,
+            lock,
+        } => find::run(cli, facts, out, pattern, snapshots, filter, lock),
+        Command::Stats {
+            snapshot,
+            filter,
+            lock,
+        } => stats::run(cli, facts, out, snapshot.as_deref(), filter, lock),
+        Command::Show {
+            snapshot,
+            filter,
+            lock,
+        } => show::run(cli, facts, out, snapshot, filter, lock),
         Command::Init => init::run(cli, facts, out),
         Command::Schema { out: dir } => schema::run(facts, out, dir.as_deref()),
     }

@@ -164,6 +164,112 @@ pub enum Event {
         repo: String,
         /// Snapshots listed.
         snapshots: u64,
+        /// The snapshots listed, oldest first.
+        items: Vec<SnapshotSummary>,
+    },
+    /// One entry `snap ls` listed.
+    #[serde(rename = "ls.entry")]
+    LsEntry(EntrySummary),
+    /// `snap forget` ran: what each rule kept, and what was removed (or,
+    /// with `dry_run`, would be).
+    #[serde(rename = "forget.result")]
+    ForgetResult {
+        /// Repository location.
+        repo: String,
+        /// True when nothing was removed (`--dry-run`).
+        dry_run: bool,
+        /// Snapshots kept, with the reasons.
+        kept: Vec<ForgetItem>,
+        /// Snapshots removed.
+        removed: Vec<ForgetItem>,
+    },
+    /// `snap prune` (or `forget --prune`) ran.
+    #[serde(rename = "prune.result")]
+    PruneResult {
+        /// Repository location.
+        repo: String,
+        /// What was removed and written.
+        #[serde(flatten)]
+        report: crate::repo::prune::PruneReport,
+    },
+    /// One difference `snap diff` found.
+    #[serde(rename = "diff.change")]
+    DiffChange {
+        /// `+` added, `-` removed, `M` content, `T` type, `U` metadata.
+        marker: String,
+        /// The entry's path in the snapshots.
+        path: String,
+        /// For `U` (and `M`), what changed: `mode`, `owner`, `mtime`,
+        /// `xattrs`, `flags`, `rdev`, `content`, `target`, `link`.
+        changed: Vec<String>,
+    },
+    /// `snap diff` ran.
+    #[serde(rename = "diff.result")]
+    DiffResult {
+        /// The first snapshot's id.
+        a: String,
+        /// The second snapshot's id.
+        b: String,
+        /// Path compared (`""` for the root).
+        path: String,
+        /// Entries only in `b`.
+        added: u64,
+        /// Entries only in `a`.
+        removed: u64,
+        /// Entries whose content changed.
+        modified: u64,
+        /// Entries whose type changed.
+        type_changed: u64,
+        /// Entries whose metadata alone changed.
+        metadata_changed: u64,
+        /// Entries in both, unchanged.
+        unchanged: u64,
+    },
+    /// `snap dump` wrote a file or a tar stream to stdout.
+    #[serde(rename = "dump.result")]
+    DumpResult {
+        /// Snapshot id.
+        snapshot_id: String,
+        /// The path dumped (`""` for the root).
+        path: String,
+        /// `file` (its bytes) or `tar` (a directory as a tar stream).
+        format: String,
+        /// Entries written (1 for a file).
+        entries: u64,
+        /// Bytes written to stdout.
+        bytes: u64,
+    },
+    /// An entry `snap find` matched.
+    #[serde(rename = "find.match")]
+    FindMatch {
+        /// The snapshot holding it.
+        snapshot_id: String,
+        /// The entry.
+        #[serde(flatten)]
+        entry: EntrySummary,
+    },
+    /// `snap find` ran.
+    #[serde(rename = "find.result")]
+    FindResult {
+        /// The pattern.
+        pattern: String,
+        /// Snapshots searched.
+        snapshots: u64,
+        /// Matches in all of them.
+        matches: u64,
+        /// Snapshots with at least one match.
+        snapshots_matched: u64,
+    },
+    /// `snap stats` ran.
+    #[serde(rename = "stats.result")]
+    StatsResult(StatsReport),
+    /// `snap show` printed a snapshot record.
+    #[serde(rename = "show.result")]
+    ShowResult {
+        /// Snapshot id.
+        snapshot_id: String,
+        /// The record, as stored.
+        record: crate::repo::SnapshotRecord,
     },
     /// A snapshot record that cannot be used was left out (it is named
     /// by `snap check` as well); the command went on with the others.
@@ -203,6 +309,134 @@ pub enum Event {
         /// Human-readable message.
         message: String,
     },
+}
+
+/// One snapshot in `list.result`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct SnapshotSummary {
+    /// Full snapshot id (BLAKE3-256 hex of its record).
+    pub id: String,
+    /// Its first 12 hex digits, as `snap list` shows it.
+    pub short_id: String,
+    /// Start of the backup, RFC 3339 UTC.
+    pub time: String,
+    /// Host name.
+    pub host: String,
+    /// Absolute source path.
+    pub source: String,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Preservation tier.
+    pub tier: PreservationTier,
+    /// Parent snapshot id.
+    pub parent: Option<String>,
+    /// Regular files.
+    pub files: u64,
+    /// Directories.
+    pub dirs: u64,
+    /// Symlinks.
+    pub symlinks: u64,
+    /// Entries in the entries file.
+    pub entries: u64,
+    /// Content bytes of the files.
+    pub bytes: u64,
+    /// Whether the snapshot was committed durably.
+    pub durable: bool,
+}
+
+/// One entry of a snapshot, as `ls.entry` and `find.match` carry it.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct EntrySummary {
+    /// Path in the snapshot (`""` is the root), lossy UTF-8.
+    pub path: String,
+    /// Entry kind.
+    pub kind: crate::repo::sidecar::EntryKind,
+    /// `st_mode` permission and set-ID bits.
+    pub mode: u32,
+    /// Owner uid, when the tier records it.
+    pub uid: Option<u32>,
+    /// Group gid, when the tier records it.
+    pub gid: Option<u32>,
+    /// Owner name, when known.
+    pub user: Option<String>,
+    /// Group name, when known.
+    pub group: Option<String>,
+    /// Size in bytes (regular files).
+    pub size: Option<u64>,
+    /// Modification time, RFC 3339 UTC with nanoseconds.
+    pub mtime: String,
+    /// Symlink target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+/// One snapshot in `forget.result`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ForgetItem {
+    /// Snapshot id.
+    pub snapshot_id: String,
+    /// Start of the backup, RFC 3339 UTC.
+    pub time: String,
+    /// Host name.
+    pub host: String,
+    /// Source path.
+    pub source: String,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// The group it was judged in (`host h, path /p`), or `named` for a
+    /// snapshot removed by id.
+    pub group: String,
+    /// Why it was kept (`last snapshot`, `daily snapshot`, `oldest daily
+    /// snapshot`, `within 7d`, `tag a,b`, `newest of its group`, `policy is
+    /// empty`); empty when removed.
+    pub reasons: Vec<String>,
+}
+
+/// Payload of `stats.result`. Sizes in bytes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct StatsReport {
+    /// Repository location.
+    pub repo: String,
+    /// Snapshots counted.
+    pub snapshots: u64,
+    /// Entries in them (each snapshot's entries added up).
+    pub entries: u64,
+    /// Regular files in them.
+    pub files: u64,
+    /// What restoring each of them would write, added up: the content
+    /// bytes of their files (restic's "restore size").
+    pub restore_size: u64,
+    /// Distinct blobs they reference.
+    pub blobs: u64,
+    /// Bytes of those blobs: what they take in packs, deduplicated
+    /// (restic's "raw data").
+    pub unique_bytes: u64,
+    /// Repository files and bytes per kind.
+    pub repository: RepoUsage,
+}
+
+/// Files and bytes of each kind in a repository.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct RepoUsage {
+    /// Pack files.
+    pub packs: KindUsage,
+    /// Index files.
+    pub index: KindUsage,
+    /// Entries files.
+    pub entries: KindUsage,
+    /// Snapshot records.
+    pub snapshots: KindUsage,
+    /// All of them.
+    pub total_bytes: u64,
+}
+
+/// Files and bytes of one kind.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema)]
+pub struct KindUsage {
+    /// Files.
+    pub files: u64,
+    /// Bytes.
+    pub bytes: u64,
 }
 
 /// Payload of `backup.summary`.
@@ -387,6 +621,12 @@ impl Emitter {
             file,
             stdout,
         })
+    }
+
+    /// Whether facts go anywhere (`--facts` or `--json`): a command may
+    /// skip building per-entry facts when not.
+    pub fn enabled(&self) -> bool {
+        self.file.is_some() || self.stdout
     }
 
     /// The run id.

@@ -165,6 +165,24 @@ pub fn put_index(repo: &Repo, bytes: &[u8], syncs: &mut Syncs) -> Result<(String
     Ok((id, put.added()))
 }
 
+/// Packs grouped into index files of at most [`super::INDEX_BLOBS_PER_FILE`]
+/// blobs each, so each stays within what readers accept (`INDEX_MAX`).
+pub fn index_groups(packs: Vec<super::IndexPack>) -> Vec<Vec<super::IndexPack>> {
+    let mut groups: Vec<Vec<super::IndexPack>> = Vec::new();
+    let mut in_group = usize::MAX;
+    for p in packs {
+        if in_group.saturating_add(p.blobs.len()) > super::INDEX_BLOBS_PER_FILE {
+            groups.push(Vec::new());
+            in_group = 0;
+        }
+        in_group += p.blobs.len();
+        if let Some(g) = groups.last_mut() {
+            g.push(p);
+        }
+    }
+    groups
+}
+
 /// A staged entries file, written a piece at a time during the walk and
 /// put by [`put_entries`].
 ///

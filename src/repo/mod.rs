@@ -19,6 +19,8 @@ pub mod commit;
 pub mod entries;
 pub mod format;
 pub mod layout;
+pub mod prune;
+pub mod select;
 pub mod storage;
 pub mod tree;
 
@@ -344,15 +346,35 @@ impl Repo {
     ///
     /// [`Error::SnapshotNotFound`] when nothing or more than one matches.
     pub fn resolve(&self, query: &str) -> Result<(String, SnapshotRecord)> {
+        self.resolve_in(query, &select::Filter::default())
+    }
+
+    /// Resolves `latest` (the newest snapshot `filter` passes), a full
+    /// id, or a unique id prefix (the filter does not apply to ids, as in
+    /// restic).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::SnapshotNotFound`] when nothing or more than one matches.
+    pub fn resolve_in(
+        &self,
+        query: &str,
+        filter: &select::Filter,
+    ) -> Result<(String, SnapshotRecord)> {
         let mut all = self.snapshots()?;
         let not_found = |detail: &str| Error::SnapshotNotFound {
             query: query.to_owned(),
             detail: detail.to_owned(),
         };
         if query == "latest" {
-            return all
-                .pop()
-                .ok_or_else(|| not_found("the repository has no snapshots"));
+            all.retain(|(_, r)| filter.matches(r));
+            return all.pop().ok_or_else(|| {
+                not_found(if filter.is_empty() {
+                    "the repository has no snapshots"
+                } else {
+                    "no snapshot passes the --host/--tag/--path filter"
+                })
+            });
         }
         if query.is_empty() {
             return Err(not_found("empty snapshot id"));

@@ -1,0 +1,144 @@
+//! `snap stats`: restore size, unique bytes and blobs of some snapshots,
+//! and the repository's files and bytes per kind.
+//!
+//! Side effects: reads the repository under the shared lock.
+
+use std::collections::HashSet;
+
+use super::args::{FilterArgs, LockArgs};
+use super::common::{damaged_facts, lock_fact, mib};
+use super::{repo_path, Cli, Out};
+use crate::error::{Error, Result};
+use crate::facts::{Decision, Emitter, Event, KindUsage, RepoUsage, StatsReport};
+use crate::repo::format::index::IdMap;
+use crate::repo::layout;
+use crate::repo::sidecar::EntryKind;
+use crate::repo::storage::FileKind;
+use crate::repo::Repo;
+
+/// Files and bytes of `kind`.
+fn usage(repo: &Repo, kind: FileKind) -> Result<KindUsage> {
+    let mut u = KindUsage::default();
+    for n in repo.list(kind)? {
+        let Some(id) = layout::id_of(kind, &n) else {
+            continue;
+        };
+        let size = repo
+            .store()
+            .open(kind, id)
+            .and_then(|f| f.size())
+            .map_err(|e| Error::io("stat", repo.file_path(kind, id), e))?;
+        u.files += 1;
+        u.bytes += size;
+    }
+    Ok(u)
+}
+
+/// Runs `snap stats`.
+///
+/// # Errors
+///
+/// No repository or snapshot; the lock; a damaged entries or index file;
+/// a referenced blob in no index.
+pub(super) fn run(
+    cli: &Cli,
+    facts: &mut Emitter,
+    out: &Out,
+    snapshot: Option<&str>,
+    filter: &FilterArgs,
+    lock: &LockArgs,
+) -> Result<i32> {
+    let repo = Repo::open(&repo_path(cli)?)?;
+    let lk = repo.lock(false, lock.ms())?;
+    lock_fact(facts, &repo, &lk)?;
+    let filter = filter.filter();
+    let snaps = match snapshot {
+        Some(q) => vec![repo.resolve_in(q, &filter)?],
+        None => {
+            let mut all = repo.snapshots()?;
+            all.retain(|(_, r)| filter.matches(r));
+            all
+        }
+    };
+    damaged_facts(facts, &repo)?;
+    let index = repo.load_index()?;
+    let mut r = StatsReport {
+        repo: repo.path.display().to_string(),
+        snapshots: snaps.len() as u64,
+        ..StatsReport::default()
+    };
+    let mut blobs: IdMap<()> = IdMap::default();
+    let mut seen: HashSet<&str> = HashSet::new();
+    for (id, rec) in &snaps {
+        crate::interrupt::check()?;
+        let records = repo.read_entries(&rec.entries.id)?;
+        r.entries += records.len() as u64;
+        let first = seen.insert(rec.entries.id.as_str());
+        for e in &records {
+            if e.kind == EntryKind::File {
+                r.files += 1;
+                r.restore_size += e.size.unwrap_or(0);
+            }
+            if !first {
+                continue;
+            }
+            for hex in e.chunks.iter().flatten() {
+                let b = blake3::Hash::from_hex(hex).map_err(|_| Error::Integrity {
+                    path: repo.entries_display(&rec.entries.id),
+                    detail: format!("{}: chunk id {hex:?} is not BLAKE3 hex", e.path),
+                })?;
+                if blobs.insert(b, ()).is_none() {
+                    let loc = index.get(&b).ok_or_else(|| Error::Integrity {
+                        path: repo.display(layout::INDEX),
+                        detail: format!(
+                            "blob {b} of {} (snapshot {}) is in no index",
+                            e.path,
+                            &id[..12]
+                        ),
+                    })?;
+                    r.unique_bytes += u64::from(loc.length);
+                }
+            }
+        }
+    }
+    r.blobs = blobs.len() as u64;
+    let mut u = RepoUsage {
+        packs: usage(&repo, FileKind::Pack)?,
+        index: usage(&repo, FileKind::Index)?,
+        entries: usage(&repo, FileKind::Entries)?,
+        snapshots: usage(&repo, FileKind::Snapshot)?,
+        total_bytes: 0,
+    };
+    u.total_bytes = u.packs.bytes + u.index.bytes + u.entries.bytes + u.snapshots.bytes;
+    r.repository = u;
+    out.line(&format!("snapshots:     {}", r.snapshots))?;
+    out.line(&format!(
+        "restore size:  {} in {} files ({} entries)",
+        mib(r.restore_size),
+        r.files,
+        r.entries
+    ))?;
+    out.line(&format!(
+        "unique data:   {} in {} blobs",
+        mib(r.unique_bytes),
+        r.blobs
+    ))?;
+    for (name, k) in [
+        ("packs", r.repository.packs),
+        ("index", r.repository.index),
+        ("entries", r.repository.entries),
+        ("snapshots", r.repository.snapshots),
+    ] {
+        out.line(&format!(
+            "repository {name:<10} {:>8} files  {:>12}",
+            k.files,
+            mib(k.bytes)
+        ))?;
+    }
+    out.line(&format!(
+        "repository total      {:>21}",
+        mib(r.repository.total_bytes)
+    ))?;
+    facts.emit(Decision::Success, None, Event::StatsResult(r))?;
+    Ok(0)
+}
