@@ -311,7 +311,7 @@ pub(super) fn take_snapshot(
             Error::Io { .. } | Error::Integrity { .. } | Error::Interrupted
         ) {
             eprintln!(
-                "snap: note: packs this run had already placed stay in {} with no index and no snapshot; `snap check` counts them as garbage packs, and removing garbage is `snap prune`'s job (not in this release yet)",
+                "snap: note: packs this run had already placed stay in {} with no index and no snapshot; `snap check` counts them as garbage packs, and `snap prune` removes them",
                 repo.display(crate::repo::layout::PACKS)
             );
         }

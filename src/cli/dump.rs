@@ -220,10 +220,10 @@ pub(super) fn run(
         paths.push(entry_path(&repo, &rec.entries.id, r)?);
     }
     let Some(top) = paths.iter().position(|p| *p == want) else {
-        return Err(Error::Usage(format!(
-            "snapshot {} holds no entry {path:?}",
-            &id[..12]
-        )));
+        return Err(Error::SnapshotNotFound {
+            query: format!("{snapshot}:{path}"),
+            detail: format!("snapshot {} holds no path {path:?}", &id[..12]),
+        });
     };
     let index = repo.load_index()?;
     let mut blobs = Blobs {
