@@ -9,6 +9,8 @@
 #   GEN_FILES=2000 ...                 # smaller generated tree
 #   SCALE="1000 10000" ...             # file counts of the memory table ("" skips it)
 #   TREES="" bench/run.sh             # only the memory table
+#   PRUNE_FILES=0 ...                  # skip the prune scenario
+#   TREES="" SCALE="" bench/run.sh     # only the prune scenario
 #
 # Trees: usr-share (/usr/share), gen (GEN_FILES files of 1-16 KiB in
 # GEN_FILES/100 directories, default 100,000), big (one BIG_MIB MiB file of
@@ -21,6 +23,11 @@ TREES=${TREES-"usr-share gen big"}
 GEN_FILES=${GEN_FILES:-100000}
 BIG_MIB=${BIG_MIB:-4096}
 SCALE=${SCALE-"10000 100000 300000"}
+# Prune: PRUNE_SNAPS snapshots of a PRUNE_FILES-file tree (1 % changed
+# between snapshots), then forget all but the last PRUNE_KEEP and prune.
+PRUNE_FILES=${PRUNE_FILES:-100000}
+PRUNE_SNAPS=${PRUNE_SNAPS:-30}
+PRUNE_KEEP=${PRUNE_KEEP:-10}
 OUT=${OUT:-docs/BENCHMARKS.md}
 WORK=${WORK:-$(mktemp -d /var/tmp/snap-bench.XXXXXX)}
 export RESTIC_PASSWORD=bench BORG_PASSPHRASE="" BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
@@ -185,6 +192,63 @@ for tree in $TREES; do
   rm -rf "$s" "$rr" "$br"
 done
 
+# --- prune -------------------------------------------------------------------
+# The same history in each tool's repository (untimed): PRUNE_SNAPS backups
+# of a generated tree with 1 % of its files changed before each. Timed: from
+# a copy of that repository, forget all but the last PRUNE_KEEP snapshots and
+# reclaim the space: `snap forget --prune`, `restic forget --prune`, `borg
+# prune` + `borg compact`. Each run starts from the saved copy.
+prune_rows=()
+if [ "${PRUNE_FILES:-0}" -gt 0 ]; then
+  d="$WORK/prune-tree"; s="$WORK/snap-hist"; rr="$WORK/restic-hist"; br="$WORK/borg-hist"
+  python3 - "$d" "$PRUNE_FILES" <<'PY'
+import os, sys, random
+root, n = sys.argv[1], int(sys.argv[2])
+rnd = random.Random(7)
+for i in range(n):
+    d = os.path.join(root, f"d{i // 100:04d}")
+    if i % 100 == 0:
+        os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, f"f{i % 100:03d}"), "wb") as f:
+        f.write(rnd.randbytes(rnd.randint(1024, 16384)))
+PY
+  rm -rf "$s" "$rr" "$br"
+  # Each tool's cache and borg's security directory are saved with the
+  # history and put back before each run, as they were after the backups
+  # (borg refuses a repository older than its cache).
+  export BORG_CACHE_DIR="$WORK/borg-cache" BORG_SECURITY_DIR="$WORK/borg-sec" RESTIC_CACHE_DIR="$WORK/restic-cache"
+  "$SNAP" --repo "$s" init >/dev/null
+  restic init -q -r "$rr"
+  borg init -e none "$br"
+  for i in $(seq "$PRUNE_SNAPS"); do
+    [ "$i" -gt 1 ] && change_one_percent "$d"
+    sleep 1.1 # snap trusts a parent's stat only for files older than 1 s
+    "$SNAP" --repo "$s" backup "$d" >/dev/null
+    restic -q -r "$rr" backup "$d" >/dev/null
+    borg create "$br::s$i" "$d"
+  done
+  before_s=$(du -sb "$s" | cut -f1); before_r=$(du -sb "$rr" | cut -f1); before_b=$(du -sb "$br" | cut -f1)
+  for c in "$BORG_CACHE_DIR" "$BORG_SECURITY_DIR" "$RESTIC_CACHE_DIR"; do cp -a "$c" "$c.hist"; done
+  back() { rm -rf "$1"; cp -a "$1.hist" "$1"; }
+  w="$WORK/prune-work"
+  read -r snap_p snap_p_rss < <(measure snap "rm -rf $w; cp -a $s $w; sync" "$SNAP --repo $w forget --keep-last $PRUNE_KEEP --prune")
+  after_s=$(du -sb "$w" | cut -f1)
+  "$SNAP" --repo "$w" check --read-data >/dev/null || echo "snap check after prune FAILED" >&2
+  read -r re_p re_p_rss < <(measure restic "rm -rf $w; cp -a $rr $w; back $RESTIC_CACHE_DIR; sync" "restic -q -r $w forget --keep-last $PRUNE_KEEP --prune")
+  after_r=$(du -sb "$w" | cut -f1)
+  read -r bo_p bo_p_rss < <(measure borg "rm -rf $w; cp -a $br $w; back $BORG_CACHE_DIR; back $BORG_SECURITY_DIR; sync" "borg prune --keep-last $PRUNE_KEEP $w && borg compact $w")
+  after_b=$(du -sb "$w" | cut -f1)
+  rm -rf "$w"
+  ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a == a) printf "%.2f", a / b; else print "-" }'; }
+  mib() { echo $(( $1 / 1048576 )); }
+  prune_rows+=("| snap | $snap_p s | $((snap_p_rss / 1024)) MiB | $(mib "$before_s") -> $(mib "$after_s") MiB | |")
+  prune_rows+=("| restic | $re_p s | $((re_p_rss / 1024)) MiB | $(mib "$before_r") -> $(mib "$after_r") MiB | $(ratio "$snap_p" "$re_p")x |")
+  prune_rows+=("| borg (prune + compact) | $bo_p s | $((bo_p_rss / 1024)) MiB | $(mib "$before_b") -> $(mib "$after_b") MiB | $(ratio "$snap_p" "$bo_p")x |")
+  printf '%s\n' "${prune_rows[@]}" >&2
+  rm -rf "$d" "$s" "$rr" "$br" "$BORG_CACHE_DIR"* "$BORG_SECURITY_DIR"* "$RESTIC_CACHE_DIR"*
+  unset BORG_CACHE_DIR BORG_SECURITY_DIR RESTIC_CACHE_DIR
+fi
+
 # --- memory against file count --------------------------------------------
 # Trees of N files of 1 KiB in N/100 directories: peak RSS of snap's first
 # backup, of a re-backup with no change, and of a restore (one run each).
@@ -237,6 +301,16 @@ done
     echo "| files | backup | re-backup, no change | restore |"
     echo "| --- | --- | --- | --- |"
     printf '%s\n' "${scale_rows[@]}"
+    echo
+  fi
+  if [ ${#prune_rows[@]} -gt 0 ]; then
+    echo "Prune: $PRUNE_SNAPS snapshots of a $PRUNE_FILES-file tree (1-16 KiB files, 1 % changed before"
+    echo "each snapshot); forget all but the last $PRUNE_KEEP and reclaim the space, from a copy of the"
+    echo "repository each run (median of $RUNS):"
+    echo
+    echo "| tool | time | peak RSS | repository size | snap/peer |"
+    echo "| --- | --- | --- | --- | --- |"
+    printf '%s\n' "${prune_rows[@]}"
     echo
   fi
   cat bench/analysis.md

@@ -1,6 +1,8 @@
 //! Interrupted and killed runs: SIGINT/SIGTERM stop cleanly with exit 130;
 //! SIGKILL at 50 instants spread over a backup never leaves an incomplete
-//! or unrestorable snapshot; two writers never corrupt each other.
+//! or unrestorable snapshot; SIGKILL at 30 instants of a prune leaves every
+//! remaining snapshot restorable and the next prune finishes the job; two
+//! writers never corrupt each other.
 
 mod common;
 
@@ -437,4 +439,223 @@ fn staging_of_a_killed_restore_is_removed_by_the_next_restore() {
     assert_eq!(r.fact("restore.summary")["stale_staging_removed"], 1);
     assert_eq!(staging_dirs(env.dir.path()), 0);
     assert_same_tree(&src, &env.path("again"), false);
+}
+
+/// The generations a prune test keeps; the others are forgotten first.
+const KEPT: [&str; 3] = ["g2", "g5", "g7"];
+
+/// A repository holding the eight generations of [`prune_history`] with
+/// all but [`KEPT`] forgotten: the state a prune starts from.
+fn forgotten_history(env: &Env) -> BTreeMap<String, BTreeMap<String, String>> {
+    let src = env.path("src");
+    let manifests = prune_history(&src, 8, |tag| {
+        env.snap([
+            OsStr::new("backup"),
+            OsStr::new("--tag"),
+            OsStr::new(tag),
+            src.as_os_str(),
+        ])
+        .ok();
+    });
+    let mut args = vec!["forget".to_owned()];
+    for (id, tag) in tagged_snapshots(&env.repo) {
+        if !KEPT.contains(&tag.as_str()) {
+            args.push(id);
+        }
+    }
+    env.snap(&args).ok();
+    manifests
+}
+
+/// Every remaining snapshot restores byte-exact and the repository checks
+/// clean, structure and every byte.
+fn assert_intact(env: &Env, manifests: &BTreeMap<String, BTreeMap<String, String>>, n: usize) {
+    let c = env.snap(["check", "--read-data"]);
+    assert_eq!(c.code, 0, "check failed after kill {n}: {}", c.stderr);
+    let snaps = tagged_snapshots(&env.repo);
+    let tags: Vec<&str> = snaps.iter().map(|(_, t)| t.as_str()).collect();
+    let mut want = KEPT.to_vec();
+    want.sort_unstable();
+    let mut got = tags.clone();
+    got.sort_unstable();
+    assert_eq!(got, want, "after kill {n} the snapshots are {tags:?}");
+    for (k, (id, tag)) in snaps.iter().enumerate() {
+        restore_and_compare(env, id, &manifests[tag], n * 10 + k);
+    }
+}
+
+#[test]
+fn sigkill_at_thirty_instants_during_a_prune_never_loses_a_snapshot() {
+    let env = Env::new();
+    let manifests = forgotten_history(&env);
+    let template = env.path("template");
+    sh(&format!(
+        "cp -a '{}' '{}'",
+        env.repo.display(),
+        template.display()
+    ));
+    let fresh = || {
+        sh(&format!(
+            "rm -rf '{0}' && cp -a '{1}' '{0}'",
+            env.repo.display(),
+            template.display()
+        ));
+    };
+    // How long an uninterrupted prune of this repository takes: the
+    // fastest of three, each from the template.
+    let mut duration = Duration::MAX;
+    let mut plan = serde_json::Value::Null;
+    for _ in 0..3 {
+        fresh();
+        let t = Instant::now();
+        let r = env.snap(["prune"]).ok();
+        duration = duration.min(t.elapsed());
+        plan = r.fact("prune.result").clone();
+    }
+    assert!(
+        plan["packs_deleted"].as_u64().unwrap() >= 1
+            && plan["packs_repacked"].as_u64().unwrap() >= 1,
+        "the prune deletes and repacks: {plan}"
+    );
+
+    let kills = 30;
+    let mut finished_first = 0;
+    for i in 0..kills {
+        fresh();
+        let facts = env.path(&format!("prune-kill-{i}.jsonl"));
+        let mut child = spawn(&env, &facts, &[OsStr::new("prune")]);
+        let started = Instant::now();
+        let kill_at = duration.mul_f64(0.95 * (i as f64 + 0.5) / kills as f64);
+        let mut ended = false;
+        while started.elapsed() < kill_at {
+            if child.try_wait().unwrap().is_some() {
+                ended = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        if !ended {
+            if let Err(e) = child.kill() {
+                eprintln!("kill {i}: {e}");
+            }
+        }
+        let status = child.wait().unwrap();
+        read_facts(&facts);
+        if status.success() {
+            finished_first += 1;
+        }
+        assert_intact(&env, &manifests, i);
+        // The next prune finishes the job: afterwards nothing is left to
+        // delete or repack, and the repository is as an uninterrupted
+        // prune leaves it.
+        let r = env.snap(["prune"]).ok();
+        let p = r.fact("prune.result");
+        assert_eq!(
+            p["bytes_unused_after"], plan["bytes_unused_after"],
+            "after kill {i}: {p}"
+        );
+        let again = env.snap(["prune", "--dry-run"]).ok();
+        let q = again.fact("prune.result");
+        assert_eq!(
+            (
+                q["packs_deleted"].as_u64(),
+                q["packs_repacked"].as_u64(),
+                q["unindexed_packs_removed"].as_u64(),
+                q["entries_removed"].as_u64()
+            ),
+            (Some(0), Some(0), Some(0), Some(0)),
+            "after kill {i} and a second prune: {q}"
+        );
+        let c = env.snap(["check", "--read-data"]);
+        assert_eq!(
+            c.code, 0,
+            "check failed after the prune after kill {i}: {}",
+            c.stderr
+        );
+    }
+    eprintln!(
+        "{kills} kills over a prune of {duration:?}: {} landed mid-run, {finished_first} after it had finished",
+        kills - finished_first
+    );
+    assert!(
+        finished_first < kills / 2,
+        "most kills must land inside the prune"
+    );
+}
+
+/// A kill at every point where a prune's durable state changes (as each
+/// `syncfs`, the barrier, returns) and at the first, middle and last
+/// removal (`unlinkat`), found with strace: every remaining snapshot
+/// restores and the next prune finishes the job.
+#[test]
+fn a_kill_at_every_sync_point_of_a_prune_never_loses_a_snapshot() {
+    if !has_tool("strace") {
+        eprintln!("skipped: needs strace");
+        return;
+    }
+    let env = Env::new();
+    let manifests = forgotten_history(&env);
+    let template = env.path("template");
+    sh(&format!(
+        "cp -a '{}' '{}'",
+        env.repo.display(),
+        template.display()
+    ));
+    let fresh = || {
+        sh(&format!(
+            "rm -rf '{0}' && cp -a '{1}' '{0}'",
+            env.repo.display(),
+            template.display()
+        ));
+    };
+    let args = [
+        OsStr::new("--repo"),
+        env.repo.as_os_str(),
+        OsStr::new("prune"),
+    ];
+    let syncs = count_syscalls("syncfs", &args).unwrap();
+    fresh();
+    let unlinks = count_syscalls("unlinkat", &args).unwrap();
+    assert!(
+        syncs >= 3 && unlinks >= 3,
+        "{syncs} syncfs, {unlinks} unlinkat"
+    );
+    let mut points: Vec<(&str, usize)> = (1..=syncs).map(|n| ("syncfs", n)).collect();
+    points.extend([
+        ("unlinkat", 1),
+        ("unlinkat", unlinks.div_ceil(2)),
+        ("unlinkat", unlinks),
+    ]);
+    for (n, &(call, when)) in points.iter().enumerate() {
+        fresh();
+        let st = snap_signalled_at(call, when, "KILL", &args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(!st.success(), "the prune killed at {call} #{when} exited 0");
+        assert_intact(&env, &manifests, 200 + n);
+        env.snap(["prune"]).ok();
+        let q = env.snap(["prune", "--dry-run"]).ok();
+        let q = q.fact("prune.result");
+        assert_eq!(
+            (
+                q["packs_deleted"].as_u64(),
+                q["packs_repacked"].as_u64(),
+                q["unindexed_packs_removed"].as_u64()
+            ),
+            (Some(0), Some(0), Some(0)),
+            "after the kill at {call} #{when} and a second prune: {q}"
+        );
+        let c = env.snap(["check", "--read-data"]);
+        assert_eq!(
+            c.code, 0,
+            "after the kill at {call} #{when} and a prune: {}",
+            c.stderr
+        );
+    }
+    eprintln!(
+        "killed a prune at {} points: {syncs} syncfs, 3 of {unlinks} unlinkat",
+        points.len()
+    );
 }

@@ -326,8 +326,11 @@ pub fn run(
             });
         }
     }
-    // Where each used blob is taken from: the first pack on disk listing
-    // it (a copy in another pack counts as unused).
+    // Where each used blob is taken from (its home): of the packs on disk
+    // listing it, the one with the smallest id (a copy in another pack
+    // counts as unused). The rule does not depend on the order of the
+    // index files, so a prune after one killed between writing the new
+    // index and removing the old ones picks the same homes again.
     let mut home: IdMap<usize> = IdMap::default();
     for (n, p) in packs.iter().enumerate() {
         if !on_disk.contains(&p.id) {
@@ -335,7 +338,13 @@ pub fn run(
         }
         for &(b, _, _) in &p.rows {
             if used.contains_key(&b) {
-                home.entry(b).or_insert(n);
+                home.entry(b)
+                    .and_modify(|h| {
+                        if p.id.as_bytes() < packs[*h].id.as_bytes() {
+                            *h = n;
+                        }
+                    })
+                    .or_insert(n);
             }
         }
     }
@@ -407,6 +416,33 @@ pub fn run(
         repack_bytes += p.size;
         unused_left -= data(p) - p.used;
         repack.push(n);
+    }
+    // A used blob whose home is repacked but which a kept pack also holds
+    // is not copied again: the kept copy (the smallest pack id) becomes
+    // its home. New packs then hold no blob a kept pack holds, and the
+    // next prune sees the same homes.
+    let gone: HashSet<usize> = delete.iter().chain(&repack).copied().collect();
+    let mut rehome: IdMap<(usize, u32)> = IdMap::default();
+    for (n, p) in packs.iter().enumerate() {
+        if gone.contains(&n) || !on_disk.contains(&p.id) {
+            continue;
+        }
+        for &(b, _, l) in &p.rows {
+            if home.get(&b).is_some_and(|h| gone.contains(h)) {
+                rehome
+                    .entry(b)
+                    .and_modify(|h| {
+                        if p.id.as_bytes() < packs[h.0].id.as_bytes() {
+                            *h = (n, l);
+                        }
+                    })
+                    .or_insert((n, l));
+            }
+        }
+    }
+    for (b, (n, l)) in rehome {
+        unused_left = unused_left.saturating_sub(u64::from(l));
+        home.insert(b, n);
     }
     r.bytes_unused_after = unused_left;
     r.packs_deleted = delete.len() as u64;
@@ -497,7 +533,6 @@ pub fn run(
         .collect();
     // 3b. The new index: every kept pack as listed, and the new packs.
     if rewrite_index {
-        let gone: HashSet<usize> = delete.iter().chain(&repack).copied().collect();
         let mut all: Vec<IndexPack> = packs
             .iter()
             .enumerate()

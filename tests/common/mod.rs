@@ -434,3 +434,107 @@ impl Drop for Unprotect {
         }
     }
 }
+
+/// A history for prune tests, in `src`: generation 0 is 2,000 files of
+/// 1-4 KiB in 20 directories and a 3 MiB file; each later generation
+/// rewrites 40 small files (the same ones as the generation before, every
+/// other time) and replaces the large one. `backup(tag)` is
+/// called after each generation `g` with tag `g{g}`; returns tag ->
+/// manifest. Packs then mix data every snapshot shares with data only one
+/// holds, so a prune after forgetting some deletes packs and repacks
+/// others.
+pub fn prune_history(
+    src: &Path,
+    generations: u64,
+    mut backup: impl FnMut(&str),
+) -> BTreeMap<String, BTreeMap<String, String>> {
+    let mut manifests = BTreeMap::new();
+    for g in 0..generations {
+        if g == 0 {
+            for d in 0..20u64 {
+                let dir = src.join(format!("d{d:02}"));
+                std::fs::create_dir_all(&dir).unwrap();
+                for f in 0..100u64 {
+                    let seed = (d * 100 + f) * 2 + 1;
+                    std::fs::write(
+                        dir.join(format!("f{f:03}")),
+                        pseudo_random(1024 + (seed as usize * 37) % 3072, seed),
+                    )
+                    .unwrap();
+                }
+            }
+        } else {
+            // Generations 2p-1 and 2p rewrite the same files, so the
+            // first's pack holds nothing the second still uses.
+            let p = g.div_ceil(2);
+            for k in 0..40u64 {
+                let (d, f) = ((p * 7 + k) % 20, (p * 13 + k * 3) % 100);
+                std::fs::write(
+                    src.join(format!("d{d:02}/f{f:03}")),
+                    pseudo_random(2048, (100_000 + g * 100 + k) * 2 + 1),
+                )
+                .unwrap();
+            }
+        }
+        std::fs::write(src.join("large"), pseudo_random(3 << 20, (500 + g) * 2 + 1)).unwrap();
+        let tag = format!("g{g}");
+        backup(&tag);
+        manifests.insert(tag, manifest(src));
+    }
+    manifests
+}
+
+/// (snapshot id, first tag) of every record in `repo`/snapshots.
+pub fn tagged_snapshots(repo: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(repo.join("snapshots")).unwrap() {
+        let p = e.unwrap().path();
+        let rec: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        let id = p.file_stem().unwrap().to_str().unwrap().to_owned();
+        out.push((id, rec["tags"][0].as_str().unwrap_or_default().to_owned()));
+    }
+    out.sort();
+    out
+}
+
+/// How many times `syscall` is entered by `snap ARGS` (all threads), from
+/// an `strace -f` run; `None` without strace.
+pub fn count_syscalls(syscall: &str, args: &[&OsStr]) -> Option<usize> {
+    if !has_tool("strace") {
+        return None;
+    }
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let st = Command::new("strace")
+        .args(["-f", "-qq", "-e"])
+        .arg(format!("trace={syscall}"))
+        .arg("-o")
+        .arg(log.path())
+        .arg(snap_bin())
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "snap {args:?} under strace failed");
+    let text = std::fs::read_to_string(log.path()).unwrap();
+    Some(
+        text.lines()
+            .filter(|l| l.contains(&format!("{syscall}(")) && !l.contains("resumed>"))
+            .count(),
+    )
+}
+
+/// `snap ARGS` under strace with `signal` injected at the `when`-th
+/// `syscall` (strace(1) `-e inject=SYSCALL:signal=SIG:when=N`): the call
+/// still runs, and the signal takes effect as it returns, before the next
+/// instruction.
+pub fn snap_signalled_at(syscall: &str, when: usize, signal: &str, args: &[&OsStr]) -> Command {
+    let mut c = Command::new("strace");
+    c.args(["-f", "-qq", "-o", "/dev/null", "-e"])
+        .arg(format!("trace={syscall}"))
+        .arg("-e")
+        .arg(format!("inject={syscall}:signal={signal}:when={when}"))
+        .arg(snap_bin())
+        .args(args);
+    c
+}
