@@ -243,6 +243,33 @@ fn forget_refuses_what_would_remove_too_much() {
     let r = env.snap(["forget"]);
     assert!(r.stderr.contains("E_USAGE"), "{}", r.stderr);
 
+    // Time rules on the command line: three snapshots taken seconds
+    // apart are within an hour of the newest.
+    let kept = |args: &[&str]| -> usize {
+        let r = env.snap(args).ok();
+        r.fact("forget.result")["kept"].as_array().unwrap().len()
+    };
+    assert_eq!(kept(&["forget", "--dry-run", "--keep-within", "1h"]), 3);
+    // One hourly snapshot: the newest. (`--keep-hourly 5` would keep the
+    // oldest too, as restic does when a rule has buckets to spare.)
+    assert_eq!(kept(&["forget", "--dry-run", "--keep-hourly", "1"]), 1);
+    assert_eq!(
+        kept(&[
+            "forget",
+            "--dry-run",
+            "--keep-daily",
+            "1",
+            "--keep-last",
+            "2"
+        ]),
+        2
+    );
+    assert_eq!(
+        repo_files(&env.repo),
+        files,
+        "a dry run changed the repository"
+    );
+
     // A policy never removes a group's newest snapshot.
     let r = env.snap(["forget", "--keep-tag", "nosuchtag"]).ok();
     let f = r.fact("forget.result");
@@ -277,25 +304,31 @@ fn prune_dry_run_and_thresholds() {
         generation(&src, g);
         env.snap([OsStr::new("backup"), src.as_os_str()]).ok();
     }
-    // Forget the middle one by id: its unique 2 MiB is in a pack that
-    // holds only it (and small metadata-free blobs of that run).
+    // Forget the oldest by id: its pack holds the shared file (used) and
+    // its own 2 MiB (now unused), 2 MiB unused against 5 MiB used.
     let all = ids(&snapshots(&env, &[]));
-    env.snap(["forget", all[1].as_str()]).ok();
+    env.snap(["forget", all[0].as_str()]).ok();
     let files = repo_files(&env.repo);
-    let r = env.snap(["prune", "--dry-run"]).ok();
-    let p = r.fact("prune.result");
-    assert!(p["packs_deleted"].as_u64().unwrap() + p["packs_repacked"].as_u64().unwrap() >= 1);
+    let repacked = |args: &[&str]| -> u64 {
+        let mut a = vec!["prune", "--dry-run"];
+        a.extend_from_slice(args);
+        let r = env.snap(&a).ok();
+        r.fact("prune.result")["packs_repacked"].as_u64().unwrap()
+    };
+    let by_default = repacked(&[]);
+    assert!(by_default >= 1, "the default 5 % threshold repacks");
     assert_eq!(
         repo_files(&env.repo),
         files,
         "a dry run changed the repository"
     );
-
-    // With every unused byte allowed to stay, nothing is repacked.
-    let r = env
-        .snap(["prune", "--dry-run", "--max-unused", "unlimited"])
-        .ok();
-    assert_eq!(r.fact("prune.result")["packs_repacked"], 0);
+    // Thresholds: every unused byte allowed, 50 % of the used bytes (2.5
+    // MiB) allowed, a repack budget no pack fits in, one every pack fits.
+    assert_eq!(repacked(&["--max-unused", "unlimited"]), 0);
+    assert_eq!(repacked(&["--max-unused", "50%"]), 0);
+    assert_eq!(repacked(&["--max-unused", "1M"]), by_default);
+    assert_eq!(repacked(&["--max-repack", "1K"]), 0);
+    assert_eq!(repacked(&["--max-repack", "1G"]), by_default);
     // Bad thresholds are usage errors.
     for bad in ["101%", "-1", "lots"] {
         let r = env.snap(["prune", "--max-unused", bad]);
@@ -303,7 +336,13 @@ fn prune_dry_run_and_thresholds() {
     }
     env.snap(["prune"]).ok();
     env.snap(["check", "--read-data"]).ok();
-    for (n, id) in [&all[0], &all[2]].into_iter().enumerate() {
+    let r = env.snap(["prune", "--dry-run"]).ok();
+    assert_eq!(
+        r.fact("prune.result")["packs_repacked"],
+        0,
+        "the prune repacked"
+    );
+    for (n, id) in all[1..].iter().enumerate() {
         restore(&env, id, &format!("out{n}"));
     }
 }
