@@ -680,3 +680,51 @@ fn a_backup_and_a_prune_started_together_both_end_cleanly() {
         assert_same_tree(&src, &out, false);
     }
 }
+
+/// A prune that fails after `forget` removed records says so: exit 4
+/// (E_UNCONFIRMED) naming how many records went, with the prune's own
+/// error; the prune removed nothing.
+#[test]
+fn forget_prune_that_fails_after_the_forget_says_the_records_were_removed() {
+    let env = Env::new();
+    let src = env.path("src");
+    for g in 0..3 {
+        generation(&src, g);
+        env.snap([OsStr::new("backup"), src.as_os_str()]).ok();
+    }
+    // Lose the pack holding the newest snapshot's unique data: a used
+    // blob is then in no pack on disk, and prune refuses to start.
+    let newest = ids(&snapshots(&env, &[])).pop().unwrap();
+    let r = env.snap(["stats", newest.as_str()]).ok();
+    assert!(r.fact("stats.result")["blobs"].as_u64().unwrap() > 0);
+    // The pack written last holds the newest generation's own data.
+    let newest_pack = lstat_tree(&env.repo.join("packs"))
+        .into_iter()
+        .filter(|(_, s)| s.kind == "file")
+        .map(|(p, _)| env.repo.join("packs").join(String::from_utf8(p).unwrap()))
+        .max_by_key(|p| fs::metadata(p).unwrap().modified().unwrap())
+        .unwrap();
+    fs::remove_file(&newest_pack).unwrap();
+    let before = repo_files(&env.repo);
+    let r = env.snap(["forget", "--keep-last", "2", "--prune"]);
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("1 snapshot records were removed") && r.stderr.contains("E_UNCONFIRMED"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("in no indexed pack on disk"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        r.fact("forget.result")["removed"].as_array().unwrap().len(),
+        1
+    );
+    // Only the record went.
+    let after = repo_files(&env.repo);
+    let gone: Vec<_> = before.difference(&after).collect();
+    assert_eq!(gone.len(), 1, "{gone:?}");
+    assert!(gone[0].0.starts_with("snapshots/"), "{gone:?}");
+}

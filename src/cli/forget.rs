@@ -170,16 +170,31 @@ pub(super) fn run(
     }
     if !a.dry_run && !removed.is_empty() {
         let store = repo.store();
-        for i in &removed {
-            crate::interrupt::check()?;
+        // After the first removal an error says how many went (exit 4,
+        // E_UNCONFIRMED, as an error after a backup's commit point).
+        let partly = |done: usize, e: Error| {
+            if done == 0 {
+                e
+            } else {
+                e.after_commit(format!(
+                    "{done} of {} snapshot records were removed",
+                    removed.len()
+                ))
+            }
+        };
+        for (done, i) in removed.iter().enumerate() {
+            crate::interrupt::check().map_err(|e| partly(done, e))?;
             match store.remove(FileKind::Snapshot, &i.snapshot_id) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
-                    return Err(Error::io(
-                        "remove",
-                        repo.file_path(FileKind::Snapshot, &i.snapshot_id),
-                        e,
+                    return Err(partly(
+                        done,
+                        Error::io(
+                            "remove",
+                            repo.file_path(FileKind::Snapshot, &i.snapshot_id),
+                            e,
+                        ),
                     ))
                 }
             }
@@ -189,24 +204,38 @@ pub(super) fn run(
         // blobs prune had deleted.
         store
             .barrier(&mut Syncs::on())
-            .map_err(|e| Error::io("syncfs", repo.path.display(), e))?;
+            .map_err(|e| partly(removed.len(), Error::io("syncfs", repo.path.display(), e)))?;
     }
+    let committed = format!(
+        "{} snapshot records were removed",
+        if a.dry_run { 0 } else { removed.len() }
+    );
+    let after = |e: Error| {
+        if a.dry_run || removed.is_empty() {
+            e
+        } else {
+            e.after_commit(committed.clone())
+        }
+    };
     out.line(&format!(
         "{} {} snapshots, kept {}",
         if a.dry_run { "would remove" } else { "removed" },
         removed.len(),
         kept.len()
-    ))?;
-    facts.emit(
-        Decision::Success,
-        None,
-        Event::ForgetResult {
-            repo: repo.path.display().to_string(),
-            dry_run: a.dry_run,
-            kept: kept.clone(),
-            removed: removed.clone(),
-        },
-    )?;
+    ))
+    .map_err(after)?;
+    facts
+        .emit(
+            Decision::Success,
+            None,
+            Event::ForgetResult {
+                repo: repo.path.display().to_string(),
+                dry_run: a.dry_run,
+                kept: kept.clone(),
+                removed: removed.clone(),
+            },
+        )
+        .map_err(after)?;
     if let Some(p) = &a.prune {
         let gone: std::collections::HashSet<&str> =
             removed.iter().map(|i| i.snapshot_id.as_str()).collect();
@@ -214,7 +243,7 @@ pub(super) fn run(
             .into_iter()
             .filter(|(id, _)| !gone.contains(id.as_str()))
             .collect();
-        run_prune(facts, out, &repo, &remaining, damaged, p)?;
+        run_prune(facts, out, &repo, &remaining, damaged, p).map_err(after)?;
     }
     Ok(0)
 }
