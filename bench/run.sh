@@ -162,6 +162,11 @@ for tree in $TREES; do
   # Restore, from what the last backup run of each tool left, each run into
   # a fresh filesystem. restic and borg do not sync (as they ship).
   read -r snap_r snap_r_rss < <(measure snap "fresh_fs $bytes" "$SNAP --repo $s restore latest --target $o")
+  # The blocking fallback (SNAP_IO=fallback, as where io_uring is blocked),
+  # the same backup and restore.
+  read -r fb_b fb_b_rss < <(measure snap-fallback "rm -rf $s.fb; $SNAP --repo $s.fb init >/dev/null; sync" "SNAP_IO=fallback $SNAP --repo $s.fb backup $src")
+  read -r fb_r fb_r_rss < <(measure snap-fallback "fresh_fs $bytes" "SNAP_IO=fallback $SNAP --repo $s.fb restore latest --target $o")
+  rm -rf "$s.fb"
   read -r tar_r tar_r_rss < <(measure tar "fresh_fs $bytes; mkdir $o" "tar -xpf $t.tar -C $o; sync")
   read -r re_r re_r_rss < <(measure restic "fresh_fs $bytes" "restic -q -r $rr restore latest --target $o")
   read -r bo_r bo_r_rss < <(measure borg "fresh_fs $bytes; mkdir $o" "cd $o && borg extract $br::a")
@@ -179,6 +184,7 @@ for tree in $TREES; do
   row "| $tree | floor | read (cat) $cat_f s, write + fsync (fio) $fio_f s | |"
   row "| $tree ($files files, $((bytes / 1048576)) MiB) | backup | $snap_b s, $((snap_b_rss / 1024)) MiB | tar $tar_b ($(ratio "$snap_b" "$tar_b")x), cp -a $cp_b ($(ratio "$snap_b" "$cp_b")x), rsync $rs_b ($(ratio "$snap_b" "$rs_b")x), restic $re_b ($(ratio "$snap_b" "$re_b")x, $((re_b_rss / 1024)) MiB), borg $bo_b ($(ratio "$snap_b" "$bo_b")x, $((bo_b_rss / 1024)) MiB) |"
   row "| $tree | restore | $snap_r s, $((snap_r_rss / 1024)) MiB | tar $tar_r ($(ratio "$snap_r" "$tar_r")x), restic $re_r ($(ratio "$snap_r" "$re_r")x), borg $bo_r ($(ratio "$snap_r" "$bo_r")x) |"
+  row "| $tree | backup, restore with SNAP_IO=fallback | $fb_b s, $fb_r s, $((fb_b_rss / 1024)) MiB | $(ratio "$fb_b" "$snap_b")x and $(ratio "$fb_r" "$snap_r")x io_uring's time |"
   row "| $tree | re-backup, no change | $snap_i s ($(ratio "$snap_i" "$snap_b")x of first), $((snap_i_rss / 1024)) MiB | restic $re_i ($(ratio "$snap_i" "$re_i")x), borg $bo_i ($(ratio "$snap_i" "$bo_i")x) |"
   if [ "$tree" != usr-share ]; then
     # 1 % of the files changed (our own trees only), anew before every run,

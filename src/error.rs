@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 /// | `E_UNCONFIRMED` | 4 | committed (snapshot recorded, or restore target in place), then a later step failed |
 /// | `E_POLICY` | 10 | preflight STOP |
 /// | `E_SOURCE_MISSING` | 11 | backup source does not exist |
+/// | `E_IO_URING` | 12 | `SNAP_IO=uring` and io_uring cannot be set up here |
 /// | `E_OWNERSHIP` | 20 | cannot apply ownership the policy requires |
 /// | `E_LOCKING` | 30 | repository lock not acquired within the wait |
 /// | `E_ATOMIC_SWAP` | 40 | the final rename into place failed |
@@ -41,6 +42,7 @@ pub enum ErrorId {
     E_UNCONFIRMED,
     E_POLICY,
     E_SOURCE_MISSING,
+    E_IO_URING,
     E_OWNERSHIP,
     E_LOCKING,
     E_ATOMIC_SWAP,
@@ -56,13 +58,14 @@ pub enum ErrorId {
 
 impl ErrorId {
     /// Every id, in table order.
-    pub const ALL: [ErrorId; 17] = [
+    pub const ALL: [ErrorId; 18] = [
         ErrorId::E_GENERIC,
         ErrorId::E_USAGE,
         ErrorId::E_PARTIAL,
         ErrorId::E_UNCONFIRMED,
         ErrorId::E_POLICY,
         ErrorId::E_SOURCE_MISSING,
+        ErrorId::E_IO_URING,
         ErrorId::E_OWNERSHIP,
         ErrorId::E_LOCKING,
         ErrorId::E_ATOMIC_SWAP,
@@ -85,6 +88,7 @@ impl ErrorId {
             ErrorId::E_UNCONFIRMED => 4,
             ErrorId::E_POLICY => 10,
             ErrorId::E_SOURCE_MISSING => 11,
+            ErrorId::E_IO_URING => 12,
             ErrorId::E_OWNERSHIP => 20,
             ErrorId::E_LOCKING => 30,
             ErrorId::E_ATOMIC_SWAP => 40,
@@ -108,6 +112,7 @@ impl ErrorId {
             ErrorId::E_UNCONFIRMED => "E_UNCONFIRMED",
             ErrorId::E_POLICY => "E_POLICY",
             ErrorId::E_SOURCE_MISSING => "E_SOURCE_MISSING",
+            ErrorId::E_IO_URING => "E_IO_URING",
             ErrorId::E_OWNERSHIP => "E_OWNERSHIP",
             ErrorId::E_LOCKING => "E_LOCKING",
             ErrorId::E_ATOMIC_SWAP => "E_ATOMIC_SWAP",
@@ -126,6 +131,14 @@ impl ErrorId {
 /// Everything that ends a snap command with a failure.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// `SNAP_IO=uring` was asked for and the kernel refused to set up
+    /// an io_uring (`io_uring_setup(2)`: disabled by
+    /// `kernel.io_uring_disabled`, a seccomp filter, or not built in).
+    #[error("SNAP_IO=uring, but io_uring is not available here: {detail}; unset SNAP_IO (or SNAP_IO=auto) to use the fallback")]
+    IoUringUnavailable {
+        /// Why (the setup error and the sysctl's value).
+        detail: String,
+    },
     /// A syscall failed on `path` during `op`.
     #[error("{op} {path}: {source}")]
     Io {
@@ -279,6 +292,7 @@ impl Error {
         match self {
             Error::Io { source, .. } => io_error_id(source),
             Error::SourceMissing { .. } => ErrorId::E_SOURCE_MISSING,
+            Error::IoUringUnavailable { .. } => ErrorId::E_IO_URING,
             Error::TargetExists { .. } => ErrorId::E_TARGET_EXISTS,
             Error::RepoMissing { .. } => ErrorId::E_REPO_MISSING,
             Error::SnapshotNotFound { .. } => ErrorId::E_BACKUP_MISSING,
@@ -318,6 +332,7 @@ impl Error {
             | Error::Usage(_)
             | Error::Policy(_)
             | Error::Internal(_)
+            | Error::IoUringUnavailable { .. }
             | Error::Interrupted => None,
         }
     }

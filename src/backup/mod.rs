@@ -171,7 +171,6 @@ pub fn run(
     };
     let durable = opts.policy.require_backup_durability;
     let chunker_params = repo.config.chunker;
-    let rt_err = |e| Error::io("start io_uring runtime", repo.path.display(), e);
     let excluded = |rel: &RelPath, is_dir: bool| excludes.matches(rel, is_dir);
     let scanner = scan::Scanner::new((!excludes.is_empty()).then_some(&excluded as _));
     let scanner = &scanner;
@@ -221,7 +220,6 @@ pub fn run(
                 }
             }
         })
-        .map_err(rt_err)
         .and_then(|r| r);
         drop(stop);
         // The parent's entries were checked against their id.
@@ -241,8 +239,7 @@ pub fn run(
     walked?;
     crate::io::block_on(w.commit(
         chunked, packed, time, host, &source, opts, parent, started, repo,
-    ))
-    .map_err(rt_err)?
+    ))?
 }
 
 pub(super) enum SourceRoot {

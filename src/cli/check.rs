@@ -56,6 +56,7 @@ pub(super) fn run(
         (!ok).then_some(ErrorId::E_INTEGRITY),
         Event::CheckResult {
             repo: repo.path.display().to_string(),
+            io_backend: crate::io::choice()?.backend,
             report,
         },
     )?;

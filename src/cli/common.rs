@@ -138,6 +138,7 @@ pub(super) fn backup_summary_fact(
             tags: outcome.record.tags.clone(),
             policy: outcome.record.policy.clone(),
             backup_durable: outcome.record.durable,
+            io_backend: crate::io::choice()?.backend,
             fsync_count: outcome.syncs.count,
             fsync_ms: outcome.syncs.elapsed.as_millis() as u64,
             stats: outcome.record.stats.clone(),

@@ -224,6 +224,18 @@ fn default_repo(cli: &Cli) -> bool {
 ///
 /// The command's error, which [`fail`] reports.
 fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
+    // The commands whose facts name the I/O backend choose it first, so
+    // `SNAP_IO=uring` where io_uring is blocked ends with `E_IO_URING`
+    // before anything is read or written.
+    if matches!(
+        cli.command,
+        Command::Backup { .. }
+            | Command::Restore { .. }
+            | Command::Check { .. }
+            | Command::Preflight { .. }
+    ) {
+        crate::io::choice()?;
+    }
     match &cli.command {
         Command::Backup { tags, policy, src } => backup::run(cli, facts, out, tags, policy, src),
         Command::Restore {

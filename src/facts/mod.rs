@@ -153,6 +153,9 @@ pub enum Event {
     CheckResult {
         /// Repository location.
         repo: String,
+        /// The I/O backend of this process (`io_uring` or `fallback`);
+        /// check's reads are blocking syscalls on both.
+        io_backend: crate::io::Backend,
         /// What was found.
         #[serde(flatten)]
         report: crate::repo::check::CheckReport,
@@ -457,6 +460,9 @@ pub struct BackupSummary {
     /// True only when every pack, index, entries file, snapshot record and
     /// every directory that gained a name was fsynced, in commit order.
     pub backup_durable: bool,
+    /// The I/O backend the source files were read through (`io_uring`, or
+    /// `fallback` where io_uring is blocked or `SNAP_IO=fallback`).
+    pub io_backend: crate::io::Backend,
     /// fsync calls made.
     pub fsync_count: u64,
     /// Milliseconds spent in fsync.
@@ -529,6 +535,9 @@ pub struct PreservationApplied {
 pub struct RestoreSummary {
     /// Repository location.
     pub repo: String,
+    /// The I/O backend of this process (`io_uring` or `fallback`);
+    /// restore's own reads and writes are blocking syscalls on both.
+    pub io_backend: crate::io::Backend,
     /// The restored snapshot's id.
     pub snapshot_id: String,
     /// The target directory created.

@@ -4,6 +4,9 @@
 //! `io_uring_enter(2)`), so a name can only ever resolve to an entry
 //! directly beneath the dirfd.
 //!
+//! The fallback backend's blocking twin ([`open_read_blocking`]) is here
+//! too, so both open with the same flags.
+//!
 //! Side effects: opens (and may create) the named file.
 
 use std::ffi::CString;
@@ -71,6 +74,43 @@ async fn open_at(dir: &Dir, name: &Name, flags: OFlags, mode: u32) -> io::Result
     }
 }
 
+/// [`open_read`] with blocking `openat2(2)` calls, for the fallback
+/// backend: the same flags and resolution.
+///
+/// # Errors
+///
+/// As [`open_read`].
+pub fn open_read_blocking(dir: &Dir, name: &Name) -> io::Result<OwnedFd> {
+    let base = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::NONBLOCK;
+    match open_at_blocking(dir, name, base | OFlags::NOATIME) {
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::PERM.raw_os_error()) => {
+            open_at_blocking(dir, name, base)
+        }
+        other => other,
+    }
+}
+
+fn open_at_blocking(dir: &Dir, name: &Name, flags: OFlags) -> io::Result<OwnedFd> {
+    let path = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name.as_bytes());
+    let how = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+    loop {
+        match rustix::fs::openat2(dir, path, flags | OFlags::CLOEXEC, Mode::empty(), how) {
+            Ok(fd) => return Ok(fd),
+            Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => continue,
+            // Kernels before 5.6 have no openat2(2): still O_NOFOLLOW.
+            Err(rustix::io::Errno::NOSYS) => {
+                return Ok(rustix::fs::openat(
+                    dir,
+                    path,
+                    flags | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )?)
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Opens the regular file `name` for reading through io_uring
 /// (`IORING_OP_OPENAT2`, resolved beneath this dirfd, no symlinks):
 /// `O_RDONLY|O_NOFOLLOW|O_NOCTTY|O_NONBLOCK`, plus `O_NOATIME` where
@@ -101,11 +141,20 @@ mod tests {
         std::fs::write(tmp.path().join("f"), b"x").unwrap();
         std::os::unix::fs::symlink("/etc/hostname", tmp.path().join("l")).unwrap();
         let dir = Dir::open_root(tmp.path()).unwrap();
+        // The blocking twin, whatever the backend.
+        let l = Name::new(b"l").unwrap();
+        open_read_blocking(&dir, &Name::new(b"f").unwrap()).unwrap();
+        let e = open_read_blocking(&dir, &l).unwrap_err();
+        assert_eq!(
+            e.raw_os_error(),
+            Some(rustix::io::Errno::LOOP.raw_os_error())
+        );
+        // The backend's open (io_uring's op, or the fallback under
+        // SNAP_IO=fallback).
         crate::io::block_on(async {
             let f = Name::new(b"f").unwrap();
-            open_read(&dir, &f).await.unwrap();
-            let l = Name::new(b"l").unwrap();
-            let e = open_read(&dir, &l).await.unwrap_err();
+            crate::io::open_read(&dir, &f).await.unwrap();
+            let e = crate::io::open_read(&dir, &l).await.unwrap_err();
             assert_eq!(
                 e.raw_os_error(),
                 Some(rustix::io::Errno::LOOP.raw_os_error())

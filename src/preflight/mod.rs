@@ -50,8 +50,8 @@ pub enum FlagsMethod {
 /// One check's result.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Check {
-    /// Check name: `source`, `repository`, `immutable`, `space`, `lock`,
-    /// `tier`, `target`.
+    /// Check name: `io_backend`, `source`, `repository`, `immutable`,
+    /// `space`, `lock`, `tier`, `target`.
     pub check: String,
     /// The path checked.
     pub path: String,
@@ -80,6 +80,22 @@ impl Report {
             method: None,
             detail: detail.into(),
         });
+    }
+
+    /// The `io_backend` check: which I/O backend this process uses and
+    /// why (pass); a STOP only if [`crate::io::choice`] fails, which the
+    /// commands check before preflight to exit with its own id.
+    fn io_backend(&mut self) {
+        let path = Path::new("/proc/sys/kernel/io_uring_disabled");
+        match crate::io::choice() {
+            Ok(c) => self.add(
+                "io_backend",
+                path,
+                CheckResult::Pass,
+                format!("{}: {}", c.backend.as_str(), c.reason),
+            ),
+            Err(e) => self.add("io_backend", path, CheckResult::Stop, e.to_string()),
+        }
     }
 
     /// Number of checks with `result`.
@@ -252,6 +268,7 @@ fn tree_size(root: &Path) -> io::Result<u64> {
 /// once the repository exists, or (`snap preflight`) only asks.
 pub fn backup(repo: &Path, source: &Path, policy: &Policy, lock: LockState) -> Report {
     let mut r = Report::default();
+    r.io_backend();
     match crate::fs::lstat_path(source) {
         Ok(None) => r.add(
             "source",
@@ -526,6 +543,7 @@ pub fn restore(
     replacing: bool,
 ) -> Report {
     let mut r = Report::default();
+    r.io_backend();
     let parent = target
         .parent()
         .map(Path::to_path_buf)
