@@ -537,18 +537,7 @@ pub fn run(
             .iter()
             .enumerate()
             .filter(|(n, p)| !gone.contains(n) && on_disk.contains(&p.id))
-            .map(|(_, p)| IndexPack {
-                id: p.id.to_hex().to_string(),
-                blobs: p
-                    .rows
-                    .iter()
-                    .map(|(id, offset, length)| IndexBlob {
-                        id: id.to_hex().to_string(),
-                        offset: *offset,
-                        length: *length,
-                    })
-                    .collect(),
-            })
+            .map(|(_, p)| listing(p.id.to_hex().to_string(), &p.rows))
             .collect();
         all.extend(
             new_packs
@@ -608,10 +597,15 @@ fn write_pack(
     refs.push(&fin.tail);
     let hex = fin.id.to_hex().to_string();
     writer.add(&hex, &refs)?;
-    new_packs.push(IndexPack {
-        id: hex,
-        blobs: fin
-            .blobs
+    new_packs.push(listing(hex, &fin.blobs));
+    Ok(())
+}
+
+/// The index listing of pack `id` holding `rows` (id, offset, length).
+fn listing(id: String, rows: &[(blake3::Hash, u64, u32)]) -> IndexPack {
+    IndexPack {
+        id,
+        blobs: rows
             .iter()
             .map(|(id, offset, length)| IndexBlob {
                 id: id.to_hex().to_string(),
@@ -619,8 +613,7 @@ fn write_pack(
                 length: *length,
             })
             .collect(),
-    });
-    Ok(())
+    }
 }
 
 fn barrier(repo: &Repo, syncs: &mut Syncs) -> Result<()> {
