@@ -198,7 +198,14 @@ impl Backend for LocalBackend {
                 None => Vec::new(),
             });
         } else {
-            self.root.open_dir(&name(kind.dir())?)?
+            // A kind's directory that is missing holds nothing: a copy made
+            // by a tool that drops empty directories (git, object-store
+            // sync) is still the repository.
+            match self.root.open_dir(&name(kind.dir())?) {
+                Ok(d) => d,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(e),
+            }
         };
         let mut out = Vec::new();
         for n in top.list()? {
@@ -377,12 +384,12 @@ impl Backend for LocalBackend {
     }
 
     fn staging(&self) -> io::Result<Vec<String>> {
-        Ok(self
-            .staging_dir()?
-            .list()?
-            .iter()
-            .map(ToString::to_string)
-            .collect())
+        let tmp = match self.staging_dir() {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        Ok(tmp.list()?.iter().map(ToString::to_string).collect())
     }
 
     fn clean_staging(&self) -> io::Result<u64> {
