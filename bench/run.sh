@@ -159,6 +159,9 @@ for tree in $TREES; do
   fresh_fs_off
   read -r re_b re_b_rss < <(measure restic "rm -rf $rr; restic init -q -r $rr; sync" "restic -q -r $rr backup $src")
   read -r bo_b bo_b_rss < <(measure borg "rm -rf $br; borg init -e none $br; sync" "borg create $br::a $src")
+  # What each repository holds after its first backup (snap: compression
+  # auto; restic: auto, zstd; borg: lz4, its default).
+  sz_s=$(du -sb "$s" | cut -f1); sz_r=$(du -sb "$rr" | cut -f1); sz_b=$(du -sb "$br" | cut -f1)
   # Restore, from what the last backup run of each tool left, each run into
   # a fresh filesystem. restic and borg do not sync (as they ship).
   read -r snap_r snap_r_rss < <(measure snap "fresh_fs $bytes" "$SNAP --repo $s restore latest --target $o")
@@ -183,6 +186,7 @@ for tree in $TREES; do
   ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a == a) printf "%.2f", a / b; else print "-" }'; }
   row "| $tree | floor | read (cat) $cat_f s, write + fsync (fio) $fio_f s | |"
   row "| $tree ($files files, $((bytes / 1048576)) MiB) | backup | $snap_b s, $((snap_b_rss / 1024)) MiB | tar $tar_b ($(ratio "$snap_b" "$tar_b")x), cp -a $cp_b ($(ratio "$snap_b" "$cp_b")x), rsync $rs_b ($(ratio "$snap_b" "$rs_b")x), restic $re_b ($(ratio "$snap_b" "$re_b")x, $((re_b_rss / 1024)) MiB), borg $bo_b ($(ratio "$snap_b" "$bo_b")x, $((bo_b_rss / 1024)) MiB) |"
+  row "| $tree | repository size after backup | $((sz_s / 1048576)) MiB | restic $((sz_r / 1048576)) MiB ($(ratio "$sz_s" "$sz_r")x), borg $((sz_b / 1048576)) MiB ($(ratio "$sz_s" "$sz_b")x) |"
   row "| $tree | restore | $snap_r s, $((snap_r_rss / 1024)) MiB | tar $tar_r ($(ratio "$snap_r" "$tar_r")x), restic $re_r ($(ratio "$snap_r" "$re_r")x), borg $bo_r ($(ratio "$snap_r" "$bo_r")x) |"
   row "| $tree | backup, restore with SNAP_IO=fallback | $fb_b s, $fb_r s, $((fb_b_rss / 1024)) MiB | $(ratio "$fb_b" "$snap_b")x and $(ratio "$fb_r" "$snap_r")x io_uring's time |"
   row "| $tree | re-backup, no change | $snap_i s ($(ratio "$snap_i" "$snap_b")x of first), $((snap_i_rss / 1024)) MiB | restic $re_i ($(ratio "$snap_i" "$re_i")x), borg $bo_i ($(ratio "$snap_i" "$bo_i")x) |"

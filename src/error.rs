@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 /// | `E_EXDEV` | 50 | staging and target on different filesystems |
 /// | `E_BACKUP_MISSING` | 60 | no such snapshot |
 /// | `E_REPO_MISSING` | 61 | no repository at the given location |
+/// | `E_REPO_VERSION` | 62 | repository format newer than this build reads |
 /// | `E_RESTORE_FAILED` | 70 | restore could not create or apply an entry |
 /// | `E_NO_SPACE` | 80 | a write failed with ENOSPC/EDQUOT |
 /// | `E_INTEGRITY` | 90 | hash mismatch, corrupt or unknown-format repository data |
@@ -50,6 +51,7 @@ pub enum ErrorId {
     E_EXDEV,
     E_BACKUP_MISSING,
     E_REPO_MISSING,
+    E_REPO_VERSION,
     E_RESTORE_FAILED,
     E_NO_SPACE,
     E_INTEGRITY,
@@ -58,7 +60,7 @@ pub enum ErrorId {
 
 impl ErrorId {
     /// Every id, in table order.
-    pub const ALL: [ErrorId; 18] = [
+    pub const ALL: [ErrorId; 19] = [
         ErrorId::E_GENERIC,
         ErrorId::E_USAGE,
         ErrorId::E_PARTIAL,
@@ -73,6 +75,7 @@ impl ErrorId {
         ErrorId::E_EXDEV,
         ErrorId::E_BACKUP_MISSING,
         ErrorId::E_REPO_MISSING,
+        ErrorId::E_REPO_VERSION,
         ErrorId::E_RESTORE_FAILED,
         ErrorId::E_NO_SPACE,
         ErrorId::E_INTEGRITY,
@@ -96,6 +99,7 @@ impl ErrorId {
             ErrorId::E_EXDEV => 50,
             ErrorId::E_BACKUP_MISSING => 60,
             ErrorId::E_REPO_MISSING => 61,
+            ErrorId::E_REPO_VERSION => 62,
             ErrorId::E_RESTORE_FAILED => 70,
             ErrorId::E_NO_SPACE => 80,
             ErrorId::E_INTEGRITY => 90,
@@ -120,6 +124,7 @@ impl ErrorId {
             ErrorId::E_EXDEV => "E_EXDEV",
             ErrorId::E_BACKUP_MISSING => "E_BACKUP_MISSING",
             ErrorId::E_REPO_MISSING => "E_REPO_MISSING",
+            ErrorId::E_REPO_VERSION => "E_REPO_VERSION",
             ErrorId::E_RESTORE_FAILED => "E_RESTORE_FAILED",
             ErrorId::E_NO_SPACE => "E_NO_SPACE",
             ErrorId::E_INTEGRITY => "E_INTEGRITY",
@@ -167,6 +172,19 @@ pub enum Error {
     RepoMissing {
         /// The repository location.
         path: String,
+    },
+    /// The repository's `config.json` names a format version this build
+    /// does not read (a newer snap wrote it).
+    #[error("repository {path} is format version {version}; this snap reads versions {oldest} to {newest}: use a newer snap")]
+    RepoVersion {
+        /// The repository's `config.json`.
+        path: String,
+        /// The version it names.
+        version: u32,
+        /// The oldest version this build reads.
+        oldest: u32,
+        /// The newest version this build reads (and writes).
+        newest: u32,
     },
     /// No snapshot matches `query`, or a prefix matches several.
     #[error("snapshot {query:?}: {detail}")]
@@ -295,6 +313,7 @@ impl Error {
             Error::IoUringUnavailable { .. } => ErrorId::E_IO_URING,
             Error::TargetExists { .. } => ErrorId::E_TARGET_EXISTS,
             Error::RepoMissing { .. } => ErrorId::E_REPO_MISSING,
+            Error::RepoVersion { .. } => ErrorId::E_REPO_VERSION,
             Error::SnapshotNotFound { .. } => ErrorId::E_BACKUP_MISSING,
             Error::Integrity { .. } => ErrorId::E_INTEGRITY,
             Error::Locked { .. } => ErrorId::E_LOCKING,
@@ -322,6 +341,7 @@ impl Error {
             | Error::SourceMissing { path }
             | Error::TargetExists { path }
             | Error::RepoMissing { path }
+            | Error::RepoVersion { path, .. }
             | Error::Integrity { path, .. }
             | Error::Locked { path, .. }
             | Error::Restore { path, .. }

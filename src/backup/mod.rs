@@ -61,6 +61,8 @@ pub struct BackupOutcome {
     pub snapshot_id: String,
     /// The committed record.
     pub record: SnapshotRecord,
+    /// The policy the backup ran under.
+    pub policy: Policy,
     /// Sync accounting.
     pub syncs: Syncs,
 }
@@ -170,6 +172,7 @@ pub fn run(
         progress,
     };
     let durable = opts.policy.require_backup_durability;
+    let compression = opts.policy.compression;
     let chunker_params = repo.config.chunker;
     let excluded = |rel: &RelPath, is_dir: bool| excludes.matches(rel, is_dir);
     let scanner = scan::Scanner::new((!excludes.is_empty()).then_some(&excluded as _));
@@ -188,7 +191,9 @@ pub fn run(
             .map_err(|e| Error::io("spawn", "chunker thread", e))?;
         let packer = std::thread::Builder::new()
             .name("snap-packer".into())
-            .spawn_scoped(s, move || pipeline::packer(pack_rx, repo, durable))
+            .spawn_scoped(s, move || {
+                pipeline::packer(pack_rx, repo, durable, compression)
+            })
             .map_err(|e| Error::io("spawn", "packer thread", e))?;
         for i in 0..crate::par::cores() {
             std::thread::Builder::new()
@@ -292,7 +297,7 @@ impl Walker<'_> {
             source_b64: src_b64,
             tier: opts.policy.tier,
             tags: opts.tags.clone(),
-            policy: opts.policy.clone(),
+            policy: (&opts.policy).into(),
             parent,
             entries: EntriesRef {
                 id: entries_id,
@@ -313,6 +318,7 @@ impl Walker<'_> {
         Ok(BackupOutcome {
             snapshot_id,
             record,
+            policy: opts.policy.clone(),
             syncs,
         })
     }

@@ -30,7 +30,9 @@ use std::sync::mpsc::{Receiver, SyncSender};
 
 use super::cdc::Cutter;
 use crate::error::{Error, Result};
-use crate::repo::pack::{FinishedPack, PackBuilder, Part};
+use crate::policy::Compression;
+use crate::repo::format::blob::Encoder;
+use crate::repo::pack::{FinishedPack, PackBuilder, PackVersion, Part};
 use crate::repo::{commit, ChunkerParams, IndexBlob, IndexPack, Repo, Syncs, PACK_TARGET};
 
 /// Reads that may wait for the chunker.
@@ -344,6 +346,79 @@ pub fn chunker(
     Ok(out)
 }
 
+/// A pack's bytes: read buffers (blobs stored as they are), or a zstd
+/// frame the packer made.
+pub enum PackBuf {
+    /// Plaintext, where the walker read it.
+    Read(ReadBuf),
+    /// A zstd frame of one blob.
+    Frame(Vec<u8>),
+}
+
+impl AsRef<[u8]> for PackBuf {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            PackBuf::Read(r) => r.as_ref(),
+            PackBuf::Frame(f) => f,
+        }
+    }
+}
+
+/// The pack with each blob in the form it is stored in: a zstd frame
+/// when `encoder` keeps one (its mode decides), else the plaintext where
+/// it lies in the read buffers.
+///
+/// # Errors
+///
+/// zstd errors ([`Error::Io`]).
+fn stored_forms(
+    pack: PackBuilder<ReadBuf>,
+    mut encoder: Option<&mut Encoder>,
+) -> Result<PackBuilder<PackBuf>> {
+    let (rows, parts) = pack.into_parts();
+    let mut parts = parts.into_iter();
+    let mut out = PackBuilder::default();
+    for row in rows {
+        let mut mine = Vec::new();
+        let mut need = row.length as usize;
+        while need > 0 {
+            let p = parts
+                .next()
+                .ok_or_else(|| Error::Internal("a pack's parts end before its blobs".into()))?;
+            need = need
+                .checked_sub(p.range.len())
+                .ok_or_else(|| Error::Internal("a pack part spans two blobs".into()))?;
+            mine.push(p);
+        }
+        let frame = match encoder.as_deref_mut() {
+            Some(e) => {
+                let slices: Vec<&[u8]> = mine.iter().map(AsRef::as_ref).collect();
+                e.encode(&slices)
+                    .map_err(|e| Error::io("compress", "a blob", e))?
+            }
+            None => None,
+        };
+        match frame {
+            Some(f) => out.add_stored(
+                row.id,
+                [Part {
+                    range: 0..f.len(),
+                    buf: PackBuf::Frame(f),
+                }],
+                Some(row.length),
+            ),
+            None => out.add(
+                row.id,
+                mine.into_iter().map(|p| Part {
+                    buf: PackBuf::Read(p.buf),
+                    range: p.range,
+                }),
+            ),
+        }
+    }
+    Ok(out)
+}
+
 /// Runs the packer until the chunker's sender is dropped: puts each pack
 /// through [`commit::PackWriter`] (step 3 of the commit protocol: staged
 /// with its write-out started, named in batches after one barrier, the
@@ -356,17 +431,31 @@ pub fn chunker(
 /// Repository I/O errors (`E_NO_SPACE` for a full disk); `E_INTERRUPTED`
 /// when a signal arrived. Packs still staged are left to the next
 /// writer's cleanup.
-pub fn packer(rx: Receiver<PackBuilder<ReadBuf>>, repo: &Repo, durable: bool) -> Result<Packed> {
+pub fn packer(
+    rx: Receiver<PackBuilder<ReadBuf>>,
+    repo: &Repo,
+    durable: bool,
+    compression: Compression,
+) -> Result<Packed> {
+    let version = PackVersion::of_format(repo.config.version);
+    // A format-2 repository has no field for a compressed blob.
+    let mut encoder = match version {
+        PackVersion::V2 => None,
+        PackVersion::V3 => Some(
+            Encoder::new(compression).map_err(|e| Error::io("set up", "the zstd compressor", e))?,
+        ),
+    };
     let mut writer = commit::PackWriter::new(repo, durable);
     let mut packs = Vec::new();
     for pack in rx {
         crate::interrupt::check()?;
+        let pack = stored_forms(pack, encoder.as_mut())?;
         let FinishedPack {
             parts,
             tail,
             id,
             blobs,
-        } = pack.finish();
+        } = pack.finish(version);
         let hex = id.to_hex().to_string();
         let mut refs: Vec<&[u8]> = parts.iter().map(AsRef::as_ref).collect();
         refs.push(&tail);
@@ -377,10 +466,11 @@ pub fn packer(rx: Receiver<PackBuilder<ReadBuf>>, repo: &Repo, durable: bool) ->
             id: hex,
             blobs: blobs
                 .into_iter()
-                .map(|(id, offset, length)| IndexBlob {
-                    id: id.to_hex().to_string(),
-                    offset,
-                    length,
+                .map(|b| IndexBlob {
+                    id: b.id.to_hex().to_string(),
+                    offset: b.offset,
+                    length: b.length,
+                    raw_length: b.raw,
                 })
                 .collect(),
         });

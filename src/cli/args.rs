@@ -242,6 +242,15 @@ pub enum Command {
     },
     /// Create an empty repository.
     Init,
+    /// Upgrade the repository to the newest format (3) in place: one
+    /// atomic replacement of `config.json` under the exclusive lock.
+    /// Everything already stored is read as it is; new packs are written
+    /// in the new format (compressed).
+    Migrate {
+        /// How long to wait for the repository lock.
+        #[command(flatten)]
+        lock: LockArgs,
+    },
     /// Print the fact JSON Schema, or write every schema to DIR.
     Schema {
         /// Write all schema files here (a symlink or anything but a
@@ -442,6 +451,12 @@ pub struct BackupPolicyArgs {
     /// anchors it at SRC); a trailing `/` matches directories only.
     #[arg(long = "exclude", value_name = "GLOB")]
     pub excludes: Vec<String>,
+    /// How blobs and metadata are stored (policy `compression`): `auto`
+    /// keeps zstd's output when it is smaller, `off` stores everything as
+    /// it is, `max` spends more time for smaller output. A format-2
+    /// repository stores everything as it is.
+    #[arg(long, value_name = "MODE")]
+    pub compression: Option<crate::policy::Compression>,
 }
 
 /// The policy flags of a restore: the shared ones and what only a restore
@@ -484,6 +499,7 @@ impl BackupPolicyArgs {
         self.common.resolve_with(Overrides {
             no_durability: self.no_durability,
             excludes: self.excludes.clone(),
+            compression: self.compression,
             ..Overrides::default()
         })
     }
@@ -511,6 +527,7 @@ impl Command {
             Command::Check { .. } => "check",
             Command::Ls { .. } => "ls",
             Command::Init => "init",
+            Command::Migrate { .. } => "migrate",
             Command::Forget { .. } => "forget",
             Command::Prune { .. } => "prune",
             Command::Diff { .. } => "diff",

@@ -136,7 +136,7 @@ pub(super) fn backup_summary_fact(
             source: outcome.record.source.clone(),
             parent: outcome.record.parent.clone(),
             tags: outcome.record.tags.clone(),
-            policy: outcome.record.policy.clone(),
+            policy: outcome.policy.clone(),
             backup_durable: outcome.record.durable,
             io_backend: crate::io::choice()?.backend,
             fsync_count: outcome.syncs.count,

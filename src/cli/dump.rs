@@ -49,16 +49,14 @@ impl Blobs<'_> {
                 path: path.clone(),
                 detail: format!("cannot read blob {id}: {e}"),
             })?;
-        if blake3::hash(&bytes) != *id {
-            return Err(Error::Integrity {
+        let mut plain = Vec::new();
+        crate::repo::format::blob::verified(&bytes, loc.raw, id, &mut plain).map_err(|e| {
+            Error::Integrity {
                 path,
-                detail: format!(
-                    "blob {id} at offset {} does not match its BLAKE3",
-                    loc.offset
-                ),
-            });
-        }
-        Ok(bytes)
+                detail: format!("blob {id} at offset {}: {e}", loc.offset),
+            }
+        })?;
+        Ok(if loc.raw.is_some() { plain } else { bytes })
     }
 }
 

@@ -1,12 +1,15 @@
-//! `snap init`: create an empty repository.
+//! `snap init`: create an empty repository; `snap migrate`: upgrade one
+//! to the newest format.
 //!
-//! Side effects: creates the repository directory and its files.
+//! Side effects: creates the repository directory and its files;
+//! replaces `config.json`.
 
-use super::common::announce_init;
+use super::args::LockArgs;
+use super::common::{announce_init, lock_fact};
 use super::{repo_path, Cli, Out};
-use crate::error::Result;
-use crate::facts::Emitter;
-use crate::repo::Repo;
+use crate::error::{Error, Result};
+use crate::facts::{Decision, Emitter, Event};
+use crate::repo::{Repo, FORMAT_VERSION};
 
 /// Runs `snap init`.
 ///
@@ -17,5 +20,51 @@ pub(super) fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
     let path = repo_path(cli)?;
     let repo = Repo::init(&path)?;
     announce_init(facts, out, &repo, "")?;
+    Ok(0)
+}
+
+/// Runs `snap migrate`: under the exclusive lock, rewrites `config.json`
+/// with the newest version ([`FORMAT_VERSION`]) when it is older. Format 3
+/// reads every format-2 file as it is (`docs/FORMAT.md`, "Versions"), so
+/// nothing else changes; the replacement is atomic and durable (a crash
+/// leaves the repository at one version or the other).
+///
+/// # Errors
+///
+/// As [`Repo::open`] and [`Repo::lock`]; write, sync and rename errors of
+/// the new `config.json`.
+pub(super) fn migrate(cli: &Cli, facts: &mut Emitter, out: &Out, lock: &LockArgs) -> Result<i32> {
+    let repo = Repo::open(&repo_path(cli)?)?;
+    let lk = repo.lock(true, lock.ms())?;
+    lock_fact(facts, &repo, &lk)?;
+    let from = repo.config.version;
+    let changed = from < FORMAT_VERSION;
+    if changed {
+        let mut config = repo.config.clone();
+        config.version = FORMAT_VERSION;
+        let path = repo.display(crate::repo::layout::CONFIG);
+        repo.store()
+            .replace_config(&config.to_bytes()?, &mut crate::repo::Syncs::on())
+            .map_err(|e| Error::io("replace", path, e))?;
+        out.line(&format!(
+            "migrated {} from format {from} to {FORMAT_VERSION}",
+            repo.path.display()
+        ))?;
+    } else {
+        out.line(&format!(
+            "{} is already format {from}; nothing to do",
+            repo.path.display()
+        ))?;
+    }
+    facts.emit(
+        Decision::Success,
+        None,
+        Event::MigrateResult {
+            repo: repo.path.display().to_string(),
+            from_version: from,
+            to_version: FORMAT_VERSION.max(from),
+            changed,
+        },
+    )?;
     Ok(0)
 }

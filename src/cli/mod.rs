@@ -348,6 +348,7 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
             lock,
         } => show::run(cli, facts, out, snapshot, filter, lock),
         Command::Init => init::run(cli, facts, out),
+        Command::Migrate { lock } => init::migrate(cli, facts, out, lock),
         Command::Schema { out: dir } => schema::run(facts, out, dir.as_deref()),
     }
 }

@@ -97,6 +97,7 @@ pub(super) fn run(
                         ),
                     })?;
                     r.unique_bytes += u64::from(loc.length);
+                    r.unique_plain_bytes += u64::from(loc.raw.unwrap_or(loc.length));
                 }
             }
         }
@@ -119,9 +120,10 @@ pub(super) fn run(
         r.entries
     ))?;
     out.line(&format!(
-        "unique data:   {} in {} blobs",
+        "unique data:   {} in {} blobs ({} before compression)",
         mib(r.unique_bytes),
-        r.blobs
+        r.blobs,
+        mib(r.unique_plain_bytes)
     ))?;
     for (name, k) in [
         ("packs", r.repository.packs),

@@ -186,6 +186,19 @@ pub enum Event {
         /// Snapshots removed.
         removed: Vec<ForgetItem>,
     },
+    /// `snap migrate` ran.
+    #[serde(rename = "migrate.result")]
+    MigrateResult {
+        /// Repository location.
+        repo: String,
+        /// The format version before.
+        from_version: u32,
+        /// The format version after.
+        to_version: u32,
+        /// Whether `config.json` was rewritten (false when the repository
+        /// was already at the newest version).
+        changed: bool,
+    },
     /// `snap prune` (or `forget --prune`) ran.
     #[serde(rename = "prune.result")]
     PruneResult {
@@ -411,9 +424,13 @@ pub struct StatsReport {
     pub restore_size: u64,
     /// Distinct blobs they reference.
     pub blobs: u64,
-    /// Bytes of those blobs: what they take in packs, deduplicated
-    /// (restic's "raw data").
+    /// Bytes of those blobs: what they take in packs, deduplicated and
+    /// compressed (restic's "raw data", "Total Size").
     pub unique_bytes: u64,
+    /// Plaintext bytes of those blobs, before compression (restic's
+    /// "Total Uncompressed Size"); `unique_bytes` over this is the
+    /// compression ratio.
+    pub unique_plain_bytes: u64,
     /// Repository files and bytes per kind.
     pub repository: RepoUsage,
 }

@@ -77,6 +77,27 @@ pub enum OnDegraded {
     Warn,
 }
 
+/// How backup stores blob data and metadata in a format-3 repository
+/// (zstd, RFC 8878). Blob ids are over the plaintext, so the mode never
+/// changes what deduplicates. A format-2 repository stores every blob as
+/// it is, whatever the mode.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// Store every blob as it is.
+    Off,
+    /// zstd level 3, kept only when smaller than the blob; a blob whose
+    /// first 64 KiB do not compress to 97 % or less at level 1 is stored
+    /// as it is without compressing the rest (incompressible data costs a
+    /// sample, not a full pass).
+    #[default]
+    Auto,
+    /// zstd level 19, kept only when smaller; slow.
+    Max,
+}
+
 /// Named starting points for a policy.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, clap::ValueEnum,
@@ -129,6 +150,9 @@ pub struct Policy {
     /// do. Absent from records written before it existed (read as false).
     #[serde(default)]
     pub restore_untrusted: bool,
+    /// How backup compresses what it stores ([`Compression`]).
+    #[serde(default)]
+    pub compression: Compression,
 }
 
 impl Default for Policy {
@@ -165,6 +189,8 @@ pub struct PolicyFile {
     pub capture_restore_snapshot: Option<bool>,
     /// See [`Policy::restore_untrusted`].
     pub restore_untrusted: Option<bool>,
+    /// See [`Policy::compression`].
+    pub compression: Option<Compression>,
 }
 
 impl PolicyFile {
@@ -199,6 +225,8 @@ pub struct Overrides {
     pub lock_wait_ms: Option<u64>,
     /// `--untrusted`.
     pub untrusted: bool,
+    /// `--compression`.
+    pub compression: Option<Compression>,
 }
 
 impl Policy {
@@ -222,6 +250,7 @@ impl Policy {
             lock_wait_ms: 5_000,
             capture_restore_snapshot: p == Preset::Production,
             restore_untrusted: false,
+            compression: Compression::Auto,
         }
     }
 
@@ -245,6 +274,7 @@ impl Policy {
                 .capture_restore_snapshot
                 .unwrap_or(p.capture_restore_snapshot);
             p.restore_untrusted = f.restore_untrusted.unwrap_or(p.restore_untrusted);
+            p.compression = f.compression.unwrap_or(p.compression);
         }
         p.tier = o.tier.unwrap_or(p.tier);
         if o.no_durability {
@@ -259,6 +289,7 @@ impl Policy {
         if o.untrusted {
             p.restore_untrusted = true;
         }
+        p.compression = o.compression.unwrap_or(p.compression);
         p
     }
 }

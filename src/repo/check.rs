@@ -101,8 +101,9 @@ pub fn run(repo: &Repo, read_data: bool, repair_tmp: bool) -> Result<CheckReport
         }
     }
     // Index files.
-    let mut index: HashMap<blake3::Hash, (blake3::Hash, u64, u32)> = HashMap::new();
-    let mut by_pack: HashMap<blake3::Hash, Vec<(blake3::Hash, u64, u32)>> = HashMap::new();
+    // Blob -> (pack, offset, stored length, plaintext length).
+    let mut index: HashMap<blake3::Hash, (blake3::Hash, u64, u32, u32)> = HashMap::new();
+    let mut by_pack: HashMap<blake3::Hash, Vec<IndexRow>> = HashMap::new();
     for fname in repo.list(FileKind::Index)? {
         let path = repo.display(&format!("{}/{fname}", layout::INDEX));
         let Some(id) = fname.strip_suffix(".idx").filter(|i| is_hex_id(i)) else {
@@ -135,11 +136,14 @@ pub fn run(repo: &Repo, read_data: bool, repair_tmp: bool) -> Result<CheckReport
             for b in p.blobs {
                 match blake3::Hash::from_hex(&b.id) {
                     Ok(bid) => {
-                        index.insert(bid, (pack, b.offset, b.length));
-                        by_pack
-                            .entry(pack)
-                            .or_default()
-                            .push((bid, b.offset, b.length));
+                        let plain = b.raw_length.unwrap_or(b.length);
+                        index.insert(bid, (pack, b.offset, b.length, plain));
+                        by_pack.entry(pack).or_default().push((
+                            bid,
+                            b.offset,
+                            b.length,
+                            b.raw_length,
+                        ));
                     }
                     Err(_) => r.problem(&path, format!("blob id {:?} is not BLAKE3 hex", b.id)),
                 }
@@ -192,7 +196,7 @@ pub fn run(repo: &Repo, read_data: bool, repair_tmp: bool) -> Result<CheckReport
                 match blake3::Hash::from_hex(hex) {
                     Ok(id) if index.contains_key(&id) => {
                         referenced.insert(id);
-                        held = held.map(|h| h + u64::from(index[&id].2));
+                        held = held.map(|h| h + u64::from(index[&id].3));
                     }
                     Ok(id) => {
                         held = None;
@@ -245,6 +249,10 @@ pub fn run(repo: &Repo, read_data: bool, repair_tmp: bool) -> Result<CheckReport
     Ok(r)
 }
 
+/// A blob as an index lists it: (id, offset, stored length, plaintext
+/// length when compressed).
+type IndexRow = (blake3::Hash, u64, u32, Option<u32>);
+
 fn list_packs(repo: &Repo, r: &mut CheckReport) -> Result<HashSet<blake3::Hash>> {
     let mut out = HashSet::new();
     for name in repo.list(FileKind::Pack)? {
@@ -263,7 +271,7 @@ fn list_packs(repo: &Repo, r: &mut CheckReport) -> Result<HashSet<blake3::Hash>>
 
 fn check_packs(
     repo: &Repo,
-    by_pack: &HashMap<blake3::Hash, Vec<(blake3::Hash, u64, u32)>>,
+    by_pack: &HashMap<blake3::Hash, Vec<IndexRow>>,
     on_disk: &HashSet<blake3::Hash>,
     r: &mut CheckReport,
 ) {
@@ -299,7 +307,7 @@ fn check_packs(
             let t = f
                 .read_exact_at(len - TRAILER_LEN as u64, TRAILER_LEN)
                 .map_err(|e| e.to_string())?;
-            let (_, footer_offset) = parse_trailer(&t, len)?;
+            let (_, footer_offset, version) = parse_trailer(&t, len)?;
             let tail = f
                 .read_exact_at(footer_offset, (len - footer_offset) as usize)
                 .map_err(|e| e.to_string())?;
@@ -308,7 +316,7 @@ fn check_packs(
                 return Err("pack footer and trailer do not match the pack's BLAKE3 id".into());
             }
             let rows = &tail[..tail.len() - TRAILER_LEN];
-            let blobs = parse_rows(rows, footer_offset, id)?;
+            let blobs = parse_rows(rows, footer_offset, id, version)?;
             // The blobs tile the data area exactly, so every byte before the
             // footer is covered by some blob's id.
             let mut spans: Vec<(u64, u64)> = blobs
@@ -337,16 +345,16 @@ fn check_packs(
                 continue;
             }
         };
-        let in_footer: HashMap<blake3::Hash, (u64, u32)> = footer
+        let in_footer: HashMap<blake3::Hash, (u64, u32, Option<u32>)> = footer
             .iter()
-            .map(|(b, l)| (*b, (l.offset, l.length)))
+            .map(|(b, l)| (*b, (l.offset, l.length, l.raw)))
             .collect();
-        for (blob, off, length) in &by_pack[&id] {
-            if in_footer.get(blob) != Some(&(*off, *length)) {
+        for (blob, off, length, raw) in &by_pack[&id] {
+            if in_footer.get(blob) != Some(&(*off, *length, *raw)) {
                 r.problem(
                     &path,
                     format!(
-                        "blob {blob} at {off}+{length} per the index is not in the pack footer"
+                        "blob {blob} at {off}+{length} (plaintext length {raw:?}) per the index is not so in the pack footer"
                     ),
                 );
             }
@@ -356,10 +364,22 @@ fn check_packs(
                 Err(e) => r.problem(&path, format!("read: {e}")),
                 Ok(bytes) => {
                     r.bytes_read += len;
+                    let mut scratch = Vec::new();
                     for (blob, loc) in &footer {
                         let s = &bytes
                             [loc.offset as usize..(loc.offset + u64::from(loc.length)) as usize];
-                        if blake3::hash(s) != *blob {
+                        let plain =
+                            match crate::repo::format::blob::decode(s, loc.raw, &mut scratch) {
+                                Ok(p) => p,
+                                Err(e) => {
+                                    r.problem(
+                                        &path,
+                                        format!("blob {blob} at offset {}: {e}", loc.offset),
+                                    );
+                                    continue;
+                                }
+                            };
+                        if blake3::hash(plain) != *blob {
                             r.problem(
                                 &path,
                                 format!(

@@ -43,6 +43,12 @@ pub struct PackWriter<'r> {
 }
 
 impl<'r> PackWriter<'r> {
+    /// The format version of the repository written to (it decides the
+    /// pack layout).
+    pub fn format_version(&self) -> u32 {
+        self.repo.config.version
+    }
+
     /// A writer for `repo`, making syncs when `durable`.
     pub fn new(repo: &'r Repo, durable: bool) -> Self {
         PackWriter {
@@ -324,7 +330,7 @@ mod tests {
             source_b64: None,
             tier: crate::policy::PreservationTier::Basic,
             tags: vec![],
-            policy: crate::policy::Policy::default(),
+            policy: (&crate::policy::Policy::default()).into(),
             parent: None,
             entries: crate::repo::EntriesRef { id: eid, count: 1 },
             stats: Default::default(),

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use super::commit::{put_index, PackWriter};
 use super::format::index::IdMap;
 use super::layout;
-use super::pack::PackBuilder;
+use super::pack::{PackBuilder, PackRow, PackVersion};
 use super::storage::{FileKind, Syncs};
 use super::{IndexBlob, IndexFile, IndexPack, Repo, SnapshotRecord, PACK_TARGET};
 use crate::error::{Error, Result};
@@ -191,7 +191,7 @@ pub struct PruneReport {
 struct PackInfo {
     id: blake3::Hash,
     /// Its blobs as the index lists them: (id, offset, length).
-    rows: Vec<(blake3::Hash, u64, u32)>,
+    rows: Vec<PackRow>,
     /// Pack file size, from its rows (blob data, footer, trailer).
     size: u64,
     /// Bytes of the blobs used from this pack.
@@ -308,15 +308,21 @@ pub fn run(
             }
             let mut rows = Vec::with_capacity(p.blobs.len());
             for b in &p.blobs {
-                rows.push((hex(&b.id)?, b.offset, b.length));
+                rows.push(PackRow {
+                    id: hex(&b.id)?,
+                    offset: b.offset,
+                    length: b.length,
+                    raw: b.raw_length,
+                });
             }
             let data_end = rows
                 .iter()
-                .map(|&(_, o, l)| o + u64::from(l))
+                .map(|r| r.offset + u64::from(r.length))
                 .max()
                 .unwrap_or(0);
             let size = data_end
-                + (rows.len() * super::pack::FOOTER_ROW_LEN + super::pack::TRAILER_LEN) as u64;
+                + (rows.len() * PackVersion::of_format(repo.config.version).row_len()
+                    + super::pack::TRAILER_LEN) as u64;
             pack_no.insert(pid, packs.len());
             packs.push(PackInfo {
                 id: pid,
@@ -336,7 +342,7 @@ pub fn run(
         if !on_disk.contains(&p.id) {
             continue;
         }
-        for &(b, _, _) in &p.rows {
+        for &PackRow { id: b, .. } in &p.rows {
             if used.contains_key(&b) {
                 home.entry(b)
                     .and_modify(|h| {
@@ -361,7 +367,10 @@ pub fn run(
         if !on_disk.contains(&p.id) {
             continue;
         }
-        for &(b, _, l) in &p.rows {
+        for &PackRow {
+            id: b, length: l, ..
+        } in &p.rows
+        {
             if home.get(&b) == Some(&n) {
                 p.used += u64::from(l);
             } else {
@@ -373,7 +382,7 @@ pub fn run(
     }
     drop(used);
     // 2. The plan.
-    let data = |p: &PackInfo| p.rows.iter().map(|&(_, _, l)| u64::from(l)).sum::<u64>();
+    let data = |p: &PackInfo| p.rows.iter().map(|r| u64::from(r.length)).sum::<u64>();
     let mut delete: Vec<usize> = Vec::new();
     let mut candidates: Vec<usize> = Vec::new();
     let mut unused_left = 0u64;
@@ -427,7 +436,10 @@ pub fn run(
         if gone.contains(&n) || !on_disk.contains(&p.id) {
             continue;
         }
-        for &(b, _, l) in &p.rows {
+        for &PackRow {
+            id: b, length: l, ..
+        } in &p.rows
+        {
             if home.get(&b).is_some_and(|h| gone.contains(h)) {
                 rehome
                     .entry(b)
@@ -452,7 +464,7 @@ pub fn run(
         r.blobs_removed += p
             .rows
             .iter()
-            .filter(|(b, _, _)| home.get(b) != Some(&n))
+            .filter(|r| home.get(&r.id) != Some(&n))
             .count() as u64;
         r.bytes_removed += p.size;
     }
@@ -485,6 +497,7 @@ pub fn run(
     let mut writer = PackWriter::new(repo, true);
     let mut new_packs: Vec<IndexPack> = Vec::new();
     let mut builder: PackBuilder<Vec<u8>> = PackBuilder::default();
+    let mut scratch = Vec::new();
     for &n in &repack {
         crate::interrupt::check()?;
         let p = &packs[n];
@@ -493,14 +506,29 @@ pub fn run(
         let mut rows: Vec<_> = p
             .rows
             .iter()
-            .filter(|(b, _, _)| home.get(b) == Some(&n))
+            .filter(|r| home.get(&r.id) == Some(&n))
             .collect();
-        rows.sort_by_key(|r| r.1);
-        for &&(b, off, len) in &rows {
+        rows.sort_by_key(|r| r.offset);
+        for &&PackRow {
+            id: b,
+            offset: off,
+            length: len,
+            raw,
+        } in &rows
+        {
             let bytes = f
                 .read_exact_at(off, len as usize)
                 .map_err(|e| Error::io("read", &path, e))?;
-            if blake3::hash(&bytes) != b {
+            // Verified on its plaintext, copied in its stored form.
+            let plain = super::format::blob::decode(&bytes, raw, &mut scratch).map_err(|e| {
+                Error::Integrity {
+                    path: path.clone(),
+                    detail: format!(
+                        "blob {b} at offset {off}: {e}; prune stopped before removing anything (see `snap check --read-data`)"
+                    ),
+                }
+            })?;
+            if blake3::hash(plain) != b {
                 return Err(Error::Integrity {
                     path: path.clone(),
                     detail: format!(
@@ -509,12 +537,13 @@ pub fn run(
                 });
             }
             r.blobs_repacked += 1;
-            builder.add(
+            builder.add_stored(
                 b,
                 [super::pack::Part {
                     range: 0..bytes.len(),
                     buf: bytes,
                 }],
+                raw,
             );
             if builder.data_len() >= PACK_TARGET {
                 write_pack(std::mem::take(&mut builder), &mut writer, &mut new_packs)?;
@@ -592,7 +621,7 @@ fn write_pack(
     writer: &mut PackWriter,
     new_packs: &mut Vec<IndexPack>,
 ) -> Result<()> {
-    let fin = b.finish();
+    let fin = b.finish(PackVersion::of_format(writer.format_version()));
     let mut refs: Vec<&[u8]> = fin.parts.iter().map(AsRef::as_ref).collect();
     refs.push(&fin.tail);
     let hex = fin.id.to_hex().to_string();
@@ -601,16 +630,17 @@ fn write_pack(
     Ok(())
 }
 
-/// The index listing of pack `id` holding `rows` (id, offset, length).
-fn listing(id: String, rows: &[(blake3::Hash, u64, u32)]) -> IndexPack {
+/// The index listing of pack `id` holding `rows`.
+fn listing(id: String, rows: &[PackRow]) -> IndexPack {
     IndexPack {
         id,
         blobs: rows
             .iter()
-            .map(|(id, offset, length)| IndexBlob {
-                id: id.to_hex().to_string(),
-                offset: *offset,
-                length: *length,
+            .map(|r| IndexBlob {
+                id: r.id.to_hex().to_string(),
+                offset: r.offset,
+                length: r.length,
+                raw_length: r.raw,
             })
             .collect(),
     }

@@ -169,7 +169,7 @@ mod tests {
             source_b64: None,
             tier: crate::policy::PreservationTier::Basic,
             tags: tags.iter().map(|t| (*t).to_owned()).collect(),
-            policy: crate::policy::Policy::default(),
+            policy: (&crate::policy::Policy::default()).into(),
             parent: None,
             entries: crate::repo::EntriesRef {
                 id: String::new(),

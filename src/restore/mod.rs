@@ -92,6 +92,8 @@ struct Restorer<'a> {
     window: Option<Window>,
     /// A blob read alone, outside the window.
     single: Vec<u8>,
+    /// The plaintext of the last compressed blob read.
+    plain: Vec<u8>,
     /// Content bytes left in the current batch: a window reads no further
     /// ahead than this (the next batch is likely another worker's).
     ahead: u64,
@@ -343,6 +345,7 @@ impl<'a> Restorer<'a> {
             packs: HashMap::new(),
             window: None,
             single: Vec::new(),
+            plain: Vec::new(),
             ahead: 0,
             dir_cache: None,
             summary,

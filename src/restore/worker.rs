@@ -255,17 +255,17 @@ impl<'a> Restorer<'a> {
         } else {
             &self.single[..]
         };
-        if blake3::hash(bytes) != *id {
-            return Err(integrity(
-                pack_path,
-                format!(
-                    "blob {id} at offset {} does not match its BLAKE3",
-                    loc.offset
-                ),
-            ));
-        }
+        let plain = crate::repo::format::blob::verified(bytes, loc.raw, id, &mut self.plain)
+            .map_err(|e| {
+                integrity(
+                    pack_path,
+                    format!("blob {id} at offset {}: {e}", loc.offset),
+                )
+            })?;
         self.summary.blobs_verified += 1;
-        self.ahead = self.ahead.saturating_sub(len as u64);
-        Ok(bytes)
+        self.ahead = self
+            .ahead
+            .saturating_sub(u64::from(loc.raw.unwrap_or(loc.length)));
+        Ok(plain)
     }
 }

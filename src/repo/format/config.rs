@@ -8,8 +8,11 @@ use crate::error::{Error, Result};
 
 /// The `format` value of `config.json`.
 pub const FORMAT_NAME: &str = "snap";
-/// The repository format version this build reads and writes.
-pub const FORMAT_VERSION: u32 = 2;
+/// The repository format version this build writes (`snap init`).
+pub const FORMAT_VERSION: u32 = 3;
+/// The oldest format version this build reads and writes into (a
+/// format-2 repository stays format 2: packs without compression).
+pub const FORMAT_OLDEST: u32 = 2;
 /// Most bytes a `config.json` may hold.
 pub const CONFIG_MAX: u64 = 64 << 10;
 
@@ -39,7 +42,7 @@ pub enum ChunkerAlgorithm {
 pub struct Config {
     /// Always `"snap"`.
     pub format: String,
-    /// Format version, 1.
+    /// Format version: 2 or 3.
     pub version: u32,
     /// Random repository id, 32 hex digits.
     pub id: String,
@@ -80,26 +83,44 @@ impl Config {
     }
 
     /// Parses `config.json` (shown as `path`) and refuses a format or
-    /// version this build does not know.
+    /// version this build does not know. The version is read first, so a
+    /// newer repository is refused as such whatever else its config holds;
+    /// fields this build does not know are ignored.
     ///
     /// # Errors
     ///
-    /// [`Error::Integrity`] for malformed JSON or an unknown format/version.
+    /// [`Error::RepoVersion`] for a version newer than [`FORMAT_VERSION`];
+    /// [`Error::Integrity`] for malformed JSON, another format name, or a
+    /// version older than [`FORMAT_OLDEST`].
     pub fn parse(bytes: &[u8], path: &str) -> Result<Config> {
-        let config: Config = serde_json::from_slice(bytes).map_err(|e| Error::Integrity {
+        #[derive(Deserialize)]
+        struct Head {
+            format: String,
+            version: u32,
+        }
+        let malformed = |e: serde_json::Error| Error::Integrity {
             path: path.to_owned(),
             detail: format!("malformed config: {e}"),
-        })?;
-        if config.format != FORMAT_NAME || config.version != FORMAT_VERSION {
+        };
+        let head: Head = serde_json::from_slice(bytes).map_err(malformed)?;
+        if head.format == FORMAT_NAME && head.version > FORMAT_VERSION {
+            return Err(Error::RepoVersion {
+                path: path.to_owned(),
+                version: head.version,
+                oldest: FORMAT_OLDEST,
+                newest: FORMAT_VERSION,
+            });
+        }
+        if head.format != FORMAT_NAME || head.version < FORMAT_OLDEST {
             return Err(Error::Integrity {
                 path: path.to_owned(),
                 detail: format!(
-                    "repository format {:?} version {} is not supported (this snap reads {FORMAT_NAME:?} version {FORMAT_VERSION})",
-                    config.format, config.version
+                    "repository format {:?} version {} is not supported (this snap reads {FORMAT_NAME:?} versions {FORMAT_OLDEST} to {FORMAT_VERSION})",
+                    head.format, head.version
                 ),
             });
         }
-        Ok(config)
+        serde_json::from_slice(bytes).map_err(malformed)
     }
 }
 
@@ -118,5 +139,24 @@ mod tests {
             .to_string();
         assert!(e.contains("version 1 is not supported"), "{e}");
         assert!(Config::parse(b"{", "c").is_err());
+        old.version = 2;
+        assert_eq!(
+            Config::parse(&old.to_bytes().unwrap(), "c")
+                .unwrap()
+                .version,
+            2
+        );
+        // A newer version is refused as such, even with fields this build
+        // cannot parse; an unknown field of a known version is ignored.
+        let newer = br#"{"format":"snap","version":4,"chunker":"something new"}"#;
+        let e = Config::parse(newer, "c").unwrap_err();
+        assert_eq!(e.id(), crate::error::ErrorId::E_REPO_VERSION);
+        assert!(e.to_string().contains("version 4"), "{e}");
+        let mut v = serde_json::to_value(&c).unwrap();
+        v["later"] = serde_json::json!([1, 2]);
+        assert_eq!(
+            Config::parse(&serde_json::to_vec(&v).unwrap(), "c").unwrap(),
+            c
+        );
     }
 }

@@ -20,8 +20,11 @@ pub struct BlobLocation {
     pub pack: blake3::Hash,
     /// Byte offset in the pack.
     pub offset: u64,
-    /// Length in bytes.
+    /// Stored length in bytes.
     pub length: u32,
+    /// Plaintext length when the stored bytes are a zstd frame (format 3);
+    /// `None` when they are the plaintext.
+    pub raw: Option<u32>,
 }
 
 /// Every blob of a repository and where it lives, as loaded from its
@@ -36,12 +39,16 @@ pub struct Index {
     blobs: IdMap<Slot>,
 }
 
-/// Where a blob lives, its pack named by number in [`Index::packs`].
+/// Where a blob lives, its pack named by number in [`Index::packs`];
+/// `raw` is 0 for a blob stored as it is. Offsets fit in 32 bits: a pack
+/// holds about 16 MiB (at most 24 MiB) of blob data, and a loaded index
+/// naming a larger offset is refused.
 #[derive(Debug, Clone, Copy)]
 struct Slot {
     pack: u32,
     length: u32,
-    offset: u64,
+    offset: u32,
+    raw: u32,
 }
 
 impl Index {
@@ -49,8 +56,9 @@ impl Index {
     pub fn get(&self, id: &blake3::Hash) -> Option<BlobLocation> {
         self.blobs.get(id).map(|s| BlobLocation {
             pack: self.packs[s.pack as usize],
-            offset: s.offset,
+            offset: u64::from(s.offset),
             length: s.length,
+            raw: (s.raw != 0).then_some(s.raw),
         })
     }
 
@@ -95,8 +103,12 @@ pub struct IndexBlob {
     pub id: String,
     /// Byte offset in the pack.
     pub offset: u64,
-    /// Length in bytes.
+    /// Stored length in bytes.
     pub length: u32,
+    /// Plaintext length, present when the stored bytes are a zstd frame
+    /// (format 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_length: Option<u32>,
 }
 
 /// A hasher for maps keyed by BLAKE3 ids: the id is already uniformly
@@ -163,6 +175,8 @@ pub fn index_into(bytes: &[u8], map: &mut Index) -> serde_json::Result<()> {
         id: Hex,
         offset: u64,
         length: u32,
+        #[serde(default)]
+        raw_length: Option<u32>,
     }
     #[derive(Deserialize)]
     #[serde(field_identifier, rename_all = "lowercase")]
@@ -214,10 +228,27 @@ pub fn index_into(bytes: &[u8], map: &mut Index) -> serde_json::Result<()> {
                 .map_err(|_| A::Error::custom("more than 2^32 packs"))?;
             self.map.packs.push(pack);
             for b in blobs {
+                let offset = u32::try_from(b.offset).map_err(|_| {
+                    A::Error::custom(format!(
+                        "blob offset {} is past any pack snap writes (4 GiB)",
+                        b.offset
+                    ))
+                })?;
+                let raw = match b.raw_length {
+                    None => 0,
+                    Some(r) if r > 0 && r <= super::blob::BLOB_RAW_MAX => r,
+                    Some(r) => {
+                        return Err(A::Error::custom(format!(
+                            "blob plaintext length {r} is outside 1..={}",
+                            super::blob::BLOB_RAW_MAX
+                        )))
+                    }
+                };
                 let slot = Slot {
                     pack: n,
                     length: b.length,
-                    offset: b.offset,
+                    offset,
+                    raw,
                 };
                 self.map.blobs.insert(b.id.0, slot);
             }
@@ -273,6 +304,7 @@ mod tests {
                             id: id(p * 50 + b).to_hex().to_string(),
                             offset: u64::from(b) * 4096,
                             length: 4096 + b,
+                            raw_length: (b == 7).then_some(9000),
                         })
                         .collect(),
                 })
@@ -287,7 +319,8 @@ mod tests {
             BlobLocation {
                 pack: id(1002),
                 offset: 7 * 4096,
-                length: 4103
+                length: 4103,
+                raw: Some(9000),
             }
         );
         // Blobs before the pack id, and an unknown key.
@@ -310,6 +343,16 @@ mod tests {
                 id(1).to_hex()
             ),
             r#"{"v":1,"packs":[]} trailing"#.to_owned(),
+            format!(
+                r#"{{"v":1,"packs":[{{"id":"{}","blobs":[{{"id":"{}","offset":0,"length":1,"raw_length":0}}]}}]}}"#,
+                id(1).to_hex(),
+                id(2).to_hex()
+            ),
+            format!(
+                r#"{{"v":1,"packs":[{{"id":"{}","blobs":[{{"id":"{}","offset":5000000000,"length":1}}]}}]}}"#,
+                id(1).to_hex(),
+                id(2).to_hex()
+            ),
         ] {
             assert!(
                 index_into(bad.as_bytes(), &mut Index::default()).is_err(),

@@ -7,6 +7,7 @@
 //! reads against the format (ids, versions, bounds) and names the file it
 //! was given in its errors.
 
+pub mod blob;
 pub mod config;
 pub mod entries;
 pub mod index;

@@ -7,6 +7,24 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::policy::{Policy, PreservationTier};
 
+/// The policy a snapshot was taken under, as the record keeps it: the
+/// fields of the runtime [`Policy`] of the build that wrote it, as a JSON
+/// object. Kept as JSON, not as the runtime struct, so that a field a later
+/// build adds or drops never makes an older record unreadable; readers take
+/// what they know and leave the rest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct PolicyRecord(pub serde_json::Map<String, serde_json::Value>);
+
+impl From<&Policy> for PolicyRecord {
+    fn from(p: &Policy) -> PolicyRecord {
+        match serde_json::to_value(p) {
+            Ok(serde_json::Value::Object(m)) => PolicyRecord(m),
+            _ => PolicyRecord::default(),
+        }
+    }
+}
+
 /// Most bytes a snapshot record may hold.
 pub const RECORD_MAX: u64 = 16 << 20;
 /// The record version this build reads and writes.
@@ -21,8 +39,10 @@ pub struct EntriesRef {
     pub count: u64,
 }
 
-/// Counts kept in a snapshot record and in `backup.summary`.
+/// Counts kept in a snapshot record and in `backup.summary`. A count a
+/// record lacks (written before it existed) reads as 0.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(default)]
 pub struct SnapshotStats {
     /// Regular files stored (hard link leaders included).
     pub files: u64,
@@ -87,17 +107,22 @@ pub struct SnapshotRecord {
     /// Preservation tier used.
     pub tier: PreservationTier,
     /// User tags.
+    #[serde(default)]
     pub tags: Vec<String>,
-    /// The policy in force.
-    pub policy: Policy,
+    /// The policy in force, as recorded ([`PolicyRecord`]).
+    #[serde(default)]
+    pub policy: PolicyRecord,
     /// The previous snapshot of the same host and source, if any.
+    #[serde(default)]
     pub parent: Option<String>,
     /// The entries file.
     pub entries: EntriesRef,
     /// Counts and sizes.
+    #[serde(default)]
     pub stats: SnapshotStats,
     /// True when every file and directory of this snapshot was synced
-    /// before this record was committed.
+    /// before this record was committed (false when absent).
+    #[serde(default)]
     pub durable: bool,
 }
 
@@ -138,7 +163,7 @@ mod tests {
             source_b64: None,
             tier: PreservationTier::Full,
             tags: vec!["t".into()],
-            policy: Policy::default(),
+            policy: PolicyRecord::from(&Policy::default()),
             parent: None,
             entries: EntriesRef {
                 id: "ab".repeat(32),
@@ -164,6 +189,17 @@ mod tests {
         let b2 = serde_json::to_vec(&v2).unwrap();
         let e = SnapshotRecord::parse(&b2, blake3::hash(&b2).to_hex().as_str(), "p").unwrap_err();
         assert!(e.to_string().contains("version 2 is not supported"), "{e}");
+        // Fields this build does not know are ignored; optional ones it
+        // lacks are defaulted.
+        let mut v = serde_json::to_value(record()).unwrap();
+        v["from_the_future"] = serde_json::json!({"x": 1});
+        v["policy"]["a_later_policy_field"] = serde_json::json!(true);
+        v.as_object_mut().unwrap().remove("tags");
+        v["stats"].as_object_mut().unwrap().remove("packs");
+        let b = serde_json::to_vec(&v).unwrap();
+        let r = SnapshotRecord::parse(&b, blake3::hash(&b).to_hex().as_str(), "p").unwrap();
+        assert!(r.tags.is_empty() && r.stats.packs == 0);
+        assert_eq!(r.policy.0["a_later_policy_field"], true);
         let junk = b"{\"v\":1}";
         let e = SnapshotRecord::parse(junk, blake3::hash(junk).to_hex().as_str(), "p").unwrap_err();
         assert!(e.to_string().contains("malformed snapshot record"), "{e}");

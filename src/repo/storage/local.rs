@@ -312,6 +312,27 @@ impl Backend for LocalBackend {
         placed
     }
 
+    fn replace_config(&self, bytes: &[u8], syncs: &mut Syncs) -> io::Result<()> {
+        let mut staged = self.stage(FileKind::Config)?;
+        staged.append(&[bytes])?;
+        let LocalStaged {
+            dir,
+            name: tmp,
+            fd: file_fd,
+            ..
+        } = *own::<LocalStaged>(staged)?;
+        let placed = (|| {
+            syncs.run(|| fd::fsync(&file_fd))?;
+            fd::close(file_fd)?;
+            dir.rename(&tmp, &dir, &name(CONFIG)?, false)?;
+            syncs.run(|| dir.sync())
+        })();
+        if placed.is_err() {
+            remove_staged(&dir, &tmp);
+        }
+        placed
+    }
+
     fn sync_names(&self, kind: FileKind, id: &str, syncs: &mut Syncs) -> io::Result<()> {
         valid(kind, id)?;
         if let Some(sub) = layout::fanout(kind, id) {
@@ -393,6 +414,11 @@ impl Backend for LocalBackend {
     }
 
     fn clean_staging(&self) -> io::Result<u64> {
+        // Every writer starts here (under the exclusive lock): a copy of
+        // the repository that lost its empty directories gets them back.
+        for d in DIRS {
+            self.root.ensure_dir(&name(d)?, 0o700)?;
+        }
         let tmp = self.staging_dir()?;
         let mut removed = 0;
         for n in tmp.list()? {

@@ -217,6 +217,15 @@ impl Backend for MemoryBackend {
         Ok(Put::Created(len))
     }
 
+    fn replace_config(&self, bytes: &[u8], syncs: &mut Syncs) -> io::Result<()> {
+        syncs.run(|| Ok(()))?;
+        self.files().insert(
+            (FileKind::Config, key(FileKind::Config, "")),
+            Arc::new(bytes.to_vec()),
+        );
+        Ok(())
+    }
+
     fn sync_names(&self, kind: FileKind, id: &str, syncs: &mut Syncs) -> io::Result<()> {
         valid(kind, id)?;
         syncs.run(|| Ok(()))

@@ -320,6 +320,17 @@ pub trait Backend: Send + Sync + fmt::Debug {
         Ok(put)
     }
 
+    /// Replaces `config.json` with `bytes` atomically (`snap migrate`):
+    /// the new file is written and made durable beside the old one, then
+    /// renamed over it, and the rename made durable (when `syncs` is
+    /// enabled). A crash leaves the old file or the new one, never neither
+    /// or a mix.
+    ///
+    /// # Errors
+    ///
+    /// Write, sync and rename errors (the new file is removed).
+    fn replace_config(&self, bytes: &[u8], syncs: &mut Syncs) -> io::Result<()>;
+
     /// Removes the file.
     ///
     /// # Errors
