@@ -10,7 +10,21 @@ use std::path::{Path, PathBuf};
 use common::*;
 
 fn repo_with_snapshot() -> (Env, PathBuf) {
+    repo_with_snapshot_in(3)
+}
+
+/// A repository of format `version` (a new one, its config set back to 2
+/// for format 2: empty, it is what the last format-2 build made) with one
+/// snapshot.
+fn repo_with_snapshot_in(version: u64) -> (Env, PathBuf) {
     let env = Env::new();
+    env.snap(["init"]).ok();
+    if version == 2 {
+        let p = env.repo.join("config.json");
+        let mut c: serde_json::Value = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
+        c["version"] = 2.into();
+        fs::write(&p, serde_json::to_vec(&c).unwrap()).unwrap();
+    }
     let src = env.path("src");
     fs::create_dir_all(src.join("d")).unwrap();
     fs::write(src.join("d/big"), pseudo_random(3 << 20, 5)).unwrap();
@@ -63,7 +77,12 @@ fn healthy_repository_passes_with_and_without_read_data() {
 #[test]
 fn flipped_byte_in_a_pack_is_found_by_read_data() {
     let (env, _) = repo_with_snapshot();
-    let pack = files_under(&env.repo.join("packs")).remove(0);
+    // The data pack (the largest): the entries blobs are read without
+    // --read-data too.
+    let pack = files_under(&env.repo.join("packs"))
+        .into_iter()
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
     let mut b = fs::read(&pack).unwrap();
     b[100] ^= 0x80;
     fs::write(&pack, &b).unwrap();
@@ -78,10 +97,16 @@ fn altered_pack_footer_is_found_without_read_data() {
     let pack = files_under(&env.repo.join("packs")).remove(0);
     let mut b = fs::read(&pack).unwrap();
     // Flip a bit of the first footer row's blob length (trailer: blob
-    // count u32, 0 u32, footer offset u64, magic; rows of 44 bytes). Only
-    // the pack id, which covers footer and trailer, can tell.
+    // count u32, 0 u32, footer offset u64, magic; rows of 52 bytes, 44 in
+    // format 2). Only the pack id, which covers footer and trailer, can
+    // tell.
     let rows = u32::from_le_bytes(b[b.len() - 24..b.len() - 20].try_into().unwrap()) as usize;
-    let first_row = b.len() - 24 - 44 * rows;
+    let row = if &b[b.len() - 8..] == b"SNAPPAK3" {
+        52
+    } else {
+        44
+    };
+    let first_row = b.len() - 24 - row * rows;
     b[first_row + 40] ^= 0x01;
     fs::write(&pack, &b).unwrap();
     let name = pack.file_name().unwrap().to_str().unwrap().to_owned();
@@ -97,9 +122,60 @@ fn deleted_pack_is_found() {
     assert_detected(&env, &[], &name);
 }
 
+/// Format 3: the pack holding the first entries blob of the only
+/// snapshot, and that blob's offset and stored length.
+fn first_entries_blob(env: &Env) -> (PathBuf, usize, usize) {
+    let rec = files_under(&env.repo.join("snapshots")).remove(0);
+    let rec: serde_json::Value = serde_json::from_slice(&fs::read(rec).unwrap()).unwrap();
+    let blob = rec["entries"]["chunks"][0].as_str().unwrap().to_owned();
+    for idx in files_under(&env.repo.join("index")) {
+        let bytes = fs::read(idx).unwrap();
+        let json = if bytes.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            zstd::stream::decode_all(&bytes[..]).unwrap()
+        } else {
+            bytes
+        };
+        let idx: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        for p in idx["packs"].as_array().unwrap() {
+            for b in p["blobs"].as_array().unwrap() {
+                if b["id"] == blob.as_str() {
+                    let pack = p["id"].as_str().unwrap();
+                    return (
+                        env.repo.join(format!("packs/{}/{pack}.pack", &pack[..2])),
+                        b["offset"].as_u64().unwrap() as usize,
+                        b["length"].as_u64().unwrap() as usize,
+                    );
+                }
+            }
+        }
+    }
+    panic!("entries blob {blob} is in no index");
+}
+
+#[test]
+fn a_damaged_entries_blob_is_found_without_read_data_and_fails_the_next_backup() {
+    let (env, src) = repo_with_snapshot();
+    assert_eq!(files_under(&env.repo.join("entries")).len(), 0);
+    let (pack, offset, len) = first_entries_blob(&env);
+    let mut b = fs::read(&pack).unwrap();
+    b[offset + len / 2] ^= 0x04;
+    fs::write(&pack, &b).unwrap();
+    let name = pack.file_name().unwrap().to_str().unwrap().to_owned();
+    assert_detected(&env, &[], &name);
+    let snapshots = || fs::read_dir(env.repo.join("snapshots")).unwrap().count();
+    let r = env.snap([OsStr::new("backup"), src.as_os_str()]);
+    assert_eq!(r.code, 90, "{}", r.stderr);
+    assert!(r.stderr.contains(&name), "the pack is named: {}", r.stderr);
+    assert_eq!(r.fact("command.failed")["error_id"], "E_INTEGRITY");
+    assert_eq!(snapshots(), 1, "a snapshot was committed");
+    let out = env.path("out");
+    assert_eq!(env.restore_latest(&out).code, 90);
+    assert!(!out.exists());
+}
+
 #[test]
 fn truncated_entries_file_is_found() {
-    let (env, _) = repo_with_snapshot();
+    let (env, _) = repo_with_snapshot_in(2);
     let entries = files_under(&env.repo.join("entries")).remove(0);
     let b = fs::read(&entries).unwrap();
     fs::write(&entries, &b[..b.len() / 2]).unwrap();
@@ -109,7 +185,7 @@ fn truncated_entries_file_is_found() {
 
 #[test]
 fn altered_parent_entries_fail_the_next_backup_and_commit_nothing() {
-    let (env, src) = repo_with_snapshot();
+    let (env, src) = repo_with_snapshot_in(2);
     // Still valid JSON with the same shape: only the id check can tell.
     let entries = files_under(&env.repo.join("entries")).remove(0);
     let text = fs::read_to_string(&entries).unwrap();

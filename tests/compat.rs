@@ -77,3 +77,73 @@ fn the_format2_fixture_lists_checks_and_restores_byte_exact() {
     assert_eq!(find, want_find);
     assert_eq!(sums, want_sums);
 }
+
+/// `snap migrate` killed (SIGKILL, injected by strace as each of its
+/// writing calls returns) leaves a repository of format 2 or 3, never
+/// neither: it opens, passes `check --read-data`, and restores the
+/// fixture's snapshot byte-exact; a second migrate completes.
+#[test]
+fn a_migrate_killed_at_any_of_its_writes_leaves_a_working_repository() {
+    if !common::has_tool("strace") {
+        eprintln!("skipped: no strace");
+        return;
+    }
+    let mut versions = std::collections::BTreeSet::new();
+    // (syscall, occurrence, whether the call is kept from running): the
+    // new config's fsync, the rename refused and killed (the state just
+    // before it), the rename done and killed before the directory fsync,
+    // and after that fsync.
+    for (syscall, when, refused) in [
+        ("fsync", 1, false),
+        ("renameat2", 1, true),
+        ("renameat2", 1, false),
+        ("fsync", 2, false),
+    ] {
+        let env = Env::new();
+        copy_fixture(&env);
+        let args = [
+            std::ffi::OsStr::new("--repo"),
+            env.repo.as_os_str(),
+            std::ffi::OsStr::new("migrate"),
+        ];
+        let out = if refused {
+            Command::new("strace")
+                .args(["-f", "-qq", "-o", "/dev/null", "-e"])
+                .arg(format!("trace={syscall}"))
+                .arg("-e")
+                .arg(format!(
+                    "inject={syscall}:error=EIO:signal=SIGKILL:when={when}"
+                ))
+                .arg(common::snap_bin())
+                .args(args)
+                .output()
+        } else {
+            common::snap_signalled_at(syscall, when, "SIGKILL", &args).output()
+        }
+        .unwrap();
+        assert!(
+            !out.status.success(),
+            "{syscall} {when}: snap was not killed"
+        );
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(env.repo.join("config.json")).unwrap()).unwrap();
+        versions.insert(config["version"].as_u64().unwrap());
+        env.snap(["check", "--read-data"]).ok();
+        let target = env.path("restored");
+        let id = snapshot(&env, "second");
+        env.snap(["restore", id.as_str(), "--target", target.to_str().unwrap()])
+            .ok();
+        let (find, sums) = view(&target);
+        assert_eq!(find, std::fs::read(fixture().join("second.find")).unwrap());
+        assert_eq!(
+            sums,
+            std::fs::read(fixture().join("second.sha256")).unwrap()
+        );
+        let m = env.snap(["migrate"]).ok();
+        assert_eq!(m.fact("migrate.result")["to_version"], 3);
+    }
+    assert!(
+        versions.contains(&2) && versions.contains(&3),
+        "the kills land on both sides of the rename: {versions:?}"
+    );
+}

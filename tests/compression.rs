@@ -209,7 +209,19 @@ fn a_format2_repository_takes_format2_backups_until_migrate_upgrades_it() {
     assert_same_tree(&src, &env.path("out-v3"), false);
     // Prune across packs of both formats (the fixture's are deleted).
     env.snap(["forget", "--keep-last", "1"]).ok();
-    env.snap(["prune", "--max-unused", "0%"]).ok();
+    let p = env.snap(["prune", "--max-unused", "0%"]).ok();
+    // Kept: the newest of each source (the fixture's "second", format 2,
+    // and v3-backup, format 3). The forgotten format-2 snapshots' entries
+    // files (the fixture's first, v2-backup's) go; the kept format-2 one
+    // stays; the format-3 snapshot's entries are blobs.
+    assert_eq!(p.fact("prune.result")["entries_removed"], 2);
+    assert_eq!(
+        fs::read_dir(env.repo.join("entries"))
+            .unwrap()
+            .flat_map(|d| fs::read_dir(d.unwrap().path()).unwrap())
+            .count(),
+        1
+    );
     env.snap(["check", "--read-data"]).ok();
     restore(&env, &id("v3-backup"), &env.path("out-v3-pruned"));
     assert_same_tree(&src, &env.path("out-v3-pruned"), false);
@@ -229,4 +241,85 @@ fn a_newer_format_is_refused_with_its_own_error() {
         assert_eq!(r.fact("command.failed")["error_id"], "E_REPO_VERSION");
         assert!(r.stderr.contains("version 9"), "{}", r.stderr);
     }
+}
+
+/// The summary's `bytes_added`.
+fn added(r: &common::Run) -> u64 {
+    r.fact("backup.summary")["stats"]["bytes_added"]
+        .as_u64()
+        .unwrap()
+}
+
+#[test]
+fn unchanged_records_cost_nothing_and_one_changed_file_costs_a_few_entries_blobs() {
+    let env = Env::new();
+    let src = env.path("src");
+    for d in 0..40 {
+        let dir = src.join(format!("dir{d:02}"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..100 {
+            fs::write(dir.join(format!("file{f:03}")), format!("{d} {f}\n")).unwrap();
+        }
+    }
+    // snap trusts a parent's stat only for files older than its start - 1 s.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let first = env.snap([OsStr::new("backup"), src.as_os_str()]).ok();
+    let rec = |r: &common::Run| {
+        let id = r.fact("backup.summary")["snapshot_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let v: serde_json::Value = serde_json::from_slice(
+            &fs::read(env.repo.join("snapshots").join(format!("{id}.json"))).unwrap(),
+        )
+        .unwrap();
+        v["entries"].clone()
+    };
+    let e1 = rec(&first);
+    let chunks = e1["chunks"].as_array().unwrap().len();
+    assert!(chunks >= 10, "4,041 records make {chunks} entries blobs");
+    // Format 3 keeps no entries file: the stream is in packs.
+    assert_eq!(fs::read_dir(env.repo.join("entries")).unwrap().count(), 0);
+    let same = env.snap([OsStr::new("backup"), src.as_os_str()]).ok();
+    assert_eq!(
+        rec(&same),
+        e1,
+        "an unchanged tree names the parent's stream"
+    );
+    assert_eq!(added(&same), 0);
+    fs::write(src.join("dir17/file042"), "changed\n").unwrap();
+    let changed = env.snap([OsStr::new("backup"), src.as_os_str()]).ok();
+    let e3 = rec(&changed);
+    let new: Vec<_> = e3["chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| !e1["chunks"].as_array().unwrap().contains(c))
+        .collect();
+    assert!(
+        !new.is_empty() && new.len() <= 3,
+        "{} of {chunks} entries blobs changed",
+        new.len()
+    );
+    let stream_bytes = first.fact("backup.summary")["stats"]["bytes_added"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        added(&changed) < stream_bytes / 4 && added(&changed) < 64 << 10,
+        "one changed file added {} bytes (the first backup {stream_bytes})",
+        added(&changed)
+    );
+    env.snap(["check", "--read-data"]).ok();
+    let out = env.path("out");
+    env.restore_latest(&out).ok();
+    assert_same_tree(&src, &out, false);
+    // The older snapshots still restore, from the blobs they share.
+    let id = first.fact("backup.summary")["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let old = env.path("old");
+    restore(&env, &id, &old);
+    assert_eq!(fs::read(old.join("dir17/file042")).unwrap(), b"17 42\n");
+    assert_eq!(fs::read(old.join("dir03/file007")).unwrap(), b"3 7\n");
 }

@@ -173,23 +173,68 @@ fn rehash(old: &Path, dir: &Path, suffix: &str, fan: bool, bytes: &[u8]) -> Stri
     id
 }
 
-/// Points the (only) snapshot record at entries file `id` and re-hashes
-/// the record.
-fn repoint(repo: &Path, entries_id: &str) {
+/// Points the (only) snapshot record at the entries stream `id`: an
+/// entries file (`chunks` none), or the blobs `chunks` (format 3); and
+/// re-hashes the record.
+fn repoint(repo: &Path, entries_id: &str, chunks: Option<Vec<String>>) {
     let rec = files_in(&repo.join("snapshots")).remove(0);
     let mut v: Value = serde_json::from_slice(&fs::read(&rec).unwrap()).unwrap();
     v["entries"]["id"] = Value::String(entries_id.into());
+    match chunks {
+        Some(c) => v["entries"]["chunks"] = c.into(),
+        None => {
+            v["entries"].as_object_mut().unwrap().remove("chunks");
+        }
+    }
     let bytes = serde_json::to_vec_pretty(&v).unwrap();
     rehash(&rec, &repo.join("snapshots"), ".json", false, &bytes);
 }
 
+/// Stores `stream` as one format-3 entries blob (stored as it is) in a
+/// pack of its own with an index file listing it, as a backup would;
+/// returns the blob id.
+fn put_entries_blob(repo: &Path, stream: &[u8]) -> String {
+    let blob = blake3::hash(stream);
+    let mut tail = Vec::new();
+    tail.extend_from_slice(blob.as_bytes());
+    tail.extend_from_slice(&0u64.to_le_bytes());
+    tail.extend_from_slice(&(stream.len() as u32).to_le_bytes());
+    tail.extend_from_slice(&[0u8; 8]); // plaintext length 0, flags 0
+    tail.extend_from_slice(&1u32.to_le_bytes());
+    tail.extend_from_slice(&0u32.to_le_bytes());
+    tail.extend_from_slice(&(stream.len() as u64).to_le_bytes());
+    tail.extend_from_slice(b"SNAPPAK3");
+    let pack = blake3::hash(&tail).to_hex().to_string();
+    let mut bytes = stream.to_vec();
+    bytes.extend_from_slice(&tail);
+    let d = repo.join(format!("packs/{}", &pack[..2]));
+    fs::create_dir_all(&d).unwrap();
+    fs::write(d.join(format!("{pack}.pack")), &bytes).unwrap();
+    let idx = serde_json::json!({"v": 1, "packs": [{"id": pack, "blobs": [
+        {"id": blob.to_hex().to_string(), "offset": 0, "length": stream.len()}]}]});
+    let idx = serde_json::to_vec(&idx).unwrap();
+    fs::write(repo.join(format!("index/{}.idx", hex(&idx))), &idx).unwrap();
+    blob.to_hex().to_string()
+}
+
+/// An index file's JSON (format 3 stores it as a zstd frame).
+fn index_json(bytes: Vec<u8>) -> Vec<u8> {
+    if bytes.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        zstd::stream::decode_all(&bytes[..]).unwrap()
+    } else {
+        bytes
+    }
+}
+
 /// Applies one mutation to the repository at `repo`; returns what it did.
 fn mutate(rng: &mut Rng, repo: &Path) -> String {
-    let entries = files_in(&repo.join("entries")).remove(0);
+    let rec: Value =
+        serde_json::from_slice(&fs::read(files_in(&repo.join("snapshots")).remove(0)).unwrap())
+            .unwrap();
     match rng.below(10) {
         // An entries record: a field, or the lines themselves.
         0..=4 => {
-            let text = fs::read_to_string(&entries).unwrap();
+            let text = String::from_utf8(entries_text(repo, &rec)).unwrap();
             let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
             let i = rng.below(lines.len());
             let what = match rng.below(6) {
@@ -217,9 +262,18 @@ fn mutate(rng: &mut Rng, repo: &Path) -> String {
             };
             let mut bytes = lines.join("\n").into_bytes();
             bytes.push(b'\n');
-            let id = rehash(&entries, &repo.join("entries"), ".jsonl", true, &bytes);
-            repoint(repo, &id);
-            what
+            let id = hex(&bytes);
+            if rng.below(2) == 0 {
+                let d = repo.join(format!("entries/{}", &id[..2]));
+                fs::create_dir_all(&d).unwrap();
+                fs::write(d.join(format!("{id}.jsonl")), &bytes).unwrap();
+                repoint(repo, &id, None);
+                format!("{what}, as an entries file")
+            } else {
+                let blob = put_entries_blob(repo, &bytes);
+                repoint(repo, &id, Some(vec![blob]));
+                format!("{what}, as an entries blob")
+            }
         }
         // The snapshot record.
         5 | 6 => {
@@ -233,7 +287,8 @@ fn mutate(rng: &mut Rng, repo: &Path) -> String {
         // An index file.
         7 | 8 => {
             let idx = files_in(&repo.join("index")).remove(0);
-            let mut v: Value = serde_json::from_slice(&fs::read(&idx).unwrap()).unwrap();
+            let mut v: Value =
+                serde_json::from_slice(&index_json(fs::read(&idx).unwrap())).unwrap();
             mutate_value(rng, &mut v, 0);
             let bytes = serde_json::to_vec(&v).unwrap();
             rehash(&idx, &repo.join("index"), ".idx", false, &bytes);

@@ -1,13 +1,21 @@
-//! The new snapshot's entries file, written as the walk goes: records
-//! serialised, or copied from the parent's entries file where they are
-//! unchanged, into a staged file the commit puts in place.
+//! The new snapshot's entries, written as the walk goes: records
+//! serialised, or copied from the parent's entries where they are
+//! unchanged, into a staged file the commit puts in place (format 2), or
+//! cut into blobs at record boundaries and stored in packs (format 3,
+//! [`MetaOut`]).
 //!
-//! Side effects: writes a staged file through the repository's backend.
+//! Side effects: writes a staged file, or packs, through the repository's
+//! backend.
+
+use std::collections::HashSet;
 
 use crate::error::{Error, Result};
+use crate::policy::Compression;
+use crate::repo::format::blob::Encoder;
+use crate::repo::pack::{PackBuilder, PackVersion, Part};
 use crate::repo::sidecar::{EntryKind, EntryRecord};
-use crate::repo::storage::Staged;
-use crate::repo::{commit, Repo, Syncs};
+use crate::repo::storage::{FileKind, Staged};
+use crate::repo::{commit, EntriesRef, IndexBlob, IndexPack, Repo, Syncs, PACK_TARGET};
 
 use super::parent::Parent;
 
@@ -47,13 +55,23 @@ pub(super) struct EntriesOut {
     /// Records so far.
     pub(super) count: u64,
     pub(super) scratch: Vec<u8>,
+    /// Format 3: where the bytes go instead of `tmp`.
+    pub(super) meta: Option<MetaOut>,
+}
+
+/// The entries a backup wrote: the record's reference, the bytes added,
+/// and (format 3) the packs of entries blobs, for the index.
+pub(super) struct EntriesDone {
+    pub(super) entries: EntriesRef,
+    pub(super) added: u64,
+    pub(super) packs: Vec<IndexPack>,
 }
 
 /// Bytes gathered before a write of the new entries file.
 pub(super) const ENTRIES_WRITE: usize = 1 << 20;
 
 impl EntriesOut {
-    pub(super) fn new(parent: bool) -> Self {
+    pub(super) fn new(parent: bool, meta: Option<MetaOut>) -> Self {
         Self {
             same: parent.then_some(0),
             tmp: None,
@@ -61,6 +79,7 @@ impl EntriesOut {
             hasher: blake3::Hasher::new(),
             count: 0,
             scratch: Vec::new(),
+            meta,
         }
     }
 
@@ -143,6 +162,12 @@ impl EntriesOut {
 
     /// Hashes and writes what the buffer holds.
     pub(super) fn write(&mut self, repo: &Repo) -> Result<()> {
+        if let Some(m) = self.meta.as_mut() {
+            self.hasher.update(&self.buf);
+            m.feed(&self.buf, repo)?;
+            self.buf.clear();
+            return Ok(());
+        }
         if self.tmp.is_none() {
             self.tmp = Some(commit::stage_entries(repo)?);
         }
@@ -164,21 +189,234 @@ impl EntriesOut {
         parent: Option<&Parent>,
         repo: &Repo,
         syncs: &mut Syncs,
-    ) -> Result<(String, u64)> {
+    ) -> Result<EntriesDone> {
         if let (Some(n), Some(p)) = (self.same, parent) {
             if n == p.size {
-                return Ok((p.id.clone(), 0));
+                return Ok(EntriesDone {
+                    entries: EntriesRef {
+                        count: self.count,
+                        ..p.entries.clone()
+                    },
+                    added: 0,
+                    packs: Vec::new(),
+                });
             }
             self.diverge(p, repo)?;
         }
         self.write(repo)?;
         let id = self.hasher.finalize().to_hex().to_string();
-        let tmp = self.tmp.take().expect("written above");
+        if let Some(m) = self.meta.take() {
+            let (chunks, packs, added) = m.finish(repo, syncs)?;
+            return Ok(EntriesDone {
+                entries: EntriesRef {
+                    id,
+                    count: self.count,
+                    chunks: Some(chunks),
+                },
+                added,
+                packs,
+            });
+        }
+        // An empty stream (no record) still gets its file.
+        if self.tmp.is_none() {
+            self.tmp = Some(commit::stage_entries(repo)?);
+        }
+        let tmp = self.tmp.take().expect("staged above");
         let added = commit::put_entries(repo, tmp, &id, syncs)?;
-        Ok((id, added))
+        Ok(EntriesDone {
+            entries: EntriesRef {
+                id,
+                count: self.count,
+                chunks: None,
+            },
+            added,
+            packs: Vec::new(),
+        })
     }
 }
 
 pub(super) fn ser_err(e: serde_json::Error) -> Error {
     Error::serialise("an entries record", e)
+}
+
+/// Entries blobs: a run of whole records is cut after a record whose
+/// last 64 bytes hash (FNV-1a) to 0 modulo this, once the run holds
+/// [`META_MIN`] bytes: about 128 records (64 KiB) per blob.
+const META_CUT: u64 = 128;
+/// Fewest bytes of an entries blob (unless it is the last).
+const META_MIN: usize = 8 << 10;
+/// Most bytes of an entries blob, unless one record alone is longer.
+const META_MAX: usize = 1 << 20;
+
+/// Format 3: the entries stream cut into blobs at record boundaries,
+/// where the records themselves say (content-defined, so the cut points of
+/// an unchanged run of records are the same in the next snapshot and its
+/// blobs are not stored again), each compressed and stored in packs of
+/// their own as the stream goes.
+pub(super) struct MetaOut {
+    encoder: Encoder,
+    /// The blob being gathered: whole records, then the start of the next.
+    cur: Vec<u8>,
+    /// Where the record being gathered starts in `cur`.
+    line_start: usize,
+    chunks: Vec<String>,
+    /// Blobs stored by this run.
+    new: HashSet<blake3::Hash>,
+    pack: PackBuilder<Vec<u8>>,
+    packs: Vec<IndexPack>,
+    added: u64,
+    syncs: Syncs,
+}
+
+impl MetaOut {
+    /// A writer compressing by `compression`, putting packs durably when
+    /// `durable`.
+    ///
+    /// # Errors
+    ///
+    /// The zstd context cannot be made.
+    pub(super) fn new(compression: Compression, durable: bool) -> Result<MetaOut> {
+        Ok(MetaOut {
+            encoder: Encoder::new(compression)
+                .map_err(|e| Error::io("set up", "the zstd compressor", e))?,
+            cur: Vec::with_capacity(META_MAX),
+            line_start: 0,
+            chunks: Vec::new(),
+            new: HashSet::new(),
+            pack: PackBuilder::default(),
+            packs: Vec::new(),
+            added: 0,
+            syncs: Syncs {
+                enabled: durable,
+                ..Syncs::default()
+            },
+        })
+    }
+
+    /// Appends stream bytes (records, the last one possibly unfinished).
+    fn feed(&mut self, mut bytes: &[u8], repo: &Repo) -> Result<()> {
+        while !bytes.is_empty() {
+            let (piece, ended) = match memchr::memchr(b'\n', bytes) {
+                Some(i) => (&bytes[..=i], true),
+                None => (bytes, false),
+            };
+            bytes = &bytes[piece.len()..];
+            // A record that would pass the most a blob holds starts one.
+            if self.line_start > 0 && self.cur.len() + piece.len() > META_MAX {
+                self.cut(self.line_start, repo)?;
+            }
+            self.cur.extend_from_slice(piece);
+            if !ended {
+                continue;
+            }
+            let line = &self.cur[self.line_start..];
+            let tail = &line[line.len().saturating_sub(64)..];
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+            for b in tail {
+                h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+            }
+            let len = self.cur.len();
+            if (len >= META_MIN && h % META_CUT == 0) || len >= META_MAX {
+                self.cut(len, repo)?;
+            } else {
+                self.line_start = len;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores the first `at` bytes of `cur` as a blob (unless stored
+    /// already) and keeps the rest.
+    fn cut(&mut self, at: usize, repo: &Repo) -> Result<()> {
+        let rest = self.cur.split_off(at);
+        let plain = std::mem::replace(&mut self.cur, rest);
+        self.line_start = 0;
+        if plain.is_empty() {
+            return Ok(());
+        }
+        let id = blake3::hash(&plain);
+        self.chunks.push(id.to_hex().to_string());
+        if self.new.contains(&id) || repo.index()?.contains(&id) {
+            return Ok(());
+        }
+        self.new.insert(id);
+        let raw = plain.len() as u32;
+        match self
+            .encoder
+            .encode(&[&plain])
+            .map_err(|e| Error::io("compress", "an entries blob", e))?
+        {
+            Some(frame) => self.pack.add_stored(
+                id,
+                [Part {
+                    range: 0..frame.len(),
+                    buf: frame,
+                }],
+                Some(raw),
+            ),
+            None => self.pack.add(
+                id,
+                [Part {
+                    range: 0..plain.len(),
+                    buf: plain,
+                }],
+            ),
+        }
+        if self.pack.data_len() >= PACK_TARGET {
+            self.put_pack(repo)?;
+        }
+        Ok(())
+    }
+
+    /// Puts the pack gathered so far: durable (when syncs are on) and
+    /// named before the index that will list it is written.
+    fn put_pack(&mut self, repo: &Repo) -> Result<()> {
+        let pack = std::mem::take(&mut self.pack);
+        if pack.is_empty() {
+            return Ok(());
+        }
+        let fin = pack.finish(PackVersion::V3);
+        let mut bytes: Vec<u8> = Vec::with_capacity(
+            fin.parts.iter().map(|p| p.range.len()).sum::<usize>() + fin.tail.len(),
+        );
+        for p in &fin.parts {
+            bytes.extend_from_slice(p.as_ref());
+        }
+        bytes.extend_from_slice(&fin.tail);
+        let hex = fin.id.to_hex().to_string();
+        let put = repo
+            .store()
+            .put(FileKind::Pack, &hex, &bytes, &mut self.syncs)
+            .map_err(|e| Error::io("write", repo.file_path(FileKind::Pack, &hex), e))?;
+        self.added += put.added();
+        self.packs.push(IndexPack {
+            id: hex,
+            blobs: fin
+                .blobs
+                .iter()
+                .map(|b| IndexBlob {
+                    id: b.id.to_hex().to_string(),
+                    offset: b.offset,
+                    length: b.length,
+                    raw_length: b.raw,
+                })
+                .collect(),
+        });
+        Ok(())
+    }
+
+    /// The last blob and pack: the blob ids in order, the packs written
+    /// and the bytes added; the sync accounting goes into `syncs`.
+    fn finish(
+        mut self,
+        repo: &Repo,
+        syncs: &mut Syncs,
+    ) -> Result<(Vec<String>, Vec<IndexPack>, u64)> {
+        let len = self.cur.len();
+        self.cut(len, repo)?;
+        self.put_pack(repo)?;
+        syncs.count += self.syncs.count;
+        syncs.elapsed += self.syncs.elapsed;
+        Ok((self.chunks, self.packs, self.added))
+    }
 }

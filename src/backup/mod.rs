@@ -36,7 +36,7 @@ use crate::facts::Emitter;
 use crate::fs::{Dir, Name, RelPath};
 use crate::policy::Policy;
 use crate::repo::format::tier;
-use crate::repo::{commit, EntriesRef, IndexFile, Repo, SnapshotRecord, SnapshotStats, Syncs};
+use crate::repo::{commit, IndexFile, Repo, SnapshotRecord, SnapshotStats, Syncs};
 
 use entries::EntriesOut;
 use excludes::Excludes;
@@ -164,7 +164,17 @@ pub fn run(
         base: 0,
         waiting: std::collections::BTreeSet::new(),
         contents: contents_rx,
-        out: EntriesOut::new(parent_rec.is_some()),
+        out: EntriesOut::new(
+            parent_rec.is_some(),
+            (repo.config.version >= 3)
+                .then(|| {
+                    entries::MetaOut::new(
+                        opts.policy.compression,
+                        opts.policy.require_backup_durability,
+                    )
+                })
+                .transpose()?,
+        ),
         hardlinks: HashMap::new(),
         users,
         groups,
@@ -277,15 +287,18 @@ impl Walker<'_> {
         self.stats.bytes_added = packed.bytes_added;
         let mut syncs = packed.syncs;
         let ser = |what: &str, e: serde_json::Error| Error::serialise(what, e);
-        for packs in commit::index_groups(packed.packs) {
+        // The entries first: in format 3 their blobs go into packs of
+        // their own, which the index lists with the data packs.
+        let out = std::mem::replace(&mut self.out, EntriesOut::new(false, None));
+        let done = out.finish(self.parent.as_ref(), repo, &mut syncs)?;
+        self.stats.bytes_added += done.added;
+        let mut all_packs = packed.packs;
+        all_packs.extend(done.packs);
+        for packs in commit::index_groups(all_packs) {
             let index = IndexFile { v: 1, packs };
             let bytes = serde_json::to_vec(&index).map_err(|e| ser("index", e))?;
             self.stats.bytes_added += commit::put_index(repo, &bytes, &mut syncs)?.1;
         }
-        let count = self.out.count;
-        let out = std::mem::replace(&mut self.out, EntriesOut::new(false));
-        let (entries_id, added) = out.finish(self.parent.as_ref(), repo, &mut syncs)?;
-        self.stats.bytes_added += added;
         self.stats.duration_ms = started.elapsed().as_millis() as u64;
         use std::os::unix::ffi::OsStrExt;
         let (src_text, src_b64) = crate::fs::bytes_to_stored(source.as_os_str().as_bytes());
@@ -299,10 +312,7 @@ impl Walker<'_> {
             tags: opts.tags.clone(),
             policy: (&opts.policy).into(),
             parent,
-            entries: EntriesRef {
-                id: entries_id,
-                count,
-            },
+            entries: done.entries,
             stats: self.stats.clone(),
             durable: syncs.enabled,
         };

@@ -116,8 +116,9 @@ pub(super) const PARENT_READ: usize = 1 << 20;
 /// copied, and a changed directory reads and parses only its own block
 /// (docs/FORMAT.md "Block reuse").
 pub(super) struct Parent {
-    /// The entries file's id.
-    pub(super) id: String,
+    /// The record's reference to its entries (a new snapshot equal to the
+    /// parent names the same).
+    pub(super) entries: crate::repo::EntriesRef,
     /// The entries file, for error messages.
     pub(super) path: String,
     pub(super) file: Box<dyn Ranged>,
@@ -164,8 +165,8 @@ impl Parent {
             nsec: start.subsec_nanos(),
         };
         let id = &rec.entries.id;
-        let (path, file) = repo.open_entries(id)?;
-        let read_err = |e| Error::io("read", &path, e);
+        let (path, file) = repo.open_entries(&rec.entries)?;
+        let read_err = |e| crate::repo::read_error(&path, e);
         let mut dirs = PathMap::default();
         // The line being assembled, its offset and index; the line index
         // of the next directory record and the directory whose block
@@ -252,7 +253,7 @@ impl Parent {
             }
         }
         let parent = Self {
-            id: id.clone(),
+            entries: rec.entries.clone(),
             path: path.clone(),
             file,
             size,
@@ -261,13 +262,13 @@ impl Parent {
         };
         // The walker may have stopped already; the check still decides.
         let _ = out.send(parent);
-        let (_, file) = repo.open_entries(id)?;
+        let (_, file) = repo.open_entries(&rec.entries)?;
         let mut hasher = blake3::Hasher::new();
         let mut at = 0u64;
         loop {
             let n = file
                 .read_at(&mut buf, at)
-                .map_err(|e| Error::io("read", &path, e))?;
+                .map_err(|e| crate::repo::read_error(&path, e))?;
             if n == 0 {
                 break;
             }
@@ -304,7 +305,7 @@ impl Parent {
         let n = self
             .file
             .read_at(buf, offset)
-            .map_err(|e| Error::io("read", &self.path, e))?;
+            .map_err(|e| crate::repo::read_error(&self.path, e))?;
         if n < buf.len() {
             return Err(Error::Integrity {
                 path: self.path.clone(),

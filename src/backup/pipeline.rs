@@ -189,7 +189,7 @@ pub fn chunker(
         new_blob_bytes: 0,
     };
     let mut new: HashSet<blake3::Hash> = HashSet::new();
-    let mut known: Option<crate::repo::Index> = None;
+    let mut known: Option<std::sync::Arc<crate::repo::Index>> = None;
     let mut pack = PackBuilder::default();
     // Memory the pack's buffers hold, and the last buffer counted.
     let mut held = 0usize;
@@ -209,7 +209,7 @@ pub fn chunker(
      -> Result<()> {
         let known = match &known {
             Some(k) => k,
-            None => known.insert(repo.load_index()?),
+            None => known.insert(repo.index()?),
         };
         if known.contains(&id) || !new.insert(id) {
             return Ok(());

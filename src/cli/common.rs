@@ -210,11 +210,11 @@ pub(super) fn entry_summary(
 /// [`Error::Integrity`] naming the entries file for an invalid path.
 pub(super) fn entry_path(
     repo: &Repo,
-    entries_id: &str,
+    entries: &crate::repo::EntriesRef,
     r: &crate::repo::sidecar::EntryRecord,
 ) -> Result<RelPath> {
     r.rel_path().map_err(|e| Error::Integrity {
-        path: repo.entries_display(entries_id),
+        path: repo.entries_display(entries),
         detail: format!("invalid path {:?}: {e}", r.path),
     })
 }

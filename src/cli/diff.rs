@@ -76,7 +76,7 @@ pub(super) fn run(
     let (ida, reca) = ra?;
     let (idb, recb) = rb.expect("resolved after a")?;
     let prefix = path.map(parse_subpath).transpose()?.unwrap_or_default();
-    let load = |id: &str| -> Result<BTreeMap<Vec<u8>, EntryRecord>> {
+    let load = |id: &crate::repo::EntriesRef| -> Result<BTreeMap<Vec<u8>, EntryRecord>> {
         let mut m = BTreeMap::new();
         for r in repo.read_entries(id)? {
             let rel = entry_path(&repo, id, &r)?;
@@ -86,8 +86,8 @@ pub(super) fn run(
         }
         Ok(m)
     };
-    let ea = load(&reca.entries.id)?;
-    let eb = load(&recb.entries.id)?;
+    let ea = load(&reca.entries)?;
+    let eb = load(&recb.entries)?;
     let mut counts = [0u64; 6]; // + - M T U unchanged
     let mut report = |marker: &str, p: &[u8], what: Vec<&str>| -> Result<()> {
         let shown = format!("/{}", String::from_utf8_lossy(p));

@@ -212,10 +212,10 @@ pub(super) fn run(
     damaged_facts(facts, &repo)?;
     let (id, rec) = resolved?;
     let want = parse_subpath(path)?;
-    let records = repo.read_entries(&rec.entries.id)?;
+    let records = repo.read_entries(&rec.entries)?;
     let mut paths = Vec::with_capacity(records.len());
     for r in &records {
-        paths.push(entry_path(&repo, &rec.entries.id, r)?);
+        paths.push(entry_path(&repo, &rec.entries, r)?);
     }
     let Some(top) = paths.iter().position(|p| *p == want) else {
         return Err(Error::SnapshotNotFound {
@@ -223,7 +223,7 @@ pub(super) fn run(
             detail: format!("snapshot {} holds no path {path:?}", &id[..12]),
         });
     };
-    let index = repo.load_index()?;
+    let index = repo.index()?;
     let mut blobs = Blobs {
         repo: &repo,
         index: &index,

@@ -52,8 +52,8 @@ pub(super) fn run(
     for (id, rec) in &snaps {
         crate::interrupt::check()?;
         let mut here = 0u64;
-        for r in repo.read_entries(&rec.entries.id)? {
-            let rel = entry_path(&repo, &rec.entries.id, &r)?;
+        for r in repo.read_entries(&rec.entries)? {
+            let rel = entry_path(&repo, &rec.entries, &r)?;
             if rel.is_root() {
                 continue;
             }

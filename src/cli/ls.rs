@@ -30,11 +30,11 @@ pub(super) fn run(
     let resolved = repo.resolve_in(snapshot, &filter.filter());
     damaged_facts(facts, &repo)?;
     let (id, rec) = resolved?;
-    let records = repo.read_entries(&rec.entries.id)?;
+    let records = repo.read_entries(&rec.entries)?;
     let prefix = path.map(parse_subpath).transpose()?.unwrap_or_default();
     let mut n = 0u64;
     for r in &records {
-        let rel = entry_path(&repo, &rec.entries.id, r)?;
+        let rel = entry_path(&repo, &rec.entries, r)?;
         if !rel.starts_with(&prefix) {
             continue;
         }

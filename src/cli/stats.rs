@@ -61,7 +61,7 @@ pub(super) fn run(
         }
     };
     damaged_facts(facts, &repo)?;
-    let index = repo.load_index()?;
+    let index = repo.index()?;
     let mut r = StatsReport {
         repo: repo.path.display().to_string(),
         snapshots: snaps.len() as u64,
@@ -71,7 +71,7 @@ pub(super) fn run(
     let mut seen: HashSet<&str> = HashSet::new();
     for (id, rec) in &snaps {
         crate::interrupt::check()?;
-        let records = repo.read_entries(&rec.entries.id)?;
+        let records = repo.read_entries(&rec.entries)?;
         r.entries += records.len() as u64;
         let first = seen.insert(rec.entries.id.as_str());
         for e in &records {
@@ -84,7 +84,7 @@ pub(super) fn run(
             }
             for hex in e.chunks.iter().flatten() {
                 let b = blake3::Hash::from_hex(hex).map_err(|_| Error::Integrity {
-                    path: repo.entries_display(&rec.entries.id),
+                    path: repo.entries_display(&rec.entries),
                     detail: format!("{}: chunk id {hex:?} is not BLAKE3 hex", e.path),
                 })?;
                 if blobs.insert(b, ()).is_none() {

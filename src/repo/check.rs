@@ -120,7 +120,9 @@ pub fn run(repo: &Repo, read_data: bool, repair_tmp: bool) -> Result<CheckReport
                 r.problem(path, "index file does not match its BLAKE3 id");
                 continue;
             }
-            Ok(b) => match serde_json::from_slice(&b) {
+            Ok(b) => match crate::repo::format::index::decode_file(b)
+                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            {
                 Ok(i) => i,
                 Err(e) => {
                     r.problem(path, format!("malformed index: {e}"));
@@ -155,11 +157,24 @@ pub fn run(repo: &Repo, read_data: bool, repair_tmp: bool) -> Result<CheckReport
     // Entries files and the blobs they reference.
     let mut referenced: HashSet<blake3::Hash> = HashSet::new();
     for (sid, rec) in &snapshots {
-        let records = match repo.read_entries(&rec.entries.id) {
+        // Format 3: the blobs the entries stream is stored in.
+        for hex in rec.entries.chunks.iter().flatten() {
+            r.references += 1;
+            match blake3::Hash::from_hex(hex) {
+                Ok(id) if index.contains_key(&id) => {
+                    referenced.insert(id);
+                }
+                _ => r.problem(
+                    repo.file_path(FileKind::Snapshot, sid),
+                    format!("entries blob {hex:?} is in no index"),
+                ),
+            }
+        }
+        let records = match repo.read_entries(&rec.entries) {
             Ok(x) => x,
             Err(e) => {
                 r.problem(
-                    repo.entries_display(&rec.entries.id),
+                    repo.entries_display(&rec.entries),
                     format!("entries file of snapshot {}: {e}", &sid[..12]),
                 );
                 continue;
@@ -183,7 +198,7 @@ pub fn run(repo: &Repo, read_data: bool, repair_tmp: bool) -> Result<CheckReport
             .find_map(|(i, e)| rules.push(e).err().map(|w| (i, w)))
         {
             r.problem(
-                format!("{}:{}", repo.entries_display(&rec.entries.id), i + 1),
+                format!("{}:{}", repo.entries_display(&rec.entries), i + 1),
                 format!("{why} (snapshot {})", &sid[..12]),
             );
         }
@@ -201,7 +216,7 @@ pub fn run(repo: &Repo, read_data: bool, repair_tmp: bool) -> Result<CheckReport
                     Ok(id) => {
                         held = None;
                         r.problem(
-                            repo.entries_display(&rec.entries.id),
+                            repo.entries_display(&rec.entries),
                             format!(
                                 "{}: blob {id} is in no index (snapshot {})",
                                 e.path,
@@ -212,7 +227,7 @@ pub fn run(repo: &Repo, read_data: bool, repair_tmp: bool) -> Result<CheckReport
                     Err(_) => {
                         held = None;
                         r.problem(
-                            repo.entries_display(&rec.entries.id),
+                            repo.entries_display(&rec.entries),
                             format!("{}: chunk id {hex:?} is not BLAKE3 hex", e.path),
                         )
                     }
@@ -225,7 +240,7 @@ pub fn run(repo: &Repo, read_data: bool, repair_tmp: bool) -> Result<CheckReport
             if let (Some(held), Some(stored), EntryKind::File) = (held, stored, e.kind) {
                 if held != stored {
                     r.problem(
-                        repo.entries_display(&rec.entries.id),
+                        repo.entries_display(&rec.entries),
                         format!(
                             "{}: its chunks hold {held} bytes, the record says {stored} (snapshot {})",
                             e.path,

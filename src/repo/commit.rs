@@ -156,13 +156,17 @@ impl<'r> PackWriter<'r> {
     }
 }
 
-/// Step 4: puts index file `bytes` under its BLAKE3 id; returns the id and
-/// the bytes added (0 when it was stored already).
+/// Step 4: puts index file `bytes` (JSON; stored as a zstd frame in
+/// format 3) under the BLAKE3 of what is stored; returns the id and the
+/// bytes added (0 when it was stored already).
 ///
 /// # Errors
 ///
 /// Write, sync and rename errors with the path; `E_NO_SPACE`.
 pub fn put_index(repo: &Repo, bytes: &[u8], syncs: &mut Syncs) -> Result<(String, u64)> {
+    let stored = super::format::index::encode_file(bytes.to_vec(), repo.config.version)
+        .map_err(|e| Error::io("compress", "an index file", e))?;
+    let bytes = &stored[..];
     let id = blake3::hash(bytes).to_hex().to_string();
     let put = repo
         .store()
@@ -332,7 +336,11 @@ mod tests {
             tags: vec![],
             policy: (&crate::policy::Policy::default()).into(),
             parent: None,
-            entries: crate::repo::EntriesRef { id: eid, count: 1 },
+            entries: crate::repo::EntriesRef {
+                id: eid,
+                count: 1,
+                chunks: None,
+            },
             stats: Default::default(),
             durable: true,
         };

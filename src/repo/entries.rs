@@ -1,10 +1,136 @@
-//! Reading an entries file a piece at a time, checked against its id.
+//! Reading a snapshot's entries a piece at a time, checked against its
+//! id: an entries file (format 2), or a stream of blobs in packs (format
+//! 3, [`ChunkedEntries`]).
 //!
-//! Side effects: reads the file through the repository's backend.
+//! Side effects: reads files through the repository's backend.
+
+use std::io;
+use std::sync::{Arc, Mutex};
 
 use super::format::entries::ENTRIES_LINE_MAX;
-use super::storage::Ranged;
+use super::storage::{Backend, FileKind, Ranged};
+use super::Index;
 use crate::error::{Error, Result};
+
+/// A format-3 entries stream read as one file: its blobs in order, each
+/// read from its pack, decoded and checked against its id before any of
+/// its bytes are handed out. Holds the last blob's plaintext (at most a
+/// chunk, 1 MiB, or one longer record) and the last pack opened.
+pub struct ChunkedEntries {
+    store: Arc<dyn Backend>,
+    index: Arc<Index>,
+    /// Each blob and the stream offset it starts at.
+    chunks: Vec<(blake3::Hash, u64)>,
+    size: u64,
+    cache: Mutex<Cache>,
+}
+
+#[derive(Default)]
+struct Cache {
+    /// (chunk number, plaintext) of the last blob read.
+    plain: Option<(usize, Vec<u8>)>,
+    pack: Option<(blake3::Hash, Box<dyn Ranged>)>,
+}
+
+impl ChunkedEntries {
+    /// The stream of `chunks` (hex blob ids), each located through
+    /// `index`; `path` names the stream in errors.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Integrity`] for an id that is not BLAKE3 hex or a blob no
+    /// index lists.
+    pub fn open(
+        store: Arc<dyn Backend>,
+        index: Arc<Index>,
+        chunks: &[String],
+        path: &str,
+    ) -> Result<ChunkedEntries> {
+        let mut out = Vec::with_capacity(chunks.len());
+        let mut at = 0u64;
+        for hex in chunks {
+            let bad = |detail: String| Error::Integrity {
+                path: path.to_owned(),
+                detail,
+            };
+            let id = blake3::Hash::from_hex(hex)
+                .map_err(|_| bad(format!("entries blob id {hex:?} is not BLAKE3 hex")))?;
+            let loc = index
+                .get(&id)
+                .ok_or_else(|| bad(format!("entries blob {id} is in no index")))?;
+            out.push((id, at));
+            at += u64::from(loc.raw.unwrap_or(loc.length));
+        }
+        Ok(ChunkedEntries {
+            store,
+            index,
+            chunks: out,
+            size: at,
+            cache: Mutex::default(),
+        })
+    }
+
+    /// Copies plaintext of chunk `k` from `within` into `buf`; returns the
+    /// bytes copied.
+    fn copy_from(&self, k: usize, within: usize, buf: &mut [u8]) -> io::Result<usize> {
+        let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if c.plain.as_ref().is_none_or(|(n, _)| *n != k) {
+            let (id, _) = self.chunks[k];
+            let bad = |m: String| io::Error::new(io::ErrorKind::InvalidData, m);
+            let loc = self
+                .index
+                .get(&id)
+                .ok_or_else(|| bad(format!("entries blob {id} is in no index")))?;
+            if c.pack.as_ref().is_none_or(|(p, _)| *p != loc.pack) {
+                let f = self.store.open(FileKind::Pack, &loc.pack.to_hex())?;
+                c.pack = Some((loc.pack, f));
+            }
+            let (_, f) = c.pack.as_ref().expect("opened above");
+            let stored = f.read_exact_at(loc.offset, loc.length as usize)?;
+            let mut plain = Vec::new();
+            let got =
+                super::format::blob::verified(&stored, loc.raw, &id, &mut plain).map_err(|e| {
+                    bad(format!(
+                        "entries blob {id} in {}: {e}",
+                        self.store.path(FileKind::Pack, &loc.pack.to_hex())
+                    ))
+                })?;
+            let got = if loc.raw.is_some() {
+                plain
+            } else {
+                got.to_vec()
+            };
+            c.plain = Some((k, got));
+        }
+        let (_, plain) = c.plain.as_ref().expect("filled above");
+        let n = buf.len().min(plain.len().saturating_sub(within));
+        buf[..n].copy_from_slice(&plain[within..within + n]);
+        Ok(n)
+    }
+}
+
+impl Ranged for ChunkedEntries {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let mut done = 0usize;
+        let mut at = offset;
+        while done < buf.len() && at < self.size {
+            // The last chunk starting at or before `at`.
+            let k = self.chunks.partition_point(|&(_, start)| start <= at) - 1;
+            let within = (at - self.chunks[k].1) as usize;
+            let n = self.copy_from(k, within, &mut buf[done..])?;
+            if n == 0 {
+                break;
+            }
+            done += n;
+            at += n as u64;
+        }
+        Ok(done)
+    }
+
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.size)
+    }
+}
 
 /// An entries file read a piece at a time (restore streams its snapshot's
 /// this way, so its memory does not grow with the number of entries).
@@ -130,7 +256,12 @@ mod tests {
         text.extend_from_slice(b"last line without a line end");
         let id = blake3::hash(&text).to_hex().to_string();
         let repo = entries_file(dir.path(), &id, &text);
-        let mut r = repo.entries_reader(&id, 64).unwrap();
+        let entries = crate::repo::EntriesRef {
+            id: id.clone(),
+            count: 0,
+            chunks: None,
+        };
+        let mut r = repo.entries_reader(&entries, 64).unwrap();
         let (mut all, mut pieces, mut line) = (Vec::new(), 0, 1);
         while let Some((piece, first)) = r.next_piece().unwrap() {
             assert_eq!(first, line, "piece {pieces} numbered from its first line");
@@ -148,7 +279,7 @@ mod tests {
         let mut bad = text.clone();
         bad[10] ^= 1;
         let other = entries_file(&dir.path().join("b"), &id, &bad);
-        let mut r = other.entries_reader(&id, 1 << 20).unwrap();
+        let mut r = other.entries_reader(&entries, 1 << 20).unwrap();
         let err = loop {
             match r.next_piece() {
                 Ok(Some((piece, _))) => assert!(!piece.ends_with(b"without a line end")),

@@ -48,9 +48,13 @@ pub use storage::{Lock as RepoLock, Syncs};
 pub struct Repo {
     /// The location as given.
     pub path: PathBuf,
-    store: Box<dyn Backend>,
+    store: std::sync::Arc<dyn Backend>,
     /// Its `config.json`.
     pub config: Config,
+    /// Every index file, loaded once ([`Repo::index`]).
+    index: std::sync::OnceLock<std::sync::Arc<Index>>,
+    /// Held while the index loads, so threads asking at once load it once.
+    index_loading: std::sync::Mutex<()>,
     /// Damaged snapshot records met so far: (path, what is wrong).
     damaged: std::sync::Mutex<Vec<(String, String)>>,
 }
@@ -83,7 +87,7 @@ pub fn committed(id: &str) -> String {
 /// A repository file that could not be read: [`Error::Integrity`] when it
 /// is not what the format allows (not a regular file, too large, an id
 /// that cannot name a file), else the I/O error.
-fn read_error(path: &str, e: io::Error) -> Error {
+pub(crate) fn read_error(path: &str, e: io::Error) -> Error {
     if matches!(
         e.kind(),
         io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput
@@ -162,8 +166,10 @@ impl Repo {
         Ok((
             Repo {
                 path,
-                store,
+                store: store.into(),
                 config,
+                index: Default::default(),
+                index_loading: Default::default(),
                 damaged: Default::default(),
             },
             true,
@@ -209,8 +215,10 @@ impl Repo {
         let config = Config::parse(&bytes, &cfg_path)?;
         Ok(Repo {
             path,
-            store,
+            store: store.into(),
             config,
+            index: Default::default(),
+            index_loading: Default::default(),
             damaged: Default::default(),
         })
     }
@@ -392,7 +400,8 @@ impl Repo {
         }
     }
 
-    /// Reads index file `id`, checked against its id.
+    /// Reads index file `id`, checked against its id: its JSON (a
+    /// format-3 file is decoded from its zstd frame).
     ///
     /// # Errors
     ///
@@ -405,7 +414,7 @@ impl Repo {
             .read(FileKind::Index, id, INDEX_MAX)
             .map_err(|e| read_error(&path, e))?;
         format::check_id(&bytes, id, &path, "index file")?;
-        Ok(bytes)
+        format::index::decode_file(bytes).map_err(|detail| Error::Integrity { path, detail })
     }
 
     /// Reads every index file into a blob map, checking each file's id.
@@ -415,6 +424,30 @@ impl Repo {
     /// [`Error::Integrity`] for a file that does not match its id or does
     /// not parse; I/O errors.
     pub fn load_index(&self) -> Result<Index> {
+        self.load_index_files()
+    }
+
+    /// Every index file as one blob map, loaded on first use and shared by
+    /// whoever asks after (the backup's chunker, the reader of a format-3
+    /// entries stream, restore): the index as it was then, without the
+    /// packs this process wrote since.
+    ///
+    /// # Errors
+    ///
+    /// As [`Repo::load_index`].
+    pub fn index(&self) -> Result<std::sync::Arc<Index>> {
+        if let Some(i) = self.index.get() {
+            return Ok(i.clone());
+        }
+        let _loading = self.index_loading.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = self.index.get() {
+            return Ok(i.clone());
+        }
+        let loaded = std::sync::Arc::new(self.load_index_files()?);
+        Ok(self.index.get_or_init(|| loaded).clone())
+    }
+
+    fn load_index_files(&self) -> Result<Index> {
         let mut map = Index::default();
         // One file at a time, parsed straight into the map: memory is the
         // map and the largest file, not every file and a parsed copy.
@@ -439,8 +472,8 @@ impl Repo {
     ///
     /// [`Error::Integrity`] for a missing, altered or malformed file (the
     /// record's line number is named).
-    pub fn read_entries(&self, id: &str) -> Result<Vec<EntryRecord>> {
-        let mut reader = self.entries_reader(id, 8 << 20)?;
+    pub fn read_entries(&self, entries: &EntriesRef) -> Result<Vec<EntryRecord>> {
+        let mut reader = self.entries_reader(entries, 8 << 20)?;
         let mut out = Vec::new();
         while let Some((piece, first)) = reader.next_piece()? {
             // One part per core, split at line ends.
@@ -461,9 +494,9 @@ impl Repo {
     /// # Errors
     ///
     /// As [`Repo::open_entries`].
-    pub fn entries_reader(&self, id: &str, piece: usize) -> Result<EntriesReader> {
-        let (path, file) = self.open_entries(id)?;
-        Ok(EntriesReader::new(file, id, path, piece))
+    pub fn entries_reader(&self, entries: &EntriesRef, piece: usize) -> Result<EntriesReader> {
+        let (path, file) = self.open_entries(entries)?;
+        Ok(EntriesReader::new(file, &entries.id, path, piece))
     }
 
     /// Opens entries file `id` for reads at any offset (backup reads its
@@ -474,14 +507,20 @@ impl Repo {
     /// # Errors
     ///
     /// [`Error::Integrity`] for a malformed id or a missing file.
-    pub fn open_entries(&self, id: &str) -> Result<(String, Box<dyn Ranged>)> {
+    pub fn open_entries(&self, entries: &EntriesRef) -> Result<(String, Box<dyn Ranged>)> {
+        let id = entries.id.as_str();
         if !format::is_hex_id(id) {
             return Err(Error::Integrity {
                 path: self.display(layout::ENTRIES),
                 detail: format!("entries id {id:?} is not a BLAKE3-256 hex id"),
             });
         }
-        let path = self.entries_display(id);
+        let path = self.entries_display(entries);
+        if let Some(chunks) = &entries.chunks {
+            let stream =
+                entries::ChunkedEntries::open(self.store.clone(), self.index()?, chunks, &path)?;
+            return Ok((path, Box::new(stream)));
+        }
         let file = self
             .store
             .open(FileKind::Entries, id)
@@ -492,10 +531,14 @@ impl Repo {
         Ok((path, file))
     }
 
-    /// The path of entries file `id`, for messages
-    /// (`<repo>/entries/<2 hex>/<id>.jsonl`).
-    pub fn entries_display(&self, id: &str) -> String {
-        self.file_path(FileKind::Entries, id)
+    /// Where a snapshot's entries are, for messages: the entries file
+    /// (`<repo>/entries/<2 hex>/<id>.jsonl`), or for a format-3 stream of
+    /// blobs `<repo>/packs (entries <id>)`.
+    pub fn entries_display(&self, entries: &EntriesRef) -> String {
+        match entries.chunks {
+            Some(_) => format!("{} (entries {})", self.display(layout::PACKS), entries.id),
+            None => self.file_path(FileKind::Entries, &entries.id),
+        }
     }
 
     /// Opens pack `id` for reads at any offset.

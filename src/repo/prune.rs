@@ -198,14 +198,22 @@ struct PackInfo {
     used: u64,
 }
 
-/// The blob ids one entries file references.
-fn referenced(repo: &Repo, id: &str, used: &mut IdMap<()>) -> Result<()> {
+/// The blob ids one snapshot's entries reference: its files' chunks, and
+/// (format 3) the blobs the entries stream itself is stored in.
+fn referenced(repo: &Repo, entries: &super::EntriesRef, used: &mut IdMap<()>) -> Result<()> {
+    for hex in entries.chunks.iter().flatten() {
+        let id = blake3::Hash::from_hex(hex).map_err(|_| Error::Integrity {
+            path: repo.entries_display(entries),
+            detail: format!("entries blob id {hex:?} is not BLAKE3 hex"),
+        })?;
+        used.insert(id, ());
+    }
     #[derive(Deserialize)]
     struct Chunks {
         #[serde(default)]
         chunks: Option<Vec<String>>,
     }
-    let mut reader = repo.entries_reader(id, 8 << 20)?;
+    let mut reader = repo.entries_reader(entries, 8 << 20)?;
     while let Some((piece, first)) = reader.next_piece()? {
         let parts = super::split_lines(&piece, crate::par::cores());
         let path = reader.path().to_owned();
@@ -267,7 +275,7 @@ pub fn run(
     for (_, rec) in snapshots {
         if entries_ids.insert(rec.entries.id.as_str()) {
             crate::interrupt::check()?;
-            referenced(repo, &rec.entries.id, &mut used)?;
+            referenced(repo, &rec.entries, &mut used)?;
         }
     }
     // The index, pack by pack.

@@ -174,6 +174,7 @@ mod tests {
             entries: crate::repo::EntriesRef {
                 id: String::new(),
                 count: 0,
+                chunks: None,
             },
             stats: Default::default(),
             durable: true,

@@ -173,7 +173,7 @@ pub fn load(
     }
     let sub = subpath.cloned().unwrap_or_default();
     let sub_raw = sub.to_bytes();
-    let mut reader = repo.entries_reader(&record.entries.id, SCAN_PIECE)?;
+    let mut reader = repo.entries_reader(&record.entries, SCAN_PIECE)?;
     let path = reader.path().to_owned();
     let scan = |part: &[u8], first: usize| -> Result<ScanPart> {
         let mut out = ScanPart::default();

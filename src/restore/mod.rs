@@ -135,9 +135,9 @@ pub fn run(
     let started = Instant::now();
     // The second read of the entries file, the one the tree is built from
     // (checked against its id again: it could have changed since the scan).
-    let reader = repo.entries_reader(&loaded.record.entries.id, BUILD_PIECE)?;
+    let reader = repo.entries_reader(&loaded.record.entries, BUILD_PIECE)?;
     let target = Target::resolve(opts)?;
-    let index = repo.load_index()?;
+    let index = repo.index()?;
     let (staging, stale_removed, not_ours) = Staging::create(&target, &opts.run_id)?;
     let built = staging
         .open()

@@ -169,8 +169,7 @@ impl<'a> Restorer<'a> {
     ) -> Result<(Vec<DirWork>, Vec<(RelPath, RelPath)>)> {
         use crate::policy::PreservationTier as T;
         let sh = self.sh;
-        let id = &loaded.record.entries.id;
-        let entries_path = sh.repo.entries_display(id);
+        let entries_path = sh.repo.entries_display(&loaded.record.entries);
         let root = sh
             .staging
             .open_path(&RelPath::root())

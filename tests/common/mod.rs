@@ -538,3 +538,59 @@ pub fn snap_signalled_at(syscall: &str, when: usize, signal: &str, args: &[&OsSt
         .args(args);
     c
 }
+
+/// Makes `env.repo` a format-2 repository: a new one, its config set back
+/// to version 2 (empty, it is what the last format-2 build made), so
+/// tests of format-2 files (entries files) have one.
+pub fn init_format2(env: &Env) {
+    env.snap(["init"]).ok();
+    let p = env.repo.join("config.json");
+    let mut c: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    c["version"] = 2.into();
+    std::fs::write(&p, serde_json::to_vec(&c).unwrap()).unwrap();
+}
+
+/// The entries stream of the snapshot record `rec` in `repo`, read
+/// independently of snap: its entries file (format 2), or (format 3) its
+/// blobs located through the index files and read from their packs,
+/// zstd-decoded where the index says so.
+pub fn entries_text(repo: &Path, rec: &Value) -> Vec<u8> {
+    let id = rec["entries"]["id"].as_str().unwrap();
+    let Some(chunks) = rec["entries"]["chunks"].as_array() else {
+        return std::fs::read(repo.join(format!("entries/{}/{id}.jsonl", &id[..2]))).unwrap();
+    };
+    let mut at = BTreeMap::new();
+    for f in std::fs::read_dir(repo.join("index")).unwrap() {
+        let bytes = std::fs::read(f.unwrap().path()).unwrap();
+        let json = if bytes.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            zstd::stream::decode_all(&bytes[..]).unwrap()
+        } else {
+            bytes
+        };
+        let idx: Value = serde_json::from_slice(&json).unwrap();
+        for p in idx["packs"].as_array().unwrap() {
+            for b in p["blobs"].as_array().unwrap() {
+                at.insert(
+                    b["id"].as_str().unwrap().to_owned(),
+                    (
+                        p["id"].as_str().unwrap().to_owned(),
+                        b["offset"].as_u64().unwrap() as usize,
+                        b["length"].as_u64().unwrap() as usize,
+                        b["raw_length"].as_u64(),
+                    ),
+                );
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for c in chunks {
+        let (pack, off, len, raw) = &at[c.as_str().unwrap()];
+        let bytes = std::fs::read(repo.join(format!("packs/{}/{pack}.pack", &pack[..2]))).unwrap();
+        let stored = &bytes[*off..off + len];
+        match raw {
+            Some(n) => out.extend(zstd::bulk::decompress(stored, *n as usize).unwrap()),
+            None => out.extend_from_slice(stored),
+        }
+    }
+    out
+}

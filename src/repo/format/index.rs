@@ -13,6 +13,51 @@ pub const INDEX_MAX: u64 = 1 << 30;
 /// a file stays well below [`INDEX_MAX`]).
 pub const INDEX_BLOBS_PER_FILE: usize = 4 << 20;
 
+/// The first bytes of a zstd frame (RFC 8878, 3.1.1): a format-3 index
+/// file is stored as one; JSON never starts so.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// An index file's stored bytes for repository format `version`: format
+/// 3 stores the JSON as one zstd frame (level 3, with its content size),
+/// format 2 as it is.
+///
+/// # Errors
+///
+/// zstd's errors (none for valid input and enough memory).
+pub fn encode_file(json: Vec<u8>, version: u32) -> std::io::Result<Vec<u8>> {
+    if version < 3 {
+        return Ok(json);
+    }
+    zstd::bulk::compress(&json, 3)
+}
+
+/// An index file's JSON from its stored bytes: a zstd frame is decoded
+/// (its declared size at most [`INDEX_MAX`], allocated once), anything else
+/// is the JSON itself.
+///
+/// # Errors
+///
+/// A message for a frame without a size, over the bound, or damaged.
+pub fn decode_file(stored: Vec<u8>) -> Result<Vec<u8>, String> {
+    if !stored.starts_with(&ZSTD_MAGIC) {
+        return Ok(stored);
+    }
+    let size = match zstd::zstd_safe::get_frame_content_size(&stored) {
+        Ok(Some(n)) if n <= INDEX_MAX => n as usize,
+        Ok(Some(n)) => return Err(format!("index frame of {n} bytes is over {INDEX_MAX}")),
+        _ => return Err("index frame does not declare its size".into()),
+    };
+    let out = zstd::bulk::decompress(&stored, size)
+        .map_err(|e| format!("index frame does not decode: {e}"))?;
+    if out.len() != size {
+        return Err(format!(
+            "index frame decodes to {} bytes, not {size}",
+            out.len()
+        ));
+    }
+    Ok(out)
+}
+
 /// Where a blob lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlobLocation {
@@ -290,6 +335,21 @@ pub fn index_into(bytes: &[u8], map: &mut Index) -> serde_json::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_format3_index_file_is_a_zstd_frame_and_decodes_back() {
+        let json = br#"{"v":1,"packs":[]}"#.repeat(100);
+        let stored = super::encode_file(json.clone(), 3).unwrap();
+        assert!(stored.len() < json.len() / 10);
+        assert_eq!(super::decode_file(stored.clone()).unwrap(), json);
+        assert_eq!(super::encode_file(json.clone(), 2).unwrap(), json);
+        assert_eq!(super::decode_file(json.clone()).unwrap(), json);
+        let mut bad = stored.clone();
+        let n = bad.len();
+        bad[n - 3] ^= 0xff;
+        assert!(super::decode_file(bad).is_err() || n < 8);
+        assert!(super::decode_file(stored[..6].to_vec()).is_err());
+    }
+
     #[test]
     fn index_into_reads_every_blob_in_either_key_order_and_refuses_bad_ids() {
         use super::{index_into, BlobLocation, Index, IndexBlob, IndexFile, IndexPack};

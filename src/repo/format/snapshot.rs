@@ -37,6 +37,12 @@ pub struct EntriesRef {
     pub id: String,
     /// Number of records in it.
     pub count: u64,
+    /// Format 3: the entries are not a file but a stream of blobs in packs,
+    /// these in order (each a run of whole records, its id the BLAKE3 of
+    /// its plaintext); `id` is then the BLAKE3 of the whole stream. Absent
+    /// for an entries file (format 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<Vec<String>>,
 }
 
 /// Counts kept in a snapshot record and in `backup.summary`. A count a
@@ -168,6 +174,7 @@ mod tests {
             entries: EntriesRef {
                 id: "ab".repeat(32),
                 count: 2,
+                chunks: None,
             },
             stats: SnapshotStats::default(),
             durable: true,
