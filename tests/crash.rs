@@ -546,14 +546,21 @@ fn sigkill_at_thirty_instants_during_a_prune_never_loses_a_snapshot() {
         }
         assert_intact(&env, &manifests, i);
         // The next prune finishes the job: afterwards nothing is left to
-        // delete or repack, and the repository is as an uninterrupted
-        // prune leaves it.
+        // delete or repack, and the unused bytes left are within prune's
+        // threshold (5 % of the used), as an uninterrupted prune leaves
+        // them. Not always the same count: a kill after the new index and
+        // before the old one's removal leaves blobs in two packs, and the
+        // smallest-id home rule can then put some in the new pack and
+        // others in the old (several repacked packs go into one new
+        // pack), so the next plan repacks other packs than the first did.
         let r = env.snap(["prune"]).ok();
         let p = r.fact("prune.result");
-        assert_eq!(
-            p["bytes_unused_after"], plan["bytes_unused_after"],
-            "after kill {i}: {p}"
-        );
+        let after = p["bytes_unused_after"].as_u64().unwrap();
+        let limit = plan["bytes_unused_after"]
+            .as_u64()
+            .unwrap()
+            .max(p["bytes_used"].as_u64().unwrap() / 20);
+        assert!(after <= limit, "after kill {i}: {after} > {limit}: {p}");
         let again = env.snap(["prune", "--dry-run"]).ok();
         let q = again.fact("prune.result");
         assert_eq!(

@@ -366,18 +366,22 @@ impl AsRef<[u8]> for PackBuf {
 
 /// The pack with each blob in the form it is stored in: a zstd frame
 /// when `encoder` keeps one (its mode decides), else the plaintext where
-/// it lies in the read buffers.
+/// it lies in the read buffers. The blobs of the pack's second half (by
+/// bytes) are compressed on a second thread with an encoder of its own
+/// while this one does the first half: compression is the backup's
+/// heaviest stage, and the walker and chunker leave a core's share idle.
 ///
 /// # Errors
 ///
 /// zstd errors ([`Error::Io`]).
 fn stored_forms(
     pack: PackBuilder<ReadBuf>,
-    mut encoder: Option<&mut Encoder>,
+    encoder: Option<&mut Encoder>,
 ) -> Result<PackBuilder<PackBuf>> {
     let (rows, parts) = pack.into_parts();
     let mut parts = parts.into_iter();
-    let mut out = PackBuilder::default();
+    let mut blobs: Vec<(crate::repo::pack::PackRow, Vec<Part<ReadBuf>>)> =
+        Vec::with_capacity(rows.len());
     for row in rows {
         let mut mine = Vec::new();
         let mut need = row.length as usize;
@@ -390,14 +394,54 @@ fn stored_forms(
                 .ok_or_else(|| Error::Internal("a pack part spans two blobs".into()))?;
             mine.push(p);
         }
-        let frame = match encoder.as_deref_mut() {
-            Some(e) => {
-                let slices: Vec<&[u8]> = mine.iter().map(AsRef::as_ref).collect();
-                e.encode(&slices)
-                    .map_err(|e| Error::io("compress", "a blob", e))?
-            }
-            None => None,
-        };
+        blobs.push((row, mine));
+    }
+    let frames: Vec<Option<Vec<u8>>> = match encoder {
+        None => blobs.iter().map(|_| None).collect(),
+        Some(e) => {
+            let total: u64 = blobs.iter().map(|(r, _)| u64::from(r.length)).sum();
+            let mut acc = 0u64;
+            let split = blobs
+                .iter()
+                .position(|(r, _)| {
+                    acc += u64::from(r.length);
+                    acc * 2 >= total
+                })
+                .map_or(blobs.len(), |i| i + 1);
+            let (first, second) = blobs.split_at(split);
+            let encode_all =
+                |e: &mut Encoder, part: &[(crate::repo::pack::PackRow, Vec<Part<ReadBuf>>)]| {
+                    part.iter()
+                        .map(|(_, mine)| {
+                            let slices: Vec<&[u8]> = mine.iter().map(AsRef::as_ref).collect();
+                            e.encode(&slices)
+                                .map_err(|e| Error::io("compress", "a blob", e))
+                        })
+                        .collect::<Result<Vec<_>>>()
+                };
+            let mode = e.mode();
+            let (a, b) = std::thread::scope(|s| {
+                let other = (!second.is_empty()).then(|| {
+                    s.spawn(|| {
+                        let mut e2 = Encoder::new(mode)
+                            .map_err(|e| Error::io("set up", "the zstd compressor", e))?;
+                        encode_all(&mut e2, second)
+                    })
+                });
+                let a = encode_all(e, first);
+                let b = match other {
+                    Some(h) => crate::par::join(h),
+                    None => Ok(Vec::new()),
+                };
+                (a, b)
+            });
+            let mut a = a?;
+            a.extend(b?);
+            a
+        }
+    };
+    let mut out = PackBuilder::default();
+    for ((row, mine), frame) in blobs.into_iter().zip(frames) {
         match frame {
             Some(f) => out.add_stored(
                 row.id,
