@@ -249,3 +249,41 @@ fn garbage_is_reported_not_an_error_and_repair_tmp_cleans_tmp() {
     env.restore_latest(&out).ok();
     assert_same_tree(&src, &out, false);
 }
+
+#[test]
+fn a_damaged_index_file_does_not_hide_the_entries_of_other_snapshots() {
+    let env = Env::new();
+    let (a, b) = (env.path("a"), env.path("b"));
+    for (dir, seed) in [(&a, 31), (&b, 33)] {
+        fs::create_dir_all(dir.join("sub")).unwrap();
+        fs::write(dir.join("sub/f"), pseudo_random(20_000, seed)).unwrap();
+    }
+    env.snap([OsStr::new("backup"), a.as_os_str()]).ok();
+    let first_index = files_under(&env.repo.join("index"));
+    assert_eq!(first_index.len(), 1);
+    env.snap([OsStr::new("backup"), b.as_os_str()]).ok();
+    // The first backup's index file (its packs: a's data and entries).
+    let bytes = fs::read(&first_index[0]).unwrap();
+    fs::write(&first_index[0], &bytes[..bytes.len() / 2]).unwrap();
+    let r = env.snap(["check"]);
+    assert_eq!(r.code, 90, "{}", r.stderr);
+    let problems = r.fact("check.result")["problems"].to_string();
+    let name = first_index[0].file_name().unwrap().to_str().unwrap();
+    assert!(problems.contains(name), "{problems}");
+    // b's entries were read: its snapshot has no problem of its own.
+    let b_snapshot = tagged_snapshots(&env.repo)
+        .into_iter()
+        .map(|(id, _)| id)
+        .find(|id| {
+            let rec: serde_json::Value = serde_json::from_slice(
+                &fs::read(env.repo.join(format!("snapshots/{id}.json"))).unwrap(),
+            )
+            .unwrap();
+            rec["source"].as_str().unwrap().ends_with("/b")
+        })
+        .unwrap();
+    assert!(
+        !problems.contains(&b_snapshot[..12]),
+        "the intact snapshot was hidden: {problems}"
+    );
+}

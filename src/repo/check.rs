@@ -104,6 +104,7 @@ pub fn run(repo: &Repo, read_data: bool, repair_tmp: bool) -> Result<CheckReport
     // Blob -> (pack, offset, stored length, plaintext length).
     let mut index: HashMap<blake3::Hash, (blake3::Hash, u64, u32, u32)> = HashMap::new();
     let mut by_pack: HashMap<blake3::Hash, Vec<IndexRow>> = HashMap::new();
+    let mut readable = crate::repo::Index::default();
     for fname in repo.list(FileKind::Index)? {
         let path = repo.display(&format!("{}/{fname}", layout::INDEX));
         let Some(id) = fname.strip_suffix(".idx").filter(|i| is_hex_id(i)) else {
@@ -120,9 +121,19 @@ pub fn run(repo: &Repo, read_data: bool, repair_tmp: bool) -> Result<CheckReport
                 r.problem(path, "index file does not match its BLAKE3 id");
                 continue;
             }
-            Ok(b) => match crate::repo::format::index::decode_file(b)
-                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-            {
+            Ok(b) => match crate::repo::format::index::decode_file(b).and_then(|json| {
+                let parsed: IndexFile = serde_json::from_slice(&json).map_err(|e| e.to_string())?;
+                // The same file into the blob map the entries streams are
+                // read through; a damaged file is left out of it (and
+                // reported here) rather than hiding every stream. Parsed
+                // alone first, so a file that fails halfway adds nothing.
+                let mut one = crate::repo::Index::default();
+                crate::repo::format::index::index_into(&json, &mut one)
+                    .map_err(|e| e.to_string())?;
+                crate::repo::format::index::index_into(&json, &mut readable)
+                    .map_err(|e| e.to_string())?;
+                Ok(parsed)
+            }) {
                 Ok(i) => i,
                 Err(e) => {
                     r.problem(path, format!("malformed index: {e}"));
@@ -154,6 +165,9 @@ pub fn run(repo: &Repo, read_data: bool, repair_tmp: bool) -> Result<CheckReport
     }
     r.packs = by_pack.len() as u64;
     r.blobs = index.len() as u64;
+    // Format-3 entries streams are read through the index files that
+    // parse, not through a load that stops at the first damaged one.
+    repo.preload_index(readable);
     // Entries files and the blobs they reference.
     let mut referenced: HashSet<blake3::Hash> = HashSet::new();
     for (sid, rec) in &snapshots {

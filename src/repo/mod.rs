@@ -447,6 +447,14 @@ impl Repo {
         Ok(self.index.get_or_init(|| loaded).clone())
     }
 
+    /// Makes `index` the one [`Repo::index`] hands out, unless one was
+    /// loaded already (`snap check` builds it from the index files that
+    /// parse, so that one damaged file does not hide every entries
+    /// stream).
+    pub fn preload_index(&self, index: Index) {
+        let _ = self.index.set(std::sync::Arc::new(index));
+    }
+
     fn load_index_files(&self) -> Result<Index> {
         let mut map = Index::default();
         // One file at a time, parsed straight into the map: memory is the
