@@ -576,11 +576,18 @@ pub fn run(
             .filter(|(n, p)| !gone.contains(n) && on_disk.contains(&p.id))
             .map(|(_, p)| listing(p.id.to_hex().to_string(), &p.rows))
             .collect();
-        all.extend(
-            new_packs
-                .into_iter()
-                .filter(|p| blake3::Hash::from_hex(&p.id).is_ok_and(|h| !pack_no.contains_key(&h))),
-        );
+        // A new pack can have the id of one listed already: an earlier,
+        // killed prune of the same plan wrote it and indexed it. It is
+        // listed once: from the kept listing when this plan keeps it,
+        // else as the new pack (this plan may have planned the listed copy
+        // away, its blobs homed elsewhere, and then written it again; left
+        // out of both lists, its blobs would be in no index).
+        let kept: HashSet<&str> = all.iter().map(|p| p.id.as_str()).collect();
+        let fresh: Vec<IndexPack> = new_packs
+            .into_iter()
+            .filter(|p| !kept.contains(p.id.as_str()))
+            .collect();
+        all.extend(fresh);
         drop(packs);
         let mut written: HashSet<String> = HashSet::new();
         for group in super::commit::index_groups(all) {
