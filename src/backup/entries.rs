@@ -15,7 +15,7 @@ use crate::repo::format::blob::Encoder;
 use crate::repo::pack::{PackBuilder, PackVersion, Part};
 use crate::repo::sidecar::{EntryKind, EntryRecord};
 use crate::repo::storage::{FileKind, Staged};
-use crate::repo::{commit, EntriesRef, IndexBlob, IndexPack, Repo, Syncs, PACK_TARGET};
+use crate::repo::{commit, EntriesRef, IndexPack, Repo, Syncs, PACK_TARGET};
 
 use super::parent::Parent;
 
@@ -389,19 +389,7 @@ impl MetaOut {
             .put(FileKind::Pack, &hex, &bytes, &mut self.syncs)
             .map_err(|e| Error::io("write", repo.file_path(FileKind::Pack, &hex), e))?;
         self.added += put.added();
-        self.packs.push(IndexPack {
-            id: hex,
-            blobs: fin
-                .blobs
-                .iter()
-                .map(|b| IndexBlob {
-                    id: b.id.to_hex().to_string(),
-                    offset: b.offset,
-                    length: b.length,
-                    raw_length: b.raw,
-                })
-                .collect(),
-        });
+        self.packs.push(IndexPack::of_rows(hex, &fin.blobs));
         Ok(())
     }
 

@@ -33,7 +33,7 @@ use crate::error::{Error, Result};
 use crate::policy::Compression;
 use crate::repo::format::blob::Encoder;
 use crate::repo::pack::{FinishedPack, PackBuilder, PackVersion, Part};
-use crate::repo::{commit, ChunkerParams, IndexBlob, IndexPack, Repo, Syncs, PACK_TARGET};
+use crate::repo::{commit, ChunkerParams, IndexPack, Repo, Syncs, PACK_TARGET};
 
 /// Reads that may wait for the chunker.
 pub const DATA_QUEUE: usize = 8;
@@ -506,18 +506,7 @@ pub fn packer(
         writer.add(&hex, &refs)?;
         drop(refs);
         drop(parts);
-        packs.push(IndexPack {
-            id: hex,
-            blobs: blobs
-                .into_iter()
-                .map(|b| IndexBlob {
-                    id: b.id.to_hex().to_string(),
-                    offset: b.offset,
-                    length: b.length,
-                    raw_length: b.raw,
-                })
-                .collect(),
-        });
+        packs.push(IndexPack::of_rows(hex, &blobs));
     }
     let (bytes_added, syncs) = writer.finish()?;
     Ok(Packed {

@@ -33,7 +33,7 @@ use super::format::index::IdMap;
 use super::layout;
 use super::pack::{PackBuilder, PackRow, PackVersion};
 use super::storage::{FileKind, Syncs};
-use super::{IndexBlob, IndexFile, IndexPack, Repo, SnapshotRecord, PACK_TARGET};
+use super::{IndexFile, IndexPack, Repo, SnapshotRecord, PACK_TARGET};
 use crate::error::{Error, Result};
 
 /// How many unused bytes prune may leave (`--max-unused`).
@@ -574,7 +574,7 @@ pub fn run(
             .iter()
             .enumerate()
             .filter(|(n, p)| !gone.contains(n) && on_disk.contains(&p.id))
-            .map(|(_, p)| listing(p.id.to_hex().to_string(), &p.rows))
+            .map(|(_, p)| IndexPack::of_rows(p.id.to_hex().to_string(), &p.rows))
             .collect();
         // A new pack can have the id of one listed already: an earlier,
         // killed prune of the same plan wrote it and indexed it. It is
@@ -641,24 +641,8 @@ fn write_pack(
     refs.push(&fin.tail);
     let hex = fin.id.to_hex().to_string();
     writer.add(&hex, &refs)?;
-    new_packs.push(listing(hex, &fin.blobs));
+    new_packs.push(IndexPack::of_rows(hex, &fin.blobs));
     Ok(())
-}
-
-/// The index listing of pack `id` holding `rows`.
-fn listing(id: String, rows: &[PackRow]) -> IndexPack {
-    IndexPack {
-        id,
-        blobs: rows
-            .iter()
-            .map(|r| IndexBlob {
-                id: r.id.to_hex().to_string(),
-                offset: r.offset,
-                length: r.length,
-                raw_length: r.raw,
-            })
-            .collect(),
-    }
 }
 
 fn barrier(repo: &Repo, syncs: &mut Syncs) -> Result<()> {

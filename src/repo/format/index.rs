@@ -141,6 +141,24 @@ pub struct IndexPack {
     pub blobs: Vec<IndexBlob>,
 }
 
+impl IndexPack {
+    /// The listing of pack `id` holding `rows` (its footer's rows).
+    pub fn of_rows(id: String, rows: &[super::pack::PackRow]) -> IndexPack {
+        IndexPack {
+            id,
+            blobs: rows
+                .iter()
+                .map(|r| IndexBlob {
+                    id: r.id.to_hex().to_string(),
+                    offset: r.offset,
+                    length: r.length,
+                    raw_length: r.raw,
+                })
+                .collect(),
+        }
+    }
+}
+
 /// One blob in an [`IndexPack`].
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct IndexBlob {
