@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 /// | `E_BACKUP_MISSING` | 60 | no such snapshot |
 /// | `E_REPO_MISSING` | 61 | no repository at the given location |
 /// | `E_REPO_VERSION` | 62 | repository format newer than this build reads |
+/// | `E_PASSWORD` | 63 | encrypted repository: no password given, or no key opens with it |
 /// | `E_RESTORE_FAILED` | 70 | restore could not create or apply an entry |
 /// | `E_NO_SPACE` | 80 | a write failed with ENOSPC/EDQUOT |
 /// | `E_INTEGRITY` | 90 | hash mismatch, corrupt or unknown-format repository data |
@@ -52,6 +53,7 @@ pub enum ErrorId {
     E_BACKUP_MISSING,
     E_REPO_MISSING,
     E_REPO_VERSION,
+    E_PASSWORD,
     E_RESTORE_FAILED,
     E_NO_SPACE,
     E_INTEGRITY,
@@ -60,7 +62,7 @@ pub enum ErrorId {
 
 impl ErrorId {
     /// Every id, in table order.
-    pub const ALL: [ErrorId; 19] = [
+    pub const ALL: [ErrorId; 20] = [
         ErrorId::E_GENERIC,
         ErrorId::E_USAGE,
         ErrorId::E_PARTIAL,
@@ -76,6 +78,7 @@ impl ErrorId {
         ErrorId::E_BACKUP_MISSING,
         ErrorId::E_REPO_MISSING,
         ErrorId::E_REPO_VERSION,
+        ErrorId::E_PASSWORD,
         ErrorId::E_RESTORE_FAILED,
         ErrorId::E_NO_SPACE,
         ErrorId::E_INTEGRITY,
@@ -100,6 +103,7 @@ impl ErrorId {
             ErrorId::E_BACKUP_MISSING => 60,
             ErrorId::E_REPO_MISSING => 61,
             ErrorId::E_REPO_VERSION => 62,
+            ErrorId::E_PASSWORD => 63,
             ErrorId::E_RESTORE_FAILED => 70,
             ErrorId::E_NO_SPACE => 80,
             ErrorId::E_INTEGRITY => 90,
@@ -125,6 +129,7 @@ impl ErrorId {
             ErrorId::E_BACKUP_MISSING => "E_BACKUP_MISSING",
             ErrorId::E_REPO_MISSING => "E_REPO_MISSING",
             ErrorId::E_REPO_VERSION => "E_REPO_VERSION",
+            ErrorId::E_PASSWORD => "E_PASSWORD",
             ErrorId::E_RESTORE_FAILED => "E_RESTORE_FAILED",
             ErrorId::E_NO_SPACE => "E_NO_SPACE",
             ErrorId::E_INTEGRITY => "E_INTEGRITY",
@@ -185,6 +190,15 @@ pub enum Error {
         oldest: u32,
         /// The newest version this build reads (and writes).
         newest: u32,
+    },
+    /// An encrypted repository could not be opened: no password was
+    /// given, the password source failed, or no key file opens with it.
+    #[error("cannot open the encrypted repository ({path}): {detail}")]
+    Password {
+        /// The key directory, or the password source that failed.
+        path: String,
+        /// Why.
+        detail: String,
     },
     /// No snapshot matches `query`, or a prefix matches several.
     #[error("snapshot {query:?}: {detail}")]
@@ -314,6 +328,7 @@ impl Error {
             Error::TargetExists { .. } => ErrorId::E_TARGET_EXISTS,
             Error::RepoMissing { .. } => ErrorId::E_REPO_MISSING,
             Error::RepoVersion { .. } => ErrorId::E_REPO_VERSION,
+            Error::Password { .. } => ErrorId::E_PASSWORD,
             Error::SnapshotNotFound { .. } => ErrorId::E_BACKUP_MISSING,
             Error::Integrity { .. } => ErrorId::E_INTEGRITY,
             Error::Locked { .. } => ErrorId::E_LOCKING,
@@ -342,6 +357,7 @@ impl Error {
             | Error::TargetExists { path }
             | Error::RepoMissing { path }
             | Error::RepoVersion { path, .. }
+            | Error::Password { path, .. }
             | Error::Integrity { path, .. }
             | Error::Locked { path, .. }
             | Error::Restore { path, .. }

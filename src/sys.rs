@@ -34,6 +34,50 @@ pub fn hostname() -> String {
         .into_owned()
 }
 
+/// Who runs this process, for a key file: `$USER` when set, else
+/// `uid <n>` (the real uid, `getuid(2)`).
+pub fn username() -> String {
+    std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| format!("uid {}", rustix::process::getuid().as_raw()))
+}
+
+/// Reads one line from the terminal on standard input with echo turned
+/// off (`termios(3)`: `ECHO` cleared for the read, restored after),
+/// after writing `prompt` to stderr. `None` when standard input is not a
+/// terminal. The line is returned without its newline.
+///
+/// # Errors
+///
+/// `tcgetattr`/`tcsetattr` and read errors.
+pub fn read_password_from_terminal(
+    prompt: &str,
+) -> io::Result<Option<zeroize::Zeroizing<Vec<u8>>>> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        return Ok(None);
+    }
+    let mut err = std::io::stderr().lock();
+    write!(err, "{prompt}")?;
+    err.flush()?;
+    let old = rustix::termios::tcgetattr(&stdin)?;
+    let mut quiet = old.clone();
+    quiet.local_modes.remove(rustix::termios::LocalModes::ECHO);
+    rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &quiet)?;
+    let mut line = zeroize::Zeroizing::new(Vec::new());
+    let read = stdin.lock().read_until(b'\n', &mut line);
+    let restored = rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &old);
+    writeln!(err)?;
+    read?;
+    restored?;
+    if line.last() == Some(&b'\n') {
+        line.pop();
+    }
+    Ok(Some(line))
+}
+
 /// The process umask (`umask(2)` read by setting it and setting it back).
 pub fn umask() -> u32 {
     let old = rustix::process::umask(Mode::from_raw_mode(0o022));

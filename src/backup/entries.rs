@@ -334,34 +334,35 @@ impl MetaOut {
         if plain.is_empty() {
             return Ok(());
         }
-        let id = blake3::hash(&plain);
+        let id = repo.crypto().id(&plain);
         self.chunks.push(id.to_hex().to_string());
         if self.new.contains(&id) || repo.index()?.contains(&id) {
             return Ok(());
         }
         self.new.insert(id);
         let raw = plain.len() as u32;
-        match self
+        let frame = self
             .encoder
             .encode(&[&plain])
-            .map_err(|e| Error::io("compress", "an entries blob", e))?
+            .map_err(|e| Error::io("compress", "an entries blob", e))?;
+        let (stored, raw) = match frame {
+            Some(f) => (f, Some(raw)),
+            None => (plain, None),
+        };
+        let stored = match crate::repo::format::blob::seal(repo.crypto(), &[&stored])
+            .map_err(|e| Error::io("seal", "an entries blob", e))?
         {
-            Some(frame) => self.pack.add_stored(
-                id,
-                [Part {
-                    range: 0..frame.len(),
-                    buf: frame,
-                }],
-                Some(raw),
-            ),
-            None => self.pack.add(
-                id,
-                [Part {
-                    range: 0..plain.len(),
-                    buf: plain,
-                }],
-            ),
-        }
+            Some(sealed) => sealed,
+            None => stored,
+        };
+        self.pack.add_stored(
+            id,
+            [Part {
+                range: 0..stored.len(),
+                buf: stored,
+            }],
+            raw,
+        );
         if self.pack.data_len() >= PACK_TARGET {
             self.put_pack(repo)?;
         }
@@ -375,7 +376,9 @@ impl MetaOut {
         if pack.is_empty() {
             return Ok(());
         }
-        let fin = pack.finish(PackVersion::V3);
+        let fin = pack
+            .finish(PackVersion::V3, repo.crypto())
+            .map_err(|e| Error::io("seal", "a pack footer", e))?;
         let mut bytes: Vec<u8> = Vec::with_capacity(
             fin.parts.iter().map(|p| p.range.len()).sum::<usize>() + fin.tail.len(),
         );

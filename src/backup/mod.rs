@@ -316,8 +316,8 @@ impl Walker<'_> {
             stats: self.stats.clone(),
             durable: syncs.enabled,
         };
-        let bytes = serde_json::to_vec_pretty(&record).map_err(|e| ser("snapshot", e))?;
-        let snapshot_id = blake3::hash(&bytes).to_hex().to_string();
+        let plain = serde_json::to_vec_pretty(&record).map_err(|e| ser("snapshot", e))?;
+        let (snapshot_id, bytes) = commit::seal_snapshot(repo, plain)?;
         // Last chance to stop: nothing is visible until the record is.
         crate::interrupt::check()?;
         // The barrier (everything the record names is durable before it,

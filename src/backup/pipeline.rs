@@ -31,7 +31,8 @@ use std::sync::mpsc::{Receiver, SyncSender};
 use super::cdc::Cutter;
 use crate::error::{Error, Result};
 use crate::policy::Compression;
-use crate::repo::format::blob::Encoder;
+use crate::repo::crypto::Crypto;
+use crate::repo::format::blob::{self, Encoder};
 use crate::repo::pack::{FinishedPack, PackBuilder, PackVersion, Part};
 use crate::repo::{commit, ChunkerParams, IndexPack, Repo, Syncs, PACK_TARGET};
 
@@ -246,7 +247,7 @@ pub fn chunker(
                     cur = Some(Current {
                         idx,
                         chunks: Vec::new(),
-                        whole: whole.is_none().then(blake3::Hasher::new),
+                        whole: whole.is_none().then(|| repo.crypto().hasher()),
                         first: None,
                     });
                 }
@@ -282,9 +283,9 @@ pub fn chunker(
                         .map(|(k, r)| &pending[*k].as_ref()[r.clone()])
                         .collect();
                     let id = match parts.as_slice() {
-                        [one] => blake3::hash(one),
+                        [one] => repo.crypto().id(one),
                         _ => {
-                            let mut h = blake3::Hasher::new();
+                            let mut h = repo.crypto().hasher();
                             for part in &parts {
                                 h.update(part);
                             }
@@ -320,6 +321,9 @@ pub fn chunker(
                 debug_assert_eq!(avail, 0, "every byte of a file is cut at its end");
                 let c = cur.take().expect("current file");
                 let hash = match (c.chunks.len(), c.first, c.whole, whole) {
+                    // An empty file's hash is the unkeyed BLAKE3 of
+                    // nothing in every repository: the value readers check
+                    // without a key (docs/FORMAT.md, "Encryption").
                     (0, ..) => blake3::hash(b""),
                     (_, Some(only), ..) => only,
                     (_, None, Some(w), _) => w.finalize(),
@@ -366,17 +370,19 @@ impl AsRef<[u8]> for PackBuf {
 
 /// The pack with each blob in the form it is stored in: a zstd frame
 /// when `encoder` keeps one (its mode decides), else the plaintext where
-/// it lies in the read buffers. The blobs of the pack's second half (by
-/// bytes) are compressed on a second thread with an encoder of its own
-/// while this one does the first half: compression is the backup's
-/// heaviest stage, and the walker and chunker leave a core's share idle.
+/// it lies in the read buffers; either sealed when `crypto` seals. The
+/// blobs of the pack's second half (by bytes) are compressed and sealed
+/// on a second thread with an encoder of its own while this one does the
+/// first half: compression is the backup's heaviest stage, and the walker
+/// and chunker leave a core's share idle.
 ///
 /// # Errors
 ///
-/// zstd errors ([`Error::Io`]).
+/// zstd errors, `getrandom(2)` errors ([`Error::Io`]).
 fn stored_forms(
     pack: PackBuilder<ReadBuf>,
     encoder: Option<&mut Encoder>,
+    crypto: &Crypto,
 ) -> Result<PackBuilder<PackBuf>> {
     let (rows, parts) = pack.into_parts();
     let mut parts = parts.into_iter();
@@ -396,8 +402,10 @@ fn stored_forms(
         }
         blobs.push((row, mine));
     }
-    let frames: Vec<Option<Vec<u8>>> = match encoder {
-        None => blobs.iter().map(|_| None).collect(),
+    // Each blob's stored bytes when they are not the read buffers' (a zstd
+    // frame, or sealed bytes), and its plaintext length when compressed.
+    let frames: Vec<(Option<Vec<u8>>, Option<u32>)> = match encoder {
+        None => blobs.iter().map(|_| (None, None)).collect(),
         Some(e) => {
             let total: u64 = blobs.iter().map(|(r, _)| u64::from(r.length)).sum();
             let mut acc = 0u64;
@@ -412,10 +420,18 @@ fn stored_forms(
             let encode_all =
                 |e: &mut Encoder, part: &[(crate::repo::pack::PackRow, Vec<Part<ReadBuf>>)]| {
                     part.iter()
-                        .map(|(_, mine)| {
+                        .map(|(row, mine)| {
                             let slices: Vec<&[u8]> = mine.iter().map(AsRef::as_ref).collect();
-                            e.encode(&slices)
-                                .map_err(|e| Error::io("compress", "a blob", e))
+                            let frame = e
+                                .encode(&slices)
+                                .map_err(|e| Error::io("compress", "a blob", e))?;
+                            let raw = frame.as_ref().map(|_| row.length);
+                            let sealed = match &frame {
+                                Some(f) => blob::seal(crypto, &[f]),
+                                None => blob::seal(crypto, &slices),
+                            }
+                            .map_err(|e| Error::io("seal", "a blob", e))?;
+                            Ok((sealed.or(frame), raw))
                         })
                         .collect::<Result<Vec<_>>>()
                 };
@@ -443,15 +459,15 @@ fn stored_forms(
     let mut out = PackBuilder::default();
     for ((row, mine), frame) in blobs.into_iter().zip(frames) {
         match frame {
-            Some(f) => out.add_stored(
+            (Some(f), raw) => out.add_stored(
                 row.id,
                 [Part {
                     range: 0..f.len(),
                     buf: PackBuf::Frame(f),
                 }],
-                Some(row.length),
+                raw,
             ),
-            None => out.add(
+            (None, _) => out.add(
                 row.id,
                 mine.into_iter().map(|p| Part {
                     buf: PackBuf::Read(p.buf),
@@ -493,13 +509,15 @@ pub fn packer(
     let mut packs = Vec::new();
     for pack in rx {
         crate::interrupt::check()?;
-        let pack = stored_forms(pack, encoder.as_mut())?;
+        let pack = stored_forms(pack, encoder.as_mut(), repo.crypto())?;
         let FinishedPack {
             parts,
             tail,
             id,
             blobs,
-        } = pack.finish(version);
+        } = pack
+            .finish(version, repo.crypto())
+            .map_err(|e| Error::io("seal", "a pack footer", e))?;
         let hex = id.to_hex().to_string();
         let mut refs: Vec<&[u8]> = parts.iter().map(AsRef::as_ref).collect();
         refs.push(&tail);

@@ -115,7 +115,8 @@ impl Walker<'_> {
         // A file that may span several chunks is hashed whole here, beside
         // the chunker (which then hashes only its chunks); a smaller one's
         // hash is its one chunk's id.
-        let mut whole = (st.size > u64::from(self.chunker_min)).then(blake3::Hasher::new);
+        let mut whole =
+            (st.size > u64::from(self.chunker_min)).then(|| self.repo.crypto().hasher());
         let hashed = whole.as_ref().map(|_| None);
         loop {
             crate::interrupt::check()?;

@@ -22,9 +22,74 @@ pub struct Cli {
     /// Write facts to stdout; human text goes to stderr.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Encrypted repository: read the password from FILE (its content
+    /// without the trailing newline) [default: $SNAP_PASSWORD, else a
+    /// prompt on the terminal].
+    #[arg(
+        long,
+        global = true,
+        env = "SNAP_PASSWORD_FILE",
+        value_name = "FILE",
+        conflicts_with = "password_command"
+    )]
+    pub password_file: Option<PathBuf>,
+    /// Encrypted repository: run CMD with `sh -c` and use what it prints
+    /// (without the trailing newline) as the password; it must exit 0.
+    #[arg(long, global = true, env = "SNAP_PASSWORD_COMMAND", value_name = "CMD")]
+    pub password_command: Option<String>,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `snap key` subcommands. Each opens the repository with the current
+/// password (`--password-file`, `--password-command`, `SNAP_PASSWORD` or a
+/// prompt); a new password comes from `--new-password-file`,
+/// `SNAP_NEW_PASSWORD` or a prompt.
+#[derive(Debug, Subcommand)]
+pub enum KeyCmd {
+    /// Add a key file: another password that opens the repository.
+    Add {
+        /// Read the new password from FILE.
+        #[command(flatten)]
+        new: NewPasswordArgs,
+        /// How long to wait for the repository lock.
+        #[command(flatten)]
+        lock: LockArgs,
+    },
+    /// List the key files (`*` marks the one the password opened).
+    List {
+        /// How long to wait for the repository lock.
+        #[command(flatten)]
+        lock: LockArgs,
+    },
+    /// Remove a key file (not the one in use, never the last).
+    Remove {
+        /// Key id or unique id prefix.
+        id: String,
+        /// How long to wait for the repository lock.
+        #[command(flatten)]
+        lock: LockArgs,
+    },
+    /// Change the password: add a key file for the new password, then
+    /// remove the one the current password opened.
+    Passwd {
+        /// Read the new password from FILE.
+        #[command(flatten)]
+        new: NewPasswordArgs,
+        /// How long to wait for the repository lock.
+        #[command(flatten)]
+        lock: LockArgs,
+    },
+}
+
+/// Where a new password comes from.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NewPasswordArgs {
+    /// Read the new password from FILE (its content without the trailing
+    /// newline) [default: $SNAP_NEW_PASSWORD, else a prompt].
+    #[arg(long, value_name = "FILE")]
+    pub new_password_file: Option<PathBuf>,
 }
 
 /// Subcommands.
@@ -241,7 +306,19 @@ pub enum Command {
         lock: LockArgs,
     },
     /// Create an empty repository.
-    Init,
+    Init {
+        /// Encrypt it: a random master key, wrapped by a key derived from
+        /// the password (Argon2id) in a key file; every pack, index file,
+        /// snapshot record and the config sealed with XChaCha20-Poly1305.
+        #[arg(long)]
+        encrypt: bool,
+    },
+    /// Manage the passwords (key files) of an encrypted repository.
+    Key {
+        /// What to do.
+        #[command(subcommand)]
+        what: KeyCmd,
+    },
     /// Upgrade the repository to the newest format (3) in place: one
     /// atomic replacement of `config.json` under the exclusive lock.
     /// Everything already stored is read as it is; new packs are written
@@ -526,7 +603,8 @@ impl Command {
             Command::List { .. } => "list",
             Command::Check { .. } => "check",
             Command::Ls { .. } => "ls",
-            Command::Init => "init",
+            Command::Init { .. } => "init",
+            Command::Key { .. } => "key",
             Command::Migrate { .. } => "migrate",
             Command::Forget { .. } => "forget",
             Command::Prune { .. } => "prune",

@@ -31,7 +31,7 @@ pub(super) fn run(
     let path = repo_path(cli)?;
     // With a repository: lock (bounded wait), then preflight. Without
     // one: preflight first, so a STOP creates nothing.
-    let existing = match Repo::open(&path) {
+    let existing = match Repo::open(&path, &|| super::password::current(cli)) {
         Ok(r) => Some(r),
         Err(Error::RepoMissing { .. }) if default_repo(cli) => None,
         Err(e) => return Err(e),
@@ -55,7 +55,7 @@ pub(super) fn run(
                 crate::preflight::backup(&path, src, &policy, LockState::Later),
                 &policy,
             )?;
-            let repo = create_repo(&path, facts, out)?;
+            let repo = create_repo(cli, &path, facts, out)?;
             let lock = repo.lock(true, policy.lock_wait_ms)?;
             lock_fact(facts, &repo, &lock)?;
             (repo, lock)

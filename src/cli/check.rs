@@ -5,10 +5,9 @@
 
 use super::args::LockArgs;
 use super::common::{lock_fact, mib};
-use super::{repo_path, Cli, Out};
+use super::{open_repo, Cli, Out};
 use crate::error::{ErrorId, Result};
 use crate::facts::{Decision, Emitter, Event};
-use crate::repo::Repo;
 
 /// Runs `snap check`; returns 0, or 90 (`E_INTEGRITY`) when a problem was
 /// found.
@@ -25,7 +24,7 @@ pub(super) fn run(
     repair_tmp: bool,
     lock: &LockArgs,
 ) -> Result<i32> {
-    let repo = Repo::open(&repo_path(cli)?)?;
+    let repo = open_repo(cli)?;
     let lock = repo.lock(repair_tmp, lock.ms())?;
     lock_fact(facts, &repo, &lock)?;
     let report = crate::repo::check::run(&repo, read_data, repair_tmp)?;

@@ -264,10 +264,16 @@ pub(super) fn announce_init(facts: &mut Emitter, out: &Out, repo: &Repo, how: &s
         Event::RepoInit {
             repo: repo.path.display().to_string(),
             repo_id: repo.config.id.clone(),
+            encrypted: repo.crypto().is_encrypted(),
         },
     )?;
     out.line(&format!(
-        "created repository {} at {}{how}",
+        "created {}repository {} at {}{how}",
+        if repo.crypto().is_encrypted() {
+            "encrypted "
+        } else {
+            ""
+        },
         repo.config.id,
         repo.path.display()
     ))
@@ -276,8 +282,13 @@ pub(super) fn announce_init(facts: &mut Emitter, out: &Out, repo: &Repo, how: &s
 /// Creates the default repository the caller found missing (`repo.init`
 /// fact and a line saying so); opens it instead when another process
 /// created it meanwhile.
-pub(super) fn create_repo(path: &std::path::Path, facts: &mut Emitter, out: &Out) -> Result<Repo> {
-    let (repo, created) = Repo::open_or_create(path)?;
+pub(super) fn create_repo(
+    cli: &super::Cli,
+    path: &std::path::Path,
+    facts: &mut Emitter,
+    out: &Out,
+) -> Result<Repo> {
+    let (repo, created) = Repo::open_or_create(path, &|| super::password::current(cli))?;
     if created {
         announce_init(facts, out, &repo, " (the default location)")?;
     }

@@ -8,11 +8,10 @@ use std::collections::BTreeMap;
 
 use super::args::{FilterArgs, LockArgs};
 use super::common::{damaged_facts, entry_path, lock_fact, parse_subpath};
-use super::{repo_path, Cli, Out};
+use super::{open_repo, Cli, Out};
 use crate::error::Result;
 use crate::facts::{Decision, Emitter, Event};
 use crate::repo::sidecar::EntryRecord;
-use crate::repo::Repo;
 
 /// What differs between two records of one path: (content changed, the
 /// names of what changed). atime, ctime, inode and device numbers are
@@ -66,7 +65,7 @@ pub(super) fn run(
     filter: &FilterArgs,
     lock: &LockArgs,
 ) -> Result<i32> {
-    let repo = Repo::open(&repo_path(cli)?)?;
+    let repo = open_repo(cli)?;
     let lk = repo.lock(false, lock.ms())?;
     lock_fact(facts, &repo, &lk)?;
     let filter = filter.filter();

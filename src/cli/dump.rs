@@ -17,7 +17,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use super::args::{FilterArgs, LockArgs};
 use super::common::{damaged_facts, entry_path, lock_fact, parse_subpath};
-use super::{repo_path, Cli, Out};
+use super::{open_repo, Cli, Out};
 use crate::error::{Error, Result};
 use crate::facts::{Decision, Emitter, Event, STDOUT};
 use crate::fs::RelPath;
@@ -49,14 +49,12 @@ impl Blobs<'_> {
                 path: path.clone(),
                 detail: format!("cannot read blob {id}: {e}"),
             })?;
-        let mut plain = Vec::new();
-        crate::repo::format::blob::verified(&bytes, loc.raw, id, &mut plain).map_err(|e| {
-            Error::Integrity {
+        crate::repo::format::blob::verified_owned(self.repo.crypto(), bytes, loc.raw, id).map_err(
+            |e| Error::Integrity {
                 path,
                 detail: format!("blob {id} at offset {}: {e}", loc.offset),
-            }
-        })?;
-        Ok(if loc.raw.is_some() { plain } else { bytes })
+            },
+        )
     }
 }
 
@@ -205,7 +203,7 @@ pub(super) fn run(
                 .into(),
         ));
     }
-    let repo = Repo::open(&repo_path(cli)?)?;
+    let repo = open_repo(cli)?;
     let lk = repo.lock(false, lock.ms())?;
     lock_fact(facts, &repo, &lk)?;
     let resolved = repo.resolve_in(snapshot, &filter.filter());

@@ -5,10 +5,9 @@
 
 use super::args::{FilterArgs, LockArgs};
 use super::common::{damaged_facts, entry_path, entry_summary, lock_fact, short_time};
-use super::{repo_path, Cli, Out};
+use super::{open_repo, Cli, Out};
 use crate::error::{Error, Result};
 use crate::facts::{Decision, Emitter, Event};
-use crate::repo::Repo;
 
 /// Runs `snap find`.
 ///
@@ -32,7 +31,7 @@ pub(super) fn run(
         .build()
         .map_err(|e| Error::Usage(format!("pattern {pattern:?}: {e}")))?
         .compile_matcher();
-    let repo = Repo::open(&repo_path(cli)?)?;
+    let repo = open_repo(cli)?;
     let lk = repo.lock(false, lock.ms())?;
     lock_fact(facts, &repo, &lk)?;
     let filter = filter.filter();

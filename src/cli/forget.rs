@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use super::args::{FilterArgs, KeepArgs, LockArgs};
 use super::common::{damaged_facts, lock_fact, mib, short_time};
-use super::{repo_path, Cli, Out};
+use super::{open_repo, Cli, Out};
 use crate::error::{Error, Result};
 use crate::facts::{Decision, Emitter, Event, ForgetItem};
 use crate::repo::prune::PruneOptions;
@@ -131,7 +131,7 @@ pub(super) fn run(
             "no snapshot ids and no --keep-* rule: refusing to remove every snapshot (give ids, or e.g. --keep-last 7)".into(),
         ));
     }
-    let repo = Repo::open(&repo_path(cli)?)?;
+    let repo = open_repo(cli)?;
     let lk = repo.lock(true, lock.ms())?;
     lock_fact(facts, &repo, &lk)?;
     let snaps = repo.snapshots()?;
@@ -291,7 +291,7 @@ pub(super) fn prune(
     opts: &PruneOptions,
     lock: &LockArgs,
 ) -> Result<i32> {
-    let repo = Repo::open(&repo_path(cli)?)?;
+    let repo = open_repo(cli)?;
     let lk = repo.lock(true, lock.ms())?;
     lock_fact(facts, &repo, &lk)?;
     let snaps = repo.snapshots()?;

@@ -6,19 +6,33 @@
 
 use super::args::LockArgs;
 use super::common::{announce_init, lock_fact};
-use super::{repo_path, Cli, Out};
+use super::{open_repo, repo_path, Cli, Out};
 use crate::error::{Error, Result};
 use crate::facts::{Decision, Emitter, Event};
-use crate::repo::{Repo, FORMAT_VERSION};
+use crate::repo::crypto::KdfParams;
+use crate::repo::{NewKey, Repo, FORMAT_VERSION};
 
-/// Runs `snap init`.
+/// Runs `snap init` (`--encrypt`: with a first key for the password
+/// [`super::password::new`] gives).
 ///
 /// # Errors
 ///
-/// A repository or anything else already at the location; I/O errors.
-pub(super) fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
+/// A repository or anything else already at the location; no password
+/// (`E_PASSWORD`); I/O errors.
+pub(super) fn run(cli: &Cli, facts: &mut Emitter, out: &Out, encrypt: bool) -> Result<i32> {
     let path = repo_path(cli)?;
-    let repo = Repo::init(&path)?;
+    let repo = if encrypt {
+        let pw = super::password::new(None, Some(cli))?;
+        Repo::init(
+            &path,
+            Some(&NewKey {
+                password: &pw,
+                params: KdfParams::DEFAULT,
+            }),
+        )?
+    } else {
+        Repo::init(&path, None)?
+    };
     announce_init(facts, out, &repo, "")?;
     Ok(0)
 }
@@ -34,7 +48,7 @@ pub(super) fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
 /// As [`Repo::open`] and [`Repo::lock`]; write, sync and rename errors of
 /// the new `config.json`.
 pub(super) fn migrate(cli: &Cli, facts: &mut Emitter, out: &Out, lock: &LockArgs) -> Result<i32> {
-    let repo = Repo::open(&repo_path(cli)?)?;
+    let repo = open_repo(cli)?;
     let lk = repo.lock(true, lock.ms())?;
     lock_fact(facts, &repo, &lk)?;
     let from = repo.config.version;

@@ -4,10 +4,9 @@
 
 use super::args::{FilterArgs, LockArgs};
 use super::common::{damaged_facts, lock_fact, mib, short_time, snapshot_summary};
-use super::{repo_path, Cli, Out};
+use super::{open_repo, Cli, Out};
 use crate::error::Result;
 use crate::facts::{Decision, Emitter, Event};
-use crate::repo::Repo;
 
 /// Runs `snap list`.
 ///
@@ -21,7 +20,7 @@ pub(super) fn run(
     filter: &FilterArgs,
     lock: &LockArgs,
 ) -> Result<i32> {
-    let repo = Repo::open(&repo_path(cli)?)?;
+    let repo = open_repo(cli)?;
     let lock = repo.lock(false, lock.ms())?;
     lock_fact(facts, &repo, &lock)?;
     let filter = filter.filter();

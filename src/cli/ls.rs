@@ -4,11 +4,10 @@
 
 use super::args::{FilterArgs, LockArgs};
 use super::common::{damaged_facts, entry_path, entry_summary, lock_fact, parse_subpath};
-use super::{repo_path, Cli, Out};
+use super::{open_repo, Cli, Out};
 use crate::error::Result;
 use crate::facts::{Decision, Emitter, Event};
 use crate::fs::RelPath;
-use crate::repo::Repo;
 
 /// Runs `snap ls`.
 ///
@@ -24,7 +23,7 @@ pub(super) fn run(
     filter: &FilterArgs,
     lock: &LockArgs,
 ) -> Result<i32> {
-    let repo = Repo::open(&repo_path(cli)?)?;
+    let repo = open_repo(cli)?;
     let lock = repo.lock(false, lock.ms())?;
     lock_fact(facts, &repo, &lock)?;
     let resolved = repo.resolve_in(snapshot, &filter.filter());

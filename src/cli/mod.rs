@@ -13,8 +13,10 @@ mod dump;
 mod find;
 mod forget;
 mod init;
+mod key;
 mod list;
 mod ls;
+mod password;
 mod policy;
 mod preflight;
 mod restore;
@@ -211,6 +213,16 @@ fn repo_path(cli: &Cli) -> Result<PathBuf> {
     }
 }
 
+/// Opens the repository `cli` names, asking for its password when it is
+/// encrypted.
+///
+/// # Errors
+///
+/// As [`crate::repo::Repo::open`].
+fn open_repo(cli: &Cli) -> Result<crate::repo::Repo> {
+    crate::repo::Repo::open(&repo_path(cli)?, &|| password::current(cli))
+}
+
 /// Whether the repository location is the embedded default (which the
 /// first backup may create) rather than one the user named with `--repo`
 /// or `SNAP_REPO` (which must exist: `snap init` makes it).
@@ -347,7 +359,8 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
             filter,
             lock,
         } => show::run(cli, facts, out, snapshot, filter, lock),
-        Command::Init => init::run(cli, facts, out),
+        Command::Init { encrypt } => init::run(cli, facts, out, *encrypt),
+        Command::Key { what } => key::run(cli, facts, out, what),
         Command::Migrate { lock } => init::migrate(cli, facts, out, lock),
         Command::Schema { out: dir } => schema::run(facts, out, dir.as_deref()),
     }

@@ -35,7 +35,7 @@ pub(super) fn run(cli: &Cli, facts: &mut Emitter, out: &Out, what: &PreflightCmd
             policy,
         } => {
             let (mut policy, explicit) = policy.resolve()?;
-            let repo = Repo::open(&path)?;
+            let repo = Repo::open(&path, &|| super::password::current(cli))?;
             let abs = std::path::absolute(target)
                 .map_err(|e| Error::io("resolve", target.display(), e))?;
             let replacing = crate::fs::lstat_path(&abs).ok().flatten().is_some();

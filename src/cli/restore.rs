@@ -10,7 +10,7 @@ use super::args::RestorePolicyArgs;
 use super::common::{
     damaged_facts, gate, lock_fact, mib, parse_subpath, progress_bar, take_snapshot,
 };
-use super::{repo_path, Cli, Out};
+use super::{open_repo, Cli, Out};
 use crate::error::{Error, Result};
 use crate::facts::{Decision, Emitter, Event};
 use crate::fs::RelPath;
@@ -37,7 +37,7 @@ pub(super) fn run(
     policy: &RestorePolicyArgs,
 ) -> Result<i32> {
     let (mut policy, explicit) = policy.resolve()?;
-    let repo = Repo::open(&repo_path(cli)?)?;
+    let repo = open_repo(cli)?;
     let abs_target =
         std::path::absolute(target).map_err(|e| Error::io("resolve", target.display(), e))?;
     let target_exists = crate::fs::lstat_path(&abs_target)

@@ -5,10 +5,9 @@
 
 use super::args::{FilterArgs, LockArgs};
 use super::common::{damaged_facts, lock_fact};
-use super::{repo_path, Cli, Out};
+use super::{open_repo, Cli, Out};
 use crate::error::{Error, Result};
 use crate::facts::{Decision, Emitter, Event};
-use crate::repo::Repo;
 
 /// Runs `snap show`: the record (checked against its id) pretty-printed,
 /// and the `show.result` fact carrying it.
@@ -24,7 +23,7 @@ pub(super) fn run(
     filter: &FilterArgs,
     lock: &LockArgs,
 ) -> Result<i32> {
-    let repo = Repo::open(&repo_path(cli)?)?;
+    let repo = open_repo(cli)?;
     let lock = repo.lock(false, lock.ms())?;
     lock_fact(facts, &repo, &lock)?;
     let resolved = repo.resolve_in(snapshot, &filter.filter());

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 
 use super::args::{FilterArgs, LockArgs};
 use super::common::{damaged_facts, lock_fact, mib};
-use super::{repo_path, Cli, Out};
+use super::{open_repo, Cli, Out};
 use crate::error::{Error, Result};
 use crate::facts::{Decision, Emitter, Event, KindUsage, RepoUsage, StatsReport};
 use crate::repo::format::index::IdMap;
@@ -48,7 +48,7 @@ pub(super) fn run(
     filter: &FilterArgs,
     lock: &LockArgs,
 ) -> Result<i32> {
-    let repo = Repo::open(&repo_path(cli)?)?;
+    let repo = open_repo(cli)?;
     let lk = repo.lock(false, lock.ms())?;
     lock_fact(facts, &repo, &lk)?;
     let filter = filter.filter();
@@ -97,7 +97,7 @@ pub(super) fn run(
                         ),
                     })?;
                     r.unique_bytes += u64::from(loc.length);
-                    r.unique_plain_bytes += u64::from(loc.raw.unwrap_or(loc.length));
+                    r.unique_plain_bytes += loc.plain_len(repo.crypto().overhead());
                 }
             }
         }

@@ -78,6 +78,25 @@ pub enum Event {
         repo: String,
         /// Its random id.
         repo_id: String,
+        /// Whether it is encrypted (`snap init --encrypt`).
+        #[serde(default)]
+        encrypted: bool,
+    },
+    /// `snap key add|list|remove|passwd` ran.
+    #[serde(rename = "key.result")]
+    KeyResult {
+        /// Repository location.
+        repo: String,
+        /// `add`, `list`, `remove` or `passwd`.
+        action: String,
+        /// The key file the password opened.
+        current: String,
+        /// The key file added (`add`, `passwd`).
+        added: Option<String>,
+        /// The key file removed (`remove`, `passwd`).
+        removed: Option<String>,
+        /// The key files after the command, by id.
+        keys: Vec<KeyInfo>,
     },
     /// The repository lock was taken.
     #[serde(rename = "lock.acquired")]
@@ -325,6 +344,23 @@ pub enum Event {
         /// Human-readable message.
         message: String,
     },
+}
+
+/// One key file, as `snap key list` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct KeyInfo {
+    /// Key file id (BLAKE3-256 of the file, hex).
+    pub id: String,
+    /// When it was made (RFC 3339, UTC).
+    pub created: String,
+    /// The user who made it.
+    pub user: String,
+    /// The host it was made on.
+    pub host: String,
+    /// Argon2id memory, in KiB.
+    pub m_cost: u32,
+    /// Argon2id passes.
+    pub t_cost: u32,
 }
 
 /// One snapshot in `list.result`.
@@ -720,5 +756,13 @@ pub fn schemas() -> Vec<(&'static str, serde_json::Value)> {
         ("policy.schema.json", s::<Policy>()),
         ("config.schema.json", s::<crate::repo::Config>()),
         ("index.schema.json", s::<crate::repo::IndexFile>()),
+        (
+            "key.schema.json",
+            s::<crate::repo::format::key::KeyFile>(),
+        ),
+        (
+            "sealed-config.schema.json",
+            s::<crate::repo::format::key::SealedConfig>(),
+        ),
     ]
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::format::is_hex_id;
 use super::layout;
-use super::pack::{parse_rows, parse_trailer, TRAILER_LEN};
+use super::pack::{parse_tail, parse_trailer, TRAILER_LEN};
 use super::sidecar::EntryKind;
 use super::storage::FileKind;
 use super::{IndexFile, Repo, SnapshotRecord, INDEX_MAX};
@@ -121,19 +121,24 @@ pub fn run(repo: &Repo, read_data: bool, repair_tmp: bool) -> Result<CheckReport
                 r.problem(path, "index file does not match its BLAKE3 id");
                 continue;
             }
-            Ok(b) => match crate::repo::format::index::decode_file(b).and_then(|json| {
-                let parsed: IndexFile = serde_json::from_slice(&json).map_err(|e| e.to_string())?;
-                // The same file into the blob map the entries streams are
-                // read through; a damaged file is left out of it (and
-                // reported here) rather than hiding every stream. Parsed
-                // alone first, so a file that fails halfway adds nothing.
-                let mut one = crate::repo::Index::default();
-                crate::repo::format::index::index_into(&json, &mut one)
-                    .map_err(|e| e.to_string())?;
-                crate::repo::format::index::index_into(&json, &mut readable)
-                    .map_err(|e| e.to_string())?;
-                Ok(parsed)
-            }) {
+            Ok(b) => match repo
+                .crypto()
+                .open(crate::repo::crypto::Ad::Index, b)
+                .and_then(crate::repo::format::index::decode_file)
+                .and_then(|json| {
+                    let parsed: IndexFile =
+                        serde_json::from_slice(&json).map_err(|e| e.to_string())?;
+                    // The same file into the blob map the entries streams are
+                    // read through; a damaged file is left out of it (and
+                    // reported here) rather than hiding every stream. Parsed
+                    // alone first, so a file that fails halfway adds nothing.
+                    let mut one = crate::repo::Index::default();
+                    crate::repo::format::index::index_into(&json, &mut one)
+                        .map_err(|e| e.to_string())?;
+                    crate::repo::format::index::index_into(&json, &mut readable)
+                        .map_err(|e| e.to_string())?;
+                    Ok(parsed)
+                }) {
                 Ok(i) => i,
                 Err(e) => {
                     r.problem(path, format!("malformed index: {e}"));
@@ -149,7 +154,9 @@ pub fn run(repo: &Repo, read_data: bool, repair_tmp: bool) -> Result<CheckReport
             for b in p.blobs {
                 match blake3::Hash::from_hex(&b.id) {
                     Ok(bid) => {
-                        let plain = b.raw_length.unwrap_or(b.length);
+                        let plain = b.raw_length.unwrap_or_else(|| {
+                            b.length.saturating_sub(repo.crypto().overhead() as u32)
+                        });
                         index.insert(bid, (pack, b.offset, b.length, plain));
                         by_pack.entry(pack).or_default().push((
                             bid,
@@ -336,7 +343,7 @@ fn check_packs(
             let t = f
                 .read_exact_at(len - TRAILER_LEN as u64, TRAILER_LEN)
                 .map_err(|e| e.to_string())?;
-            let (_, footer_offset, version) = parse_trailer(&t, len)?;
+            let (_, footer_offset, version) = parse_trailer(&t, len, repo.crypto().overhead())?;
             let tail = f
                 .read_exact_at(footer_offset, (len - footer_offset) as usize)
                 .map_err(|e| e.to_string())?;
@@ -344,8 +351,7 @@ fn check_packs(
             if blake3::hash(&tail) != id {
                 return Err("pack footer and trailer do not match the pack's BLAKE3 id".into());
             }
-            let rows = &tail[..tail.len() - TRAILER_LEN];
-            let blobs = parse_rows(rows, footer_offset, id, version)?;
+            let blobs = parse_tail(&tail, footer_offset, id, version, repo.crypto())?;
             // The blobs tile the data area exactly, so every byte before the
             // footer is covered by some blob's id.
             let mut spans: Vec<(u64, u64)> = blobs
@@ -397,18 +403,22 @@ fn check_packs(
                     for (blob, loc) in &footer {
                         let s = &bytes
                             [loc.offset as usize..(loc.offset + u64::from(loc.length)) as usize];
-                        let plain =
-                            match crate::repo::format::blob::decode(s, loc.raw, &mut scratch) {
-                                Ok(p) => p,
-                                Err(e) => {
-                                    r.problem(
-                                        &path,
-                                        format!("blob {blob} at offset {}: {e}", loc.offset),
-                                    );
-                                    continue;
-                                }
-                            };
-                        if blake3::hash(plain) != *blob {
+                        let plain = match crate::repo::format::blob::decode(
+                            repo.crypto(),
+                            s,
+                            loc.raw,
+                            &mut scratch,
+                        ) {
+                            Ok(p) => p,
+                            Err(e) => {
+                                r.problem(
+                                    &path,
+                                    format!("blob {blob} at offset {}: {e}", loc.offset),
+                                );
+                                continue;
+                            }
+                        };
+                        if repo.crypto().id(plain) != *blob {
                             r.problem(
                                 &path,
                                 format!(

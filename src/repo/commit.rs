@@ -18,9 +18,12 @@
 //! With syncs off (`--no-durability`) the order is the same and no sync
 //! is made. Side effects: writes through the repository's backend.
 
+use super::crypto::{Ad, Crypto, KdfParams, MasterKey};
+use super::format::key::{self, Encryption, SealedConfig};
 use super::storage::{Backend, FileKind, Put, Staged, Syncs};
 use super::{committed, Config, Repo};
 use crate::error::{Error, Result};
+use base64::Engine as _;
 
 /// Packs staged before one barrier makes them durable together. Each pack
 /// used to be committed alone (fsync, rename, fsync of its directory): a
@@ -47,6 +50,11 @@ impl<'r> PackWriter<'r> {
     /// pack layout).
     pub fn format_version(&self) -> u32 {
         self.repo.config.version
+    }
+
+    /// How the repository written to seals (pack footers, blobs).
+    pub fn crypto(&self) -> &Crypto {
+        self.repo.crypto()
     }
 
     /// A writer for `repo`, making syncs when `durable`.
@@ -157,7 +165,8 @@ impl<'r> PackWriter<'r> {
 }
 
 /// Step 4: puts index file `bytes` (JSON; stored as a zstd frame in
-/// format 3) under the BLAKE3 of what is stored; returns the id and the
+/// format 3, sealed when the repository is encrypted) under the BLAKE3 of
+/// what is stored; returns the id and the
 /// bytes added (0 when it was stored already).
 ///
 /// # Errors
@@ -166,6 +175,13 @@ impl<'r> PackWriter<'r> {
 pub fn put_index(repo: &Repo, bytes: &[u8], syncs: &mut Syncs) -> Result<(String, u64)> {
     let stored = super::format::index::encode_file(bytes.to_vec(), repo.config.version)
         .map_err(|e| Error::io("compress", "an index file", e))?;
+    let stored = if repo.crypto().is_encrypted() {
+        repo.crypto()
+            .seal(Ad::Index, &[&stored])
+            .map_err(|e| Error::io("seal", "an index file", e))?
+    } else {
+        stored
+    };
     let bytes = &stored[..];
     let id = blake3::hash(bytes).to_hex().to_string();
     let put = repo
@@ -231,6 +247,23 @@ pub fn put_entries(
     Ok(put.added())
 }
 
+/// The bytes to store for snapshot record `plain` (sealed when the
+/// repository is encrypted) and its id, the BLAKE3 of those bytes.
+///
+/// # Errors
+///
+/// `getrandom(2)`'s error.
+pub fn seal_snapshot(repo: &Repo, plain: Vec<u8>) -> Result<(String, Vec<u8>)> {
+    let stored = if repo.crypto().is_encrypted() {
+        repo.crypto()
+            .seal(Ad::Snapshot, &[&plain])
+            .map_err(|e| Error::io("seal", "the snapshot record", e))?
+    } else {
+        plain
+    };
+    Ok((blake3::hash(&stored).to_hex().to_string(), stored))
+}
+
 /// Steps 5 and 6: the barrier (when `syncs` is enabled), then the snapshot
 /// record `bytes` as `id` — the commit point — and its directory synced.
 ///
@@ -270,13 +303,60 @@ pub fn commit_snapshot(repo: &Repo, id: &str, bytes: &[u8], syncs: &mut Syncs) -
 /// # Errors
 ///
 /// Write, sync and rename errors with the path.
-pub fn create_config(store: &dyn Backend, config: &Config) -> Result<bool> {
+pub fn create_config(store: &dyn Backend, config: &Config, crypto: &Crypto) -> Result<bool> {
     let path = store.path(FileKind::Config, "");
     let mut syncs = Syncs::on();
+    let bytes = if crypto.is_encrypted() {
+        let sealed = crypto
+            .seal(Ad::Config, &[&config.to_bytes()?])
+            .map_err(|e| Error::io("seal", &path, e))?;
+        let outer = SealedConfig {
+            format: config.format.clone(),
+            version: config.version,
+            encryption: Encryption {
+                aead: key::AEAD.into(),
+                kdf: key::KDF.into(),
+            },
+            sealed: base64::engine::general_purpose::STANDARD.encode(sealed),
+        };
+        serde_json::to_vec_pretty(&outer).map_err(|e| Error::serialise("the config", e))?
+    } else {
+        config.to_bytes()?
+    };
     let put = store
-        .put(FileKind::Config, "", &config.to_bytes()?, &mut syncs)
+        .put(FileKind::Config, "", &bytes, &mut syncs)
         .map_err(|e| Error::io("write", &path, e))?;
     Ok(put != Put::Existed)
+}
+
+/// Writes a new key file for `master`, wrapped with `password` under
+/// Argon2id `params`: durable and named create-only before it returns
+/// (a key file is named by the BLAKE3 of its bytes). Returns its id.
+///
+/// # Errors
+///
+/// [`Error::Usage`] for an empty password; Argon2 errors
+/// ([`Error::Internal`]); write, sync and rename errors with the path.
+pub fn put_key(
+    store: &dyn Backend,
+    master: &MasterKey,
+    password: &[u8],
+    params: KdfParams,
+) -> Result<String> {
+    if password.is_empty() {
+        return Err(Error::Usage("an empty password is refused".into()));
+    }
+    let (salt, sealed) = super::crypto::wrap(master, password, params).map_err(Error::Internal)?;
+    let created = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let bytes = key::KeyFile::new(params, &salt, &sealed, created)
+        .to_bytes()
+        .map_err(Error::Internal)?;
+    let id = blake3::hash(&bytes).to_hex().to_string();
+    let mut syncs = Syncs::on();
+    store
+        .put(FileKind::Key, &id, &bytes, &mut syncs)
+        .map_err(|e| Error::io("write", store.path(FileKind::Key, &id), e))?;
+    Ok(id)
 }
 
 #[cfg(test)]

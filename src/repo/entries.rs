@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 pub struct ChunkedEntries {
     store: Arc<dyn Backend>,
     index: Arc<Index>,
+    crypto: crate::repo::crypto::Crypto,
     /// Each blob and the stream offset it starts at.
     chunks: Vec<(blake3::Hash, u64)>,
     size: u64,
@@ -43,6 +44,7 @@ impl ChunkedEntries {
     pub fn open(
         store: Arc<dyn Backend>,
         index: Arc<Index>,
+        crypto: crate::repo::crypto::Crypto,
         chunks: &[String],
         path: &str,
     ) -> Result<ChunkedEntries> {
@@ -59,11 +61,12 @@ impl ChunkedEntries {
                 .get(&id)
                 .ok_or_else(|| bad(format!("entries blob {id} is in no index")))?;
             out.push((id, at));
-            at += u64::from(loc.raw.unwrap_or(loc.length));
+            at += loc.plain_len(crypto.overhead());
         }
         Ok(ChunkedEntries {
             store,
             index,
+            crypto,
             chunks: out,
             size: at,
             cache: Mutex::default(),
@@ -87,19 +90,13 @@ impl ChunkedEntries {
             }
             let (_, f) = c.pack.as_ref().expect("opened above");
             let stored = f.read_exact_at(loc.offset, loc.length as usize)?;
-            let mut plain = Vec::new();
-            let got =
-                super::format::blob::verified(&stored, loc.raw, &id, &mut plain).map_err(|e| {
+            let got = super::format::blob::verified_owned(&self.crypto, stored, loc.raw, &id)
+                .map_err(|e| {
                     bad(format!(
                         "entries blob {id} in {}: {e}",
                         self.store.path(FileKind::Pack, &loc.pack.to_hex())
                     ))
                 })?;
-            let got = if loc.raw.is_some() {
-                plain
-            } else {
-                got.to_vec()
-            };
             c.plain = Some((k, got));
         }
         let (_, plain) = c.plain.as_ref().expect("filled above");

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! <repo>/config.json  lock  packs/<2 hex>/<id>.pack  index/<id>.idx
-//!        entries/<2 hex>/<id>.jsonl  snapshots/<id>.json  tmp/
+//!        entries/<2 hex>/<id>.jsonl  snapshots/<id>.json  keys/<id>.json  tmp/
 //! ```
 //!
 //! Pure: names and paths, no I/O. Ids come from the repository (a
@@ -28,16 +28,19 @@ pub enum FileKind {
     Entries,
     /// `snapshots/<id>.json`.
     Snapshot,
+    /// `keys/<id>.json` (encrypted repositories).
+    Key,
 }
 
 impl FileKind {
     /// Every kind.
-    pub const ALL: [FileKind; 5] = [
+    pub const ALL: [FileKind; 6] = [
         FileKind::Config,
         FileKind::Pack,
         FileKind::Index,
         FileKind::Entries,
         FileKind::Snapshot,
+        FileKind::Key,
     ];
 
     /// The directory holding files of this kind (`""` for the config, at
@@ -49,6 +52,7 @@ impl FileKind {
             FileKind::Index => INDEX,
             FileKind::Entries => ENTRIES,
             FileKind::Snapshot => SNAPSHOTS,
+            FileKind::Key => KEYS,
         }
     }
 
@@ -60,6 +64,7 @@ impl FileKind {
             FileKind::Index => ".idx",
             FileKind::Entries => ".jsonl",
             FileKind::Snapshot => ".json",
+            FileKind::Key => ".json",
         }
     }
 
@@ -77,6 +82,7 @@ impl FileKind {
             FileKind::Index => "index file",
             FileKind::Entries => "entries file",
             FileKind::Snapshot => "snapshot record",
+            FileKind::Key => "key file",
         }
     }
 }
@@ -99,10 +105,12 @@ pub const INDEX: &str = "index";
 pub const ENTRIES: &str = "entries";
 /// Snapshot records.
 pub const SNAPSHOTS: &str = "snapshots";
+/// Key files (encrypted repositories).
+pub const KEYS: &str = "keys";
 /// Files being written; anything here is garbage after a crash.
 pub const STAGING: &str = "tmp";
 /// The directories a new repository gets, in creation order.
-pub const DIRS: [&str; 5] = [PACKS, INDEX, ENTRIES, SNAPSHOTS, STAGING];
+pub const DIRS: [&str; 6] = [PACKS, INDEX, ENTRIES, SNAPSHOTS, KEYS, STAGING];
 
 /// Why an id cannot name a file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -16,6 +16,7 @@
 
 pub mod check;
 pub mod commit;
+pub mod crypto;
 pub mod entries;
 pub mod format;
 pub mod layout;
@@ -57,6 +58,31 @@ pub struct Repo {
     index_loading: std::sync::Mutex<()>,
     /// Damaged snapshot records met so far: (path, what is wrong).
     damaged: std::sync::Mutex<Vec<(String, String)>>,
+    /// How its bytes are sealed and its content ids made.
+    crypto: crypto::Crypto,
+    /// The id of the key file that opened it (encrypted repositories).
+    key_id: Option<String>,
+    /// Its master key (encrypted repositories), for `snap key`.
+    master: Option<crypto::MasterKey>,
+}
+
+/// Where an encrypted repository's password comes from: called only when
+/// the repository is encrypted, at most once per open.
+pub type Password<'a> = &'a dyn Fn() -> Result<zeroize::Zeroizing<Vec<u8>>>;
+
+/// The password of a repository that is not encrypted: never asked.
+pub fn no_password() -> Result<zeroize::Zeroizing<Vec<u8>>> {
+    Err(Error::Internal(
+        "a password was asked where none is given".into(),
+    ))
+}
+
+/// How a new repository is encrypted (`snap init --encrypt`).
+pub struct NewKey<'a> {
+    /// The password of its first key.
+    pub password: &'a [u8],
+    /// The Argon2id parameters of its first key.
+    pub params: crypto::KdfParams,
 }
 
 /// The repository location when neither `--repo` nor `SNAP_REPO` is given:
@@ -101,16 +127,88 @@ pub(crate) fn read_error(path: &str, e: io::Error) -> Error {
     }
 }
 
+/// The master key of an encrypted repository: the first key file (in id
+/// order) that the password opens, and that file's id. Key files are
+/// checked against their ids; a damaged one is passed over (another may
+/// open), and named if none opens.
+///
+/// # Errors
+///
+/// [`Error::Password`] when no key file opens with the password, or no
+/// password is given; [`Error::Integrity`] when there is no key file;
+/// list errors.
+pub(crate) fn unlock(
+    store: &dyn Backend,
+    password: Password<'_>,
+) -> Result<(crypto::MasterKey, String)> {
+    let keys_dir = format!("{}/{}", store.location(), layout::KEYS);
+    let mut ids: Vec<String> = store
+        .list(FileKind::Key)
+        .map_err(|e| Error::io("list", &keys_dir, e))?
+        .iter()
+        .filter_map(|n| layout::id_of(FileKind::Key, n).map(str::to_owned))
+        .collect();
+    ids.sort();
+    if ids.is_empty() {
+        return Err(Error::Integrity {
+            path: keys_dir,
+            detail: "the repository is encrypted and has no key file".into(),
+        });
+    }
+    let pw = password()?;
+    let mut damaged = Vec::new();
+    for id in &ids {
+        let path = store.path(FileKind::Key, id);
+        let key = store
+            .read(FileKind::Key, id, format::key::KEY_FILE_MAX)
+            .map_err(|e| e.to_string())
+            .and_then(|b| {
+                if blake3::hash(&b).to_hex().as_str() != id {
+                    return Err("does not match its BLAKE3 id".into());
+                }
+                format::key::KeyFile::parse(&b)
+            });
+        let key = match key {
+            Ok(k) => k,
+            Err(e) => {
+                damaged.push(format!("{path}: {e}"));
+                continue;
+            }
+        };
+        let opened = key
+            .salt()
+            .and_then(|salt| crypto::unwrap(&key.sealed()?, &pw, &salt, key.params()));
+        match opened {
+            Ok(Some(master)) => return Ok((master, id.clone())),
+            Ok(None) => {}
+            Err(e) => damaged.push(format!("{path}: {e}")),
+        }
+    }
+    Err(Error::Password {
+        path: keys_dir,
+        detail: format!(
+            "no key file opens with the password given ({} tried{})",
+            ids.len(),
+            if damaged.is_empty() {
+                String::new()
+            } else {
+                format!("; unusable: {}", damaged.join("; "))
+            }
+        ),
+    })
+}
+
 impl Repo {
     /// Creates a new repository in the directory `path` (parents too,
-    /// `0700`), which must not exist or be empty (`snap init`).
+    /// `0700`), which must not exist or be empty (`snap init`); encrypted
+    /// with a new master key wrapped by `encrypt`'s password when given.
     ///
     /// # Errors
     ///
     /// [`Error::Usage`] when a repository already exists there or the
     /// directory holds anything; I/O errors with the path.
-    pub fn init(path: &Path) -> Result<Repo> {
-        match Self::create(path, false)? {
+    pub fn init(path: &Path, encrypt: Option<&NewKey<'_>>) -> Result<Repo> {
+        match Self::create(path, false, encrypt, &no_password)? {
             (repo, true) => Ok(repo),
             (_, false) => Err(Error::Usage(format!(
                 "a repository already exists at {}",
@@ -128,25 +226,42 @@ impl Repo {
     /// # Errors
     ///
     /// As [`Repo::init`] and [`Repo::open`].
-    pub fn open_or_create(path: &Path) -> Result<(Repo, bool)> {
-        Self::create(path, true)
+    pub fn open_or_create(path: &Path, password: Password<'_>) -> Result<(Repo, bool)> {
+        Self::create(path, true, None, password)
     }
 
-    fn create(path: &Path, existing: bool) -> Result<(Repo, bool)> {
+    fn create(
+        path: &Path,
+        existing: bool,
+        encrypt: Option<&NewKey<'_>>,
+        password: Password<'_>,
+    ) -> Result<(Repo, bool)> {
         let store = storage::local::LocalBackend::create(path)
             .map_err(|e| Error::io("create repository directory", path.display(), e))?;
-        Self::create_in(Box::new(store), path.to_owned(), existing)
+        Self::create_in(
+            Box::new(store),
+            path.to_owned(),
+            existing,
+            encrypt,
+            password,
+        )
     }
 
     /// [`Repo::init`] (`existing` false) or [`Repo::open_or_create`]
     /// (`existing` true) on any backend.
-    fn create_in(store: Box<dyn Backend>, path: PathBuf, existing: bool) -> Result<(Repo, bool)> {
+    fn create_in(
+        store: Box<dyn Backend>,
+        path: PathBuf,
+        existing: bool,
+        encrypt: Option<&NewKey<'_>>,
+        password: Password<'_>,
+    ) -> Result<(Repo, bool)> {
         let cfg_path = store.path(FileKind::Config, "");
         if store
             .exists(FileKind::Config, "")
             .map_err(|e| Error::io("stat", &cfg_path, e))?
         {
-            return Ok((Self::open_in(store, path)?, false));
+            return Ok((Self::open_in(store, path, password)?, false));
         }
         let held = store
             .prepare(!existing)
@@ -157,11 +272,21 @@ impl Repo {
                 store.location()
             )));
         }
-        let config =
+        let mut config =
             Config::new(crate::sys::random_hex(16).map_err(|e| Error::io("getrandom", "-", e))?);
-        if !commit::create_config(&*store, &config)? {
+        let (crypto, key_id, master) = match encrypt {
+            None => (crypto::Crypto::plain(), None, None),
+            Some(k) => {
+                config.hash = format::config::HASH_KEYED.into();
+                let master =
+                    crypto::MasterKey::generate().map_err(|e| Error::io("getrandom", "-", e))?;
+                let id = commit::put_key(&*store, &master, k.password, k.params)?;
+                (crypto::Crypto::sealed(&master), Some(id), Some(master))
+            }
+        };
+        if !commit::create_config(&*store, &config, &crypto)? {
             // Another process created it meanwhile.
-            return Ok((Self::open_in(store, path)?, false));
+            return Ok((Self::open_in(store, path, password)?, false));
         }
         Ok((
             Repo {
@@ -171,6 +296,9 @@ impl Repo {
                 index: Default::default(),
                 index_loading: Default::default(),
                 damaged: Default::default(),
+                crypto,
+                key_id,
+                master,
             },
             true,
         ))
@@ -183,7 +311,7 @@ impl Repo {
     /// [`Error::RepoMissing`] when there is no directory or no
     /// `config.json`; [`Error::Integrity`] for an unreadable config or an
     /// unknown format/version.
-    pub fn open(path: &Path) -> Result<Repo> {
+    pub fn open(path: &Path, password: Password<'_>) -> Result<Repo> {
         let store = match storage::local::LocalBackend::open(path) {
             Ok(s) => s,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -193,15 +321,18 @@ impl Repo {
             }
             Err(e) => return Err(Error::io("open repository", path.display(), e)),
         };
-        Self::open_in(Box::new(store), path.to_owned())
+        Self::open_in(Box::new(store), path.to_owned(), password)
     }
 
-    /// Opens the repository `store` holds (`path` names it in messages).
+    /// Opens the repository `store` holds (`path` names it in messages);
+    /// an encrypted one with the first key file that `password` opens.
     ///
     /// # Errors
     ///
-    /// As [`Repo::open`].
-    pub fn open_in(store: Box<dyn Backend>, path: PathBuf) -> Result<Repo> {
+    /// As [`Repo::open`]; [`Error::Password`] when no key opens with the
+    /// password (or none is given); [`Error::Integrity`] for a sealed
+    /// config that does not open or parse once a key opened.
+    pub fn open_in(store: Box<dyn Backend>, path: PathBuf, password: Password<'_>) -> Result<Repo> {
         let cfg_path = store.path(FileKind::Config, "");
         let bytes = match store.read(FileKind::Config, "", CONFIG_MAX) {
             Ok(b) => b,
@@ -212,7 +343,43 @@ impl Repo {
             }
             Err(e) => return Err(read_error(&cfg_path, e)),
         };
-        let config = Config::parse(&bytes, &cfg_path)?;
+        let (config, crypto, key_id, master) = match Config::parse_file(&bytes, &cfg_path)? {
+            format::config::ConfigFile::Plain(c) => (c, crypto::Crypto::plain(), None, None),
+            format::config::ConfigFile::Sealed(sealed) => {
+                let (master, key_id) = unlock(&*store, password)?;
+                let crypto = crypto::Crypto::sealed(&master);
+                let bad = |detail: String| Error::Integrity {
+                    path: cfg_path.clone(),
+                    detail,
+                };
+                let inner = base64::Engine::decode(
+                    &base64::engine::general_purpose::STANDARD,
+                    &sealed.sealed,
+                )
+                .map_err(|e| bad(format!("sealed config: {e}")))?;
+                let inner = crypto
+                    .open(crypto::Ad::Config, inner)
+                    .map_err(|e| bad(format!("sealed config: {e}")))?;
+                (
+                    Config::parse(&inner, &cfg_path)?,
+                    crypto,
+                    Some(key_id),
+                    Some(master),
+                )
+            }
+        };
+        if config.keyed() != crypto.is_encrypted()
+            || !matches!(config.hash.as_str(), "blake3" | format::config::HASH_KEYED)
+        {
+            return Err(Error::Integrity {
+                path: cfg_path,
+                detail: format!(
+                    "hash {:?} does not go with a repository {}encrypted",
+                    config.hash,
+                    if crypto.is_encrypted() { "" } else { "not " }
+                ),
+            });
+        }
         Ok(Repo {
             path,
             store: store.into(),
@@ -220,7 +387,26 @@ impl Repo {
             index: Default::default(),
             index_loading: Default::default(),
             damaged: Default::default(),
+            crypto,
+            key_id,
+            master,
         })
+    }
+
+    /// The master key of an encrypted repository.
+    pub fn master_key(&self) -> Option<&crypto::MasterKey> {
+        self.master.as_ref()
+    }
+
+    /// How the repository's bytes are sealed and its content ids made.
+    pub fn crypto(&self) -> &crypto::Crypto {
+        &self.crypto
+    }
+
+    /// The id of the key file that opened the repository (`None` when it
+    /// is not encrypted).
+    pub fn key_id(&self) -> Option<&str> {
+        self.key_id.as_deref()
     }
 
     /// A new repository in memory (unit tests).
@@ -231,9 +417,37 @@ impl Repo {
     #[cfg(test)]
     pub fn memory() -> Repo {
         let store = Box::new(storage::memory::MemoryBackend::new());
-        Self::create_in(store, PathBuf::from("memory:"), false)
+        Self::create_in(store, PathBuf::from("memory:"), false, None, &no_password)
             .expect("a fresh memory backend")
             .0
+    }
+
+    /// A new encrypted repository in memory (unit tests), with the
+    /// password `pw` and cheap Argon2id parameters.
+    ///
+    /// # Panics
+    ///
+    /// Never for a fresh backend.
+    #[cfg(test)]
+    pub fn memory_encrypted(pw: &[u8]) -> Repo {
+        let store = Box::new(storage::memory::MemoryBackend::new());
+        let key = NewKey {
+            password: pw,
+            params: crypto::KdfParams {
+                m_cost: 64,
+                t_cost: 1,
+                p_cost: 1,
+            },
+        };
+        Self::create_in(
+            store,
+            PathBuf::from("memory:"),
+            false,
+            Some(&key),
+            &no_password,
+        )
+        .expect("a fresh memory backend")
+        .0
     }
 
     /// The backend.
@@ -310,7 +524,28 @@ impl Repo {
             .store
             .read(FileKind::Snapshot, id, RECORD_MAX)
             .map_err(|e| read_error(&path, e))?;
-        SnapshotRecord::parse(&bytes, id, &path)
+        self.parse_record(bytes, id, &path)
+    }
+
+    /// Parses snapshot record `id` from its stored `bytes` (shown as
+    /// `path`): checked against its id, opened when sealed.
+    ///
+    /// # Errors
+    ///
+    /// As [`Repo::read_record`].
+    pub fn parse_record(&self, bytes: Vec<u8>, id: &str, path: &str) -> Result<SnapshotRecord> {
+        if !self.crypto.is_encrypted() {
+            return SnapshotRecord::parse(&bytes, id, path);
+        }
+        format::check_id(&bytes, id, path, "snapshot record")?;
+        let plain = self
+            .crypto
+            .open(crypto::Ad::Snapshot, bytes)
+            .map_err(|detail| Error::Integrity {
+                path: path.to_owned(),
+                detail,
+            })?;
+        SnapshotRecord::parse_unchecked(&plain, path)
     }
 
     /// Every intact snapshot, oldest first, each checked against its id.
@@ -414,6 +649,13 @@ impl Repo {
             .read(FileKind::Index, id, INDEX_MAX)
             .map_err(|e| read_error(&path, e))?;
         format::check_id(&bytes, id, &path, "index file")?;
+        let bytes = self
+            .crypto
+            .open(crypto::Ad::Index, bytes)
+            .map_err(|detail| Error::Integrity {
+                path: path.clone(),
+                detail,
+            })?;
         format::index::decode_file(bytes).map_err(|detail| Error::Integrity { path, detail })
     }
 
@@ -525,8 +767,13 @@ impl Repo {
         }
         let path = self.entries_display(entries);
         if let Some(chunks) = &entries.chunks {
-            let stream =
-                entries::ChunkedEntries::open(self.store.clone(), self.index()?, chunks, &path)?;
+            let stream = entries::ChunkedEntries::open(
+                self.store.clone(),
+                self.index()?,
+                self.crypto.clone(),
+                chunks,
+                &path,
+            )?;
             return Ok((path, Box::new(stream)));
         }
         let file = self

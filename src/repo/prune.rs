@@ -528,7 +528,7 @@ pub fn run(
                 .read_exact_at(off, len as usize)
                 .map_err(|e| Error::io("read", &path, e))?;
             // Verified on its plaintext, copied in its stored form.
-            let plain = super::format::blob::decode(&bytes, raw, &mut scratch).map_err(|e| {
+            let plain = super::format::blob::decode(repo.crypto(), &bytes, raw, &mut scratch).map_err(|e| {
                 Error::Integrity {
                     path: path.clone(),
                     detail: format!(
@@ -536,7 +536,7 @@ pub fn run(
                     ),
                 }
             })?;
-            if blake3::hash(plain) != b {
+            if repo.crypto().id(plain) != b {
                 return Err(Error::Integrity {
                     path: path.clone(),
                     detail: format!(
@@ -636,7 +636,12 @@ fn write_pack(
     writer: &mut PackWriter,
     new_packs: &mut Vec<IndexPack>,
 ) -> Result<()> {
-    let fin = b.finish(PackVersion::of_format(writer.format_version()));
+    let fin = b
+        .finish(
+            PackVersion::of_format(writer.format_version()),
+            writer.crypto(),
+        )
+        .map_err(|e| Error::io("seal", "a pack footer", e))?;
     let mut refs: Vec<&[u8]> = fin.parts.iter().map(AsRef::as_ref).collect();
     refs.push(&fin.tail);
     let hex = fin.id.to_hex().to_string();

@@ -255,17 +255,23 @@ impl<'a> Restorer<'a> {
         } else {
             &self.single[..]
         };
-        let plain = crate::repo::format::blob::verified(bytes, loc.raw, id, &mut self.plain)
-            .map_err(|e| {
-                integrity(
-                    pack_path,
-                    format!("blob {id} at offset {}: {e}", loc.offset),
-                )
-            })?;
+        let plain = crate::repo::format::blob::verified(
+            sh.repo.crypto(),
+            bytes,
+            loc.raw,
+            id,
+            &mut self.plain,
+        )
+        .map_err(|e| {
+            integrity(
+                pack_path,
+                format!("blob {id} at offset {}: {e}", loc.offset),
+            )
+        })?;
         self.summary.blobs_verified += 1;
         self.ahead = self
             .ahead
-            .saturating_sub(u64::from(loc.raw.unwrap_or(loc.length)));
+            .saturating_sub(loc.plain_len(sh.repo.crypto().overhead()));
         Ok(plain)
     }
 }

@@ -4,6 +4,7 @@
 //! decodes and then checks the id. Pure: no I/O.
 
 use crate::policy::Compression;
+use crate::repo::crypto::{Ad, Crypto};
 
 /// Most plaintext bytes a stored blob may decode to: a data chunk is at
 /// most the chunker's maximum (8 MiB), a metadata chunk at most 4 MiB.
@@ -85,23 +86,49 @@ impl Encoder {
     }
 }
 
-/// Decodes a stored blob into `out`: `raw` is `Some(n)` for a zstd frame
-/// of `n` plaintext bytes (the index and footer say so), `None` for a
-/// blob stored as it is. Returns the plaintext (`stored` itself when it
-/// was stored as it is).
+/// Decodes a stored blob into `out`: opens it when `crypto` seals
+/// (XChaCha20-Poly1305, `docs/FORMAT.md` "Encryption"), then `raw` is
+/// `Some(n)` for a zstd frame of `n` plaintext bytes (the index and
+/// footer say so), `None` for a blob stored as it is. Returns the
+/// plaintext (`stored` itself when it was stored as it is and not sealed).
 ///
 /// # Errors
 ///
-/// A message when the frame is damaged, decodes to another length than
-/// `raw`, or `raw` is over [`BLOB_RAW_MAX`].
+/// A message when the sealed bytes do not open, the frame is damaged,
+/// decodes to another length than `raw`, or `raw` is over
+/// [`BLOB_RAW_MAX`].
 pub fn decode<'a>(
+    crypto: &Crypto,
     stored: &'a [u8],
     raw: Option<u32>,
     out: &'a mut Vec<u8>,
 ) -> Result<&'a [u8], String> {
+    if crypto.is_encrypted() {
+        thread_local! {
+            // The opened stored form of a compressed blob, reused.
+            static OPENED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        return OPENED.with(|o| {
+            let mut o = o.borrow_mut();
+            match raw {
+                None => crypto.open_into(Ad::Blob, stored, out)?,
+                Some(n) => {
+                    crypto.open_into(Ad::Blob, stored, &mut o)?;
+                    unzstd(&o, n, out)?;
+                }
+            }
+            Ok(&out[..])
+        });
+    }
     let Some(n) = raw else {
         return Ok(stored);
     };
+    unzstd(stored, n, out)?;
+    Ok(&out[..])
+}
+
+/// Decodes the zstd frame `frame` of `n` plaintext bytes into `out`.
+fn unzstd(frame: &[u8], n: u32, out: &mut Vec<u8>) -> Result<(), String> {
     if n > BLOB_RAW_MAX {
         return Err(format!(
             "blob's plaintext length {n} is over the format's {BLOB_RAW_MAX}"
@@ -122,33 +149,70 @@ pub fn decode<'a>(
                 Some(d) => d,
                 None => d.insert(zstd::bulk::Decompressor::new()?),
             };
-            d.decompress_to_buffer(stored, out)
+            d.decompress_to_buffer(frame, out)
         })
         .map_err(|e| format!("zstd frame does not decode: {e}"))?;
     if got != n as usize {
         return Err(format!("zstd frame decodes to {got} bytes, not {n}"));
     }
-    Ok(&out[..])
+    Ok(())
 }
 
 /// [`decode`], then checks the plaintext against the blob's `id`
-/// (BLAKE3-256): the bytes a reader may use.
+/// ([`Crypto::id`]: BLAKE3-256, keyed when encrypted): the bytes a reader
+/// may use.
 ///
 /// # Errors
 ///
 /// As [`decode`]; `"does not match its BLAKE3"` for a plaintext that is not
 /// the blob.
 pub fn verified<'a>(
+    crypto: &Crypto,
     stored: &'a [u8],
     raw: Option<u32>,
     id: &blake3::Hash,
     out: &'a mut Vec<u8>,
 ) -> Result<&'a [u8], String> {
-    let plain = decode(stored, raw, out)?;
-    if blake3::hash(plain) != *id {
+    let plain = decode(crypto, stored, raw, out)?;
+    if crypto.id(plain) != *id {
         return Err("does not match its BLAKE3".into());
     }
     Ok(plain)
+}
+
+/// [`verified`] for stored bytes the caller owns: returns the plaintext,
+/// `stored` itself when it was stored as it is and not sealed.
+///
+/// # Errors
+///
+/// As [`verified`].
+pub fn verified_owned(
+    crypto: &Crypto,
+    stored: Vec<u8>,
+    raw: Option<u32>,
+    id: &blake3::Hash,
+) -> Result<Vec<u8>, String> {
+    let mut plain = Vec::new();
+    verified(crypto, &stored, raw, id, &mut plain)?;
+    Ok(if raw.is_some() || crypto.is_encrypted() {
+        plain
+    } else {
+        stored
+    })
+}
+
+/// The bytes to store for a blob whose stored form (a zstd frame, or the
+/// plaintext) is `parts`: sealed when `crypto` seals, else `None` (store
+/// `parts` as they are).
+///
+/// # Errors
+///
+/// `getrandom(2)`'s error.
+pub fn seal(crypto: &Crypto, parts: &[&[u8]]) -> std::io::Result<Option<Vec<u8>>> {
+    if !crypto.is_encrypted() {
+        return Ok(None);
+    }
+    crypto.seal(Ad::Blob, parts).map(Some)
 }
 
 #[cfg(test)]
@@ -168,12 +232,18 @@ mod tests {
         assert!(frame.len() < text.len() / 3);
         let mut out = Vec::new();
         assert_eq!(
-            decode(&frame, Some(text.len() as u32), &mut out).unwrap(),
+            decode(&Crypto::plain(), &frame, Some(text.len() as u32), &mut out).unwrap(),
             &text[..]
         );
-        assert!(decode(&frame, Some(7), &mut out).is_err());
-        assert!(decode(&frame[1..], Some(text.len() as u32), &mut out).is_err());
-        assert!(decode(&frame, Some(BLOB_RAW_MAX + 1), &mut out).is_err());
+        assert!(decode(&Crypto::plain(), &frame, Some(7), &mut out).is_err());
+        assert!(decode(
+            &Crypto::plain(),
+            &frame[1..],
+            Some(text.len() as u32),
+            &mut out
+        )
+        .is_err());
+        assert!(decode(&Crypto::plain(), &frame, Some(BLOB_RAW_MAX + 1), &mut out).is_err());
         // Incompressible bytes (an xorshift stream) are stored as they are.
         let mut x = 0x9E37_79B9_7F4A_7C15u64;
         let noise: Vec<u8> = (0..400_000)
@@ -196,9 +266,12 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(
-            decode(&max, Some(50_000), &mut out).unwrap(),
+            decode(&Crypto::plain(), &max, Some(50_000), &mut out).unwrap(),
             &text[..50_000]
         );
-        assert_eq!(decode(b"as is", None, &mut out).unwrap(), b"as is");
+        assert_eq!(
+            decode(&Crypto::plain(), b"as is", None, &mut out).unwrap(),
+            b"as is"
+        );
     }
 }

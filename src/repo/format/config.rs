@@ -4,6 +4,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::key::{self, SealedConfig};
 use crate::error::{Error, Result};
 
 /// The `format` value of `config.json`.
@@ -93,10 +94,31 @@ impl Config {
     /// [`Error::Integrity`] for malformed JSON, another format name, or a
     /// version older than [`FORMAT_OLDEST`].
     pub fn parse(bytes: &[u8], path: &str) -> Result<Config> {
+        match Self::parse_file(bytes, path)? {
+            ConfigFile::Plain(c) => Ok(c),
+            ConfigFile::Sealed(_) => Err(Error::Integrity {
+                path: path.to_owned(),
+                detail: "a sealed config holds another sealed config".into(),
+            }),
+        }
+    }
+
+    /// Parses `config.json` (shown as `path`): a plain config, or the
+    /// outer part of an encrypted repository's (one with an `encryption`
+    /// object), whose sealed config [`Config::parse`] reads once a key
+    /// opened it. Versions are checked as [`Config::parse`] says; an
+    /// encryption this build does not know is refused.
+    ///
+    /// # Errors
+    ///
+    /// As [`Config::parse`].
+    pub fn parse_file(bytes: &[u8], path: &str) -> Result<ConfigFile> {
         #[derive(Deserialize)]
         struct Head {
             format: String,
             version: u32,
+            #[serde(default)]
+            encryption: Option<serde_json::Value>,
         }
         let malformed = |e: serde_json::Error| Error::Integrity {
             path: path.to_owned(),
@@ -120,8 +142,48 @@ impl Config {
                 ),
             });
         }
-        serde_json::from_slice(bytes).map_err(malformed)
+        if head.encryption.is_some() {
+            let sealed: SealedConfig = serde_json::from_slice(bytes).map_err(malformed)?;
+            if sealed.version < 3
+                || sealed.encryption.aead != key::AEAD
+                || sealed.encryption.kdf != key::KDF
+            {
+                return Err(Error::Integrity {
+                    path: path.to_owned(),
+                    detail: format!(
+                        "format {} encrypted with {} and {} is not supported (this snap encrypts format 3 with {} and {})",
+                        sealed.version,
+                        sealed.encryption.aead,
+                        sealed.encryption.kdf,
+                        key::AEAD,
+                        key::KDF
+                    ),
+                });
+            }
+            return Ok(ConfigFile::Sealed(sealed));
+        }
+        serde_json::from_slice(bytes)
+            .map(ConfigFile::Plain)
+            .map_err(malformed)
     }
+
+    /// Whether content ids are keyed BLAKE3 (an encrypted repository's
+    /// sealed config says `"hash": "blake3-keyed"`).
+    pub fn keyed(&self) -> bool {
+        self.hash == HASH_KEYED
+    }
+}
+
+/// The `hash` of an encrypted repository's sealed config.
+pub const HASH_KEYED: &str = "blake3-keyed";
+
+/// What `config.json` holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigFile {
+    /// The config itself.
+    Plain(Config),
+    /// An encrypted repository's: the config is sealed inside.
+    Sealed(SealedConfig),
 }
 
 #[cfg(test)]

@@ -72,6 +72,18 @@ pub struct BlobLocation {
     pub raw: Option<u32>,
 }
 
+impl BlobLocation {
+    /// The blob's plaintext length: `raw` when compressed, else the stored
+    /// length less what sealing adds (`overhead`: 0, or
+    /// [`crate::repo::crypto::OVERHEAD`] in an encrypted repository).
+    pub fn plain_len(&self, overhead: usize) -> u64 {
+        match self.raw {
+            Some(n) => u64::from(n),
+            None => u64::from(self.length).saturating_sub(overhead as u64),
+        }
+    }
+}
+
 /// Every blob of a repository and where it lives, as loaded from its
 /// index files by `Repo::load_index`.
 ///

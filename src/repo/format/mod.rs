@@ -11,6 +11,7 @@ pub mod blob;
 pub mod config;
 pub mod entries;
 pub mod index;
+pub mod key;
 pub mod pack;
 pub mod sidecar;
 pub mod snapshot;

@@ -12,10 +12,13 @@
 //! Flags (format 3): bit 0 set when the stored bytes are a zstd frame of
 //! the plaintext length given; no other bit is defined (a reader refuses
 //! them). The pack id is the BLAKE3-256 of footer and trailer (the footer
-//! names every blob by its own id and places it). Pure data: the
-//! repository writes and reads the bytes.
+//! names every blob by its own id and places it). In an encrypted
+//! repository every blob's stored bytes and the footer are each sealed
+//! (`crate::repo::crypto`); the trailer is not. Pure data apart from the
+//! nonces sealing draws: the repository writes and reads the bytes.
 
 use super::index::BlobLocation;
+use crate::repo::crypto::{Ad, Crypto};
 
 /// The last 8 bytes of a format-3 pack.
 pub const PACK_MAGIC: &[u8; 8] = b"SNAPPAK3";
@@ -171,13 +174,19 @@ impl<B: AsRef<[u8]>> PackBuilder<B> {
         self.blobs.is_empty()
     }
 
-    /// Builds footer and trailer (layout `version`) and the pack id.
+    /// Builds footer and trailer (layout `version`) and the pack id; the
+    /// footer is sealed when `crypto` seals (an encrypted repository: its
+    /// rows name blobs by their keyed ids and give their lengths).
+    ///
+    /// # Errors
+    ///
+    /// `getrandom(2)`'s error (sealing).
     ///
     /// # Panics
     ///
     /// Never for [`PackVersion::V3`]; a compressed blob in a
     /// [`PackVersion::V2`] pack is a bug (format 2 has no field for it).
-    pub fn finish(self, version: PackVersion) -> FinishedPack<B> {
+    pub fn finish(self, version: PackVersion, crypto: &Crypto) -> std::io::Result<FinishedPack<B>> {
         let footer_offset = self.len;
         let mut tail = Vec::with_capacity(self.blobs.len() * version.row_len() + TRAILER_LEN);
         for b in &self.blobs {
@@ -195,6 +204,9 @@ impl<B: AsRef<[u8]>> PackBuilder<B> {
                 }
             }
         }
+        if crypto.is_encrypted() {
+            tail = crypto.seal(Ad::Footer, &[&tail])?;
+        }
         tail.extend_from_slice(&(self.blobs.len() as u32).to_le_bytes());
         tail.extend_from_slice(&0u32.to_le_bytes());
         tail.extend_from_slice(&footer_offset.to_le_bytes());
@@ -204,22 +216,28 @@ impl<B: AsRef<[u8]>> PackBuilder<B> {
         // by those ids. Hashing the whole pack again would cost a third
         // BLAKE3 pass over every byte a backup stores.
         let id = blake3::hash(&tail);
-        FinishedPack {
+        Ok(FinishedPack {
             parts: self.parts,
             tail,
             id,
             blobs: self.blobs,
-        }
+        })
     }
 }
 
-/// Parses the fixed trailer of a pack of `pack_len` bytes: returns the
-/// blob count, the footer offset (checked to fit) and the layout.
+/// Parses the fixed trailer of a pack of `pack_len` bytes whose footer
+/// sealing adds `overhead` bytes (0, or [`crate::repo::crypto::OVERHEAD`]
+/// in an encrypted repository): returns the blob count, the footer
+/// offset (checked to fit) and the layout.
 ///
 /// # Errors
 ///
 /// A message naming what is inconsistent.
-pub fn parse_trailer(trailer: &[u8], pack_len: u64) -> Result<(usize, u64, PackVersion), String> {
+pub fn parse_trailer(
+    trailer: &[u8],
+    pack_len: u64,
+    overhead: usize,
+) -> Result<(usize, u64, PackVersion), String> {
     if pack_len < TRAILER_LEN as u64 || trailer.len() != TRAILER_LEN {
         return Err(format!(
             "pack is {pack_len} bytes, shorter than its trailer"
@@ -243,7 +261,9 @@ pub fn parse_trailer(trailer: &[u8], pack_len: u64) -> Result<(usize, u64, PackV
             "pack trailer names {count} blobs, more than its {footer_offset} data bytes or a footer may hold"
         ));
     }
-    if footer_offset > footer_end || footer_end - footer_offset != (count * row_len) as u64 {
+    if footer_offset > footer_end
+        || footer_end - footer_offset != (count * row_len + overhead) as u64
+    {
         return Err(format!(
             "pack footer of {count} blobs does not fit between offset {footer_offset} and {footer_end}"
         ));
@@ -306,6 +326,32 @@ pub fn parse_rows(
     Ok(out)
 }
 
+/// Parses footer and trailer `tail` (the bytes from the footer offset to
+/// the end) of pack `pack_id`: opens the footer when `crypto` seals, then
+/// [`parse_rows`].
+///
+/// # Errors
+///
+/// A message when the sealed footer does not open, or as [`parse_rows`].
+pub fn parse_tail(
+    tail: &[u8],
+    footer_offset: u64,
+    pack_id: blake3::Hash,
+    version: PackVersion,
+    crypto: &Crypto,
+) -> Result<Vec<(blake3::Hash, BlobLocation)>, String> {
+    let rows = tail
+        .get(..tail.len().saturating_sub(TRAILER_LEN))
+        .unwrap_or_default();
+    if !crypto.is_encrypted() {
+        return parse_rows(rows, footer_offset, pack_id, version);
+    }
+    let rows = crypto
+        .open(Ad::Footer, rows.to_vec())
+        .map_err(|e| format!("pack footer: {e}"))?;
+    parse_rows(&rows, footer_offset, pack_id, version)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,17 +365,61 @@ mod tests {
         pack: &[u8],
         pack_id: blake3::Hash,
     ) -> Result<Vec<(blake3::Hash, BlobLocation)>, String> {
+        parse_footer_with(pack, pack_id, &Crypto::plain())
+    }
+
+    fn parse_footer_with(
+        pack: &[u8],
+        pack_id: blake3::Hash,
+        crypto: &Crypto,
+    ) -> Result<Vec<(blake3::Hash, BlobLocation)>, String> {
         let len = pack.len() as u64;
         if pack.len() < TRAILER_LEN {
             return Err(format!("pack is {len} bytes, shorter than its trailer"));
         }
-        let (_, footer_offset, v) = parse_trailer(&pack[pack.len() - TRAILER_LEN..], len)?;
-        parse_rows(
-            &pack[footer_offset as usize..pack.len() - TRAILER_LEN],
+        let (_, footer_offset, v) =
+            parse_trailer(&pack[pack.len() - TRAILER_LEN..], len, crypto.overhead())?;
+        parse_tail(
+            &pack[footer_offset as usize..],
             footer_offset,
             pack_id,
             v,
+            crypto,
         )
+    }
+
+    #[test]
+    fn a_sealed_footer_opens_with_its_key_only() {
+        let c = Crypto::sealed(&crate::repo::crypto::MasterKey::generate().unwrap());
+        let mut b = PackBuilder::default();
+        let a = c.id(b"alpha");
+        b.add(
+            a,
+            [Part {
+                buf: &b"alpha"[..],
+                range: 0..5,
+            }],
+        );
+        let fin = b.finish(PackVersion::V3, &c).unwrap();
+        assert_eq!(
+            fin.tail.len(),
+            FOOTER_ROW_LEN + crate::repo::crypto::OVERHEAD + TRAILER_LEN
+        );
+        assert!(
+            !fin.tail.windows(32).any(|w| w == a.as_bytes()),
+            "rows are sealed"
+        );
+        let mut bytes = b"alpha".to_vec();
+        bytes.extend_from_slice(&fin.tail);
+        assert_eq!(parse_footer_with(&bytes, fin.id, &c).unwrap()[0].0, a);
+        let other = Crypto::sealed(&crate::repo::crypto::MasterKey::generate().unwrap());
+        assert!(parse_footer_with(&bytes, fin.id, &other).is_err());
+        assert!(
+            parse_footer(&bytes, fin.id).is_err(),
+            "the plain layout does not fit"
+        );
+        bytes[7] ^= 1;
+        assert!(parse_footer_with(&bytes, fin.id, &c).is_err());
     }
 
     #[test]
@@ -351,7 +441,7 @@ mod tests {
             }],
             Some(900),
         );
-        let fin = b.finish(PackVersion::V3);
+        let fin = b.finish(PackVersion::V3, &Crypto::plain()).unwrap();
         let mut bytes = b"frame".to_vec();
         bytes.extend_from_slice(&fin.tail);
         let parsed = parse_footer(&bytes, fin.id).unwrap();
@@ -373,7 +463,7 @@ mod tests {
             tail,
             id,
             blobs,
-        } = b.finish(v);
+        } = b.finish(v, &Crypto::plain()).unwrap();
         let mut bytes: Vec<u8> = parts.iter().flat_map(|p| p.as_ref().to_vec()).collect();
         bytes.extend_from_slice(&tail);
         // Format 2: the id is the BLAKE3 of footer and trailer.

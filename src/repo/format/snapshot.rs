@@ -142,6 +142,16 @@ impl SnapshotRecord {
     /// JSON or an unknown record version.
     pub fn parse(bytes: &[u8], id: &str, path: &str) -> Result<SnapshotRecord> {
         super::check_id(bytes, id, path, "snapshot record")?;
+        Self::parse_unchecked(bytes, path)
+    }
+
+    /// [`SnapshotRecord::parse`] of a record whose id the caller checked
+    /// (an encrypted repository's: the id is over the sealed bytes).
+    ///
+    /// # Errors
+    ///
+    /// As [`SnapshotRecord::parse`].
+    pub fn parse_unchecked(bytes: &[u8], path: &str) -> Result<SnapshotRecord> {
         let rec: SnapshotRecord = serde_json::from_slice(bytes).map_err(|e| Error::Integrity {
             path: path.to_owned(),
             detail: format!("malformed snapshot record: {e}"),
