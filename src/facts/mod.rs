@@ -756,10 +756,7 @@ pub fn schemas() -> Vec<(&'static str, serde_json::Value)> {
         ("policy.schema.json", s::<Policy>()),
         ("config.schema.json", s::<crate::repo::Config>()),
         ("index.schema.json", s::<crate::repo::IndexFile>()),
-        (
-            "key.schema.json",
-            s::<crate::repo::format::key::KeyFile>(),
-        ),
+        ("key.schema.json", s::<crate::repo::format::key::KeyFile>()),
         (
             "sealed-config.schema.json",
             s::<crate::repo::format::key::SealedConfig>(),

@@ -90,6 +90,10 @@ pub struct Env {
     pub dir: tempfile::TempDir,
     pub repo: PathBuf,
     seq: std::cell::Cell<u32>,
+    /// The password of an encrypted repository ([`Env::encrypted`]):
+    /// every run gets it as `SNAP_PASSWORD`, and the first backup's
+    /// `snap init` is `snap init --encrypt`.
+    pub password: Option<String>,
 }
 
 impl Env {
@@ -103,7 +107,29 @@ impl Env {
             dir,
             repo,
             seq: std::cell::Cell::new(0),
+            password: None,
         }
+    }
+
+    /// An environment whose repository is encrypted with `password`.
+    #[allow(dead_code)]
+    pub fn encrypted(password: &str) -> Self {
+        Env {
+            password: Some(password.to_owned()),
+            ..Env::new()
+        }
+    }
+
+    /// A snap command with `--repo` and, for an encrypted repository, its
+    /// password in the environment.
+    #[allow(dead_code)]
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(snap_bin());
+        cmd.arg("--repo").arg(&self.repo);
+        if let Some(p) = &self.password {
+            cmd.env("SNAP_PASSWORD", p);
+        }
+        cmd
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -119,12 +145,14 @@ impl Env {
         let args: Vec<S> = args.into_iter().collect();
         // A location named with --repo must exist: `snap init` makes it.
         if args.first().is_some_and(|a| a.as_ref() == "backup") && !self.repo.exists() {
-            let mut init = Command::new(snap_bin());
-            init.arg("--repo").arg(&self.repo);
-            self.run_cmd(init, ["init"]).ok();
+            let init = self.command();
+            if self.password.is_some() {
+                self.run_cmd(init, ["init", "--encrypt"]).ok();
+            } else {
+                self.run_cmd(init, ["init"]).ok();
+            }
         }
-        let mut cmd = Command::new(snap_bin());
-        cmd.arg("--repo").arg(&self.repo);
+        let cmd = self.command();
         self.run_cmd(cmd, args)
     }
 
