@@ -349,12 +349,8 @@ impl MetaOut {
             Some(f) => (f, Some(raw)),
             None => (plain, None),
         };
-        let stored = match crate::repo::format::blob::seal(repo.crypto(), &[&stored])
-            .map_err(|e| Error::io("seal", "an entries blob", e))?
-        {
-            Some(sealed) => sealed,
-            None => stored,
-        };
+        let stored = crate::repo::format::blob::seal_owned(repo.crypto(), stored)
+            .map_err(|e| Error::io("seal", "an entries blob", e))?;
         self.pack.add_stored(
             id,
             [Part {

@@ -426,12 +426,13 @@ fn stored_forms(
                                 .encode(&slices)
                                 .map_err(|e| Error::io("compress", "a blob", e))?;
                             let raw = frame.as_ref().map(|_| row.length);
-                            let sealed = match &frame {
-                                Some(f) => blob::seal(crypto, &[f]),
-                                None => blob::seal(crypto, &slices),
+                            let stored = match frame {
+                                Some(f) => Some(blob::seal_owned(crypto, f)),
+                                None => blob::seal(crypto, &slices).transpose(),
                             }
+                            .transpose()
                             .map_err(|e| Error::io("seal", "a blob", e))?;
-                            Ok((sealed.or(frame), raw))
+                            Ok((stored, raw))
                         })
                         .collect::<Result<Vec<_>>>()
                 };

@@ -201,6 +201,16 @@ pub fn verified_owned(
     })
 }
 
+/// [`seal`] of a stored form the caller owns (a zstd frame), sealed where
+/// it lies; returned as it is when `crypto` does not seal.
+///
+/// # Errors
+///
+/// `getrandom(2)`'s error.
+pub fn seal_owned(crypto: &Crypto, stored: Vec<u8>) -> std::io::Result<Vec<u8>> {
+    crypto.seal_vec(Ad::Blob, stored)
+}
+
 /// The bytes to store for a blob whose stored form (a zstd frame, or the
 /// plaintext) is `parts`: sealed when `crypto` seals, else `None` (store
 /// `parts` as they are).
