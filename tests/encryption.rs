@@ -608,3 +608,47 @@ fn forget_and_prune_keep_an_encrypted_repository_whole() {
     .ok();
     assert_same_tree(&src, &out, false);
 }
+
+#[test]
+fn a_key_of_another_repository_or_a_damaged_key_does_not_hide_the_right_one() {
+    let a = Env::new();
+    init(&a);
+    let b = Env::new();
+    init(&b);
+    let src = a.path("src");
+    build(&src);
+    esnap(&a, Some(PW), [OsStr::new("backup"), src.as_os_str()]).ok();
+    // B's key opens with the same password, but not A's config; whichever
+    // sorts first, A opens with its own.
+    for k in files_under(&b.repo.join("keys")) {
+        fs::copy(&k, a.repo.join("keys").join(k.file_name().unwrap())).unwrap();
+    }
+    let r = esnap(&a, Some(PW), ["list"]).ok();
+    assert_eq!(r.fact("list.result")["snapshots"], 1);
+    // A damaged key file: named in check's problems; the others still open.
+    let own = files_under(&a.repo.join("keys"))
+        .into_iter()
+        .find(|k| !b.repo.join("keys").join(k.file_name().unwrap()).exists())
+        .unwrap();
+    let mut bytes = fs::read(&own).unwrap();
+    bytes.extend_from_slice(b" ");
+    fs::write(
+        a.repo.join("keys").join(format!("{}.json", "0".repeat(64))),
+        &bytes,
+    )
+    .unwrap();
+    let c = esnap(&a, Some(PW), ["check"]);
+    assert_eq!(c.code, 90, "{}", c.stderr);
+    assert!(
+        c.stderr.contains("key file does not match its BLAKE3 id"),
+        "{}",
+        c.stderr
+    );
+    esnap(&a, Some(PW), ["list"]).ok();
+    // Only B's key left: the password opens it, not A's config.
+    fs::remove_file(&own).unwrap();
+    fs::remove_file(a.repo.join("keys").join(format!("{}.json", "0".repeat(64)))).unwrap();
+    let r = esnap(&a, Some(PW), ["list"]);
+    assert_eq!(r.code, 90, "{}", r.stderr);
+    assert!(r.stderr.contains("does not open"), "{}", r.stderr);
+}

@@ -104,12 +104,25 @@ fn strip_newline(mut text: Vec<u8>) -> Secret {
     Zeroizing::new(text)
 }
 
+/// Most bytes a password file or command may give.
+const PASSWORD_MAX: usize = 64 << 10;
+
 fn from_file(path: &Path) -> Result<Secret> {
-    let bytes = std::fs::read(path).map_err(|e| Error::Password {
+    use std::io::Read;
+    let fail = |detail: String| Error::Password {
         path: path.display().to_string(),
-        detail: format!("cannot read the password file: {e}"),
-    })?;
-    Ok(strip_newline(bytes))
+        detail,
+    };
+    let mut bytes = Zeroizing::new(Vec::new());
+    std::fs::File::open(path)
+        .and_then(|f| f.take(PASSWORD_MAX as u64 + 1).read_to_end(&mut bytes))
+        .map_err(|e| fail(format!("cannot read the password file: {e}")))?;
+    if bytes.len() > PASSWORD_MAX {
+        return Err(fail(format!(
+            "the password file holds more than {PASSWORD_MAX} bytes"
+        )));
+    }
+    Ok(strip_newline(std::mem::take(&mut *bytes)))
 }
 
 fn from_command(cmd: &str) -> Result<Secret> {
@@ -124,10 +137,14 @@ fn from_command(cmd: &str) -> Result<Secret> {
         .stderr(Stdio::inherit())
         .output()
         .map_err(|e| fail(format!("cannot run it: {e}")))?;
+    let stdout = Zeroizing::new(out.stdout);
     if !out.status.success() {
         return Err(fail(format!("it ended with {}", out.status)));
     }
-    Ok(strip_newline(out.stdout))
+    if stdout.len() > PASSWORD_MAX {
+        return Err(fail(format!("it printed more than {PASSWORD_MAX} bytes")));
+    }
+    Ok(strip_newline(stdout.to_vec()))
 }
 
 #[cfg(test)]

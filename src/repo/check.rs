@@ -84,6 +84,33 @@ pub fn run(repo: &Repo, read_data: bool, repair_tmp: bool) -> Result<CheckReport
         read_data,
         ..CheckReport::default()
     };
+    // Key files (an encrypted repository): each matches its id and parses.
+    // (One opened the repository already; an unencrypted one should have
+    // none.)
+    for fname in repo.list(FileKind::Key)? {
+        let path = repo.display(&format!("{}/{fname}", layout::KEYS));
+        let Some(id) = fname.strip_suffix(".json").filter(|i| is_hex_id(i)) else {
+            r.problem(path, "unexpected file in keys/");
+            continue;
+        };
+        if !repo.crypto().is_encrypted() {
+            r.problem(path, "a key file in a repository that is not encrypted");
+            continue;
+        }
+        let parsed = repo
+            .store()
+            .read(FileKind::Key, id, crate::repo::format::key::KEY_FILE_MAX)
+            .map_err(|e| format!("unreadable: {e}"))
+            .and_then(|b| {
+                if blake3::hash(&b).to_hex().as_str() != id {
+                    return Err("key file does not match its BLAKE3 id".into());
+                }
+                crate::repo::format::key::KeyFile::parse(&b).map(|_| ())
+            });
+        if let Err(e) = parsed {
+            r.problem(path, e);
+        }
+    }
     // Snapshot records.
     let mut snapshots: Vec<(String, SnapshotRecord)> = Vec::new();
     for fname in repo.list(FileKind::Snapshot)? {

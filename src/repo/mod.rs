@@ -128,19 +128,22 @@ pub(crate) fn read_error(path: &str, e: io::Error) -> Error {
 }
 
 /// The master key of an encrypted repository: the first key file (in id
-/// order) that the password opens, and that file's id. Key files are
-/// checked against their ids; a damaged one is passed over (another may
-/// open), and named if none opens.
+/// order) that the password opens and whose master key opens
+/// `sealed_config`; that file's id and the config's plaintext. Key files
+/// are checked against their ids; a damaged one, or one of another
+/// repository (left by a lost race to create this one), is passed over
+/// and named if none opens.
 ///
 /// # Errors
 ///
 /// [`Error::Password`] when no key file opens with the password, or no
-/// password is given; [`Error::Integrity`] when there is no key file;
-/// list errors.
+/// password is given; [`Error::Integrity`] when there is no key file, or
+/// keys open but none opens the config (it was altered); list errors.
 pub(crate) fn unlock(
     store: &dyn Backend,
     password: Password<'_>,
-) -> Result<(crypto::MasterKey, String)> {
+    sealed_config: &[u8],
+) -> Result<(crypto::MasterKey, String, Vec<u8>)> {
     let keys_dir = format!("{}/{}", store.location(), layout::KEYS);
     let mut ids: Vec<String> = store
         .list(FileKind::Key)
@@ -157,6 +160,7 @@ pub(crate) fn unlock(
     }
     let pw = password()?;
     let mut damaged = Vec::new();
+    let mut opened_elsewhere = Vec::new();
     for id in &ids {
         let path = store.path(FileKind::Key, id);
         let key = store
@@ -179,10 +183,28 @@ pub(crate) fn unlock(
             .salt()
             .and_then(|salt| crypto::unwrap(&key.sealed()?, &pw, &salt, key.params()));
         match opened {
-            Ok(Some(master)) => return Ok((master, id.clone())),
+            Ok(Some(master)) => {
+                match crypto::Crypto::sealed(&master)
+                    .open(crypto::Ad::Config, sealed_config.to_vec())
+                {
+                    Ok(config) => return Ok((master, id.clone(), config)),
+                    Err(e) => opened_elsewhere.push(format!(
+                        "{path}: the config does not open under its master key ({e})"
+                    )),
+                }
+            }
             Ok(None) => {}
             Err(e) => damaged.push(format!("{path}: {e}")),
         }
+    }
+    if !opened_elsewhere.is_empty() {
+        return Err(Error::Integrity {
+            path: store.path(FileKind::Config, ""),
+            detail: format!(
+                "a key opens with the password but the sealed config does not open with it: {}",
+                opened_elsewhere.join("; ")
+            ),
+        });
     }
     Err(Error::Password {
         path: keys_dir,
@@ -285,7 +307,16 @@ impl Repo {
             }
         };
         if !commit::create_config(&*store, &config, &crypto)? {
-            // Another process created it meanwhile.
+            // Another process created it meanwhile: the key file written
+            // for this run's master key opens nothing there.
+            if let Some(id) = &key_id {
+                if let Err(e) = store.remove(FileKind::Key, id) {
+                    eprintln!(
+                        "snap: warning: cannot remove {}: {e}",
+                        store.path(FileKind::Key, id)
+                    );
+                }
+            }
             return Ok((Self::open_in(store, path, password)?, false));
         }
         Ok((
@@ -346,20 +377,16 @@ impl Repo {
         let (config, crypto, key_id, master) = match Config::parse_file(&bytes, &cfg_path)? {
             format::config::ConfigFile::Plain(c) => (c, crypto::Crypto::plain(), None, None),
             format::config::ConfigFile::Sealed(sealed) => {
-                let (master, key_id) = unlock(&*store, password)?;
-                let crypto = crypto::Crypto::sealed(&master);
-                let bad = |detail: String| Error::Integrity {
-                    path: cfg_path.clone(),
-                    detail,
-                };
                 let inner = base64::Engine::decode(
                     &base64::engine::general_purpose::STANDARD,
                     &sealed.sealed,
                 )
-                .map_err(|e| bad(format!("sealed config: {e}")))?;
-                let inner = crypto
-                    .open(crypto::Ad::Config, inner)
-                    .map_err(|e| bad(format!("sealed config: {e}")))?;
+                .map_err(|e| Error::Integrity {
+                    path: cfg_path.clone(),
+                    detail: format!("sealed config: {e}"),
+                })?;
+                let (master, key_id, inner) = unlock(&*store, password, &inner)?;
+                let crypto = crypto::Crypto::sealed(&master);
                 (
                     Config::parse(&inner, &cfg_path)?,
                     crypto,
