@@ -179,6 +179,39 @@ pub struct SealedConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        // Hostile key files and configs: any bytes, or a valid key file
+        // with one byte changed, are refused or parsed, never a panic,
+        // and a parsed one's parameters are within the bounds.
+        #[test]
+        fn any_bytes_are_refused_or_parsed_within_bounds(
+            junk in proptest::collection::vec(any::<u8>(), 0..400),
+            at in 0usize..400,
+            to in any::<u8>(),
+        ) {
+            if let Ok(k) = KeyFile::parse(&junk) {
+                prop_assert!(k.params().check().is_ok());
+            }
+            let _ = crate::repo::Config::parse_file(&junk, "c");
+            let good = KeyFile::new(
+                KdfParams { m_cost: 64, t_cost: 1, p_cost: 1 },
+                &[3; 16],
+                &[9; 104],
+                "t".into(),
+            )
+            .to_bytes()
+            .unwrap();
+            let mut bad = good.clone();
+            let i = at % bad.len();
+            bad[i] = to;
+            if let Ok(k) = KeyFile::parse(&bad) {
+                prop_assert!(k.params().check().is_ok());
+                prop_assert!(k.salt().is_ok() && k.sealed().is_ok());
+            }
+        }
+    }
 
     #[test]
     fn key_files_round_trip_and_refuse_what_this_build_does_not_use() {
