@@ -652,3 +652,47 @@ fn a_key_of_another_repository_or_a_damaged_key_does_not_hide_the_right_one() {
     assert_eq!(r.code, 90, "{}", r.stderr);
     assert!(r.stderr.contains("does not open"), "{}", r.stderr);
 }
+
+/// Runs `snap ARGS` on a terminal (`script(1)` gives it a pty) and types
+/// each of `lines` after a pause (so the prompt has turned echo off).
+fn on_terminal(env: &Env, args: &str, lines: &[&str]) -> (i32, String) {
+    let typed: String = lines
+        .iter()
+        .map(|l| format!("sleep 1; printf '%s\\n' '{l}'; "))
+        .collect();
+    let cmd = format!(
+        "({typed}sleep 1) | env -u SNAP_PASSWORD script -qec '{} --repo {} {args}' /dev/null",
+        common::snap_bin(),
+        env.repo.display()
+    );
+    let out = Command::new("sh").arg("-c").arg(&cmd).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn on_a_terminal_the_password_is_asked_without_echo() {
+    if !has_tool("script") {
+        eprintln!("skipped: script(1) (util-linux) is not installed");
+        return;
+    }
+    let env = Env::new();
+    // init asks twice; two different answers create nothing.
+    let (code, out) = on_terminal(&env, "init --encrypt", &["tty-pw-1", "tty-pw-2"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("the two passwords differ"), "{out}");
+    assert!(!env.repo.join("config.json").exists());
+    let (code, out) = on_terminal(&env, "init --encrypt", &["tty-pw-1", "tty-pw-1"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("enter new password:"), "{out}");
+    assert!(!out.contains("tty-pw-1"), "the password was echoed: {out}");
+    let (code, out) = on_terminal(&env, "list", &["tty-pw-1"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("enter password for repository:"), "{out}");
+    assert!(!out.contains("tty-pw-1"), "the password was echoed: {out}");
+    let (code, out) = on_terminal(&env, "list", &["wrong"]);
+    assert_eq!(code, 63, "{out}");
+    assert_eq!(esnap(&env, Some("tty-pw-1"), ["list"]).code, 0);
+}

@@ -1,7 +1,8 @@
-//! The repository: format version 2 (`docs/FORMAT.md`) over a storage
-//! backend.
+//! The repository: formats 2 and 3 (`docs/FORMAT.md`), encrypted or not,
+//! over a storage backend.
 //!
 //! - [`format`]: the file kinds as pure types and parsers;
+//! - [`crypto`]: encryption (sealing, keyed ids, the key derivation);
 //! - [`layout`]: where each file lives (the one place paths are spelled);
 //! - [`storage`]: the [`storage::Backend`] seam and its implementations;
 //! - [`commit`]: the commit protocol, the one place that orders puts and
@@ -12,7 +13,9 @@
 //! - [`check`] and [`tree`]: `snap check`.
 //!
 //! Side effects: reads through the backend; creating a repository writes
-//! its directories and `config.json` ([`commit::create_config`]).
+//! its directories, its first key file when encrypted and `config.json`
+//! ([`commit::create_config`]); opening an encrypted one asks for the
+//! password and derives keys (Argon2id).
 
 pub mod check;
 pub mod commit;
@@ -335,13 +338,15 @@ impl Repo {
         ))
     }
 
-    /// Opens the repository in the directory `path`.
+    /// Opens the repository in the directory `path`; `password` is asked
+    /// only when it is encrypted.
     ///
     /// # Errors
     ///
     /// [`Error::RepoMissing`] when there is no directory or no
     /// `config.json`; [`Error::Integrity`] for an unreadable config or an
-    /// unknown format/version.
+    /// unknown format/version; [`Error::Password`] when no key opens with
+    /// the password (or none is given).
     pub fn open(path: &Path, password: Password<'_>) -> Result<Repo> {
         let store = match storage::local::LocalBackend::open(path) {
             Ok(s) => s,
