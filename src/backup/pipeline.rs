@@ -350,6 +350,39 @@ pub fn chunker(
     Ok(out)
 }
 
+/// Buffers for the stored bytes of sealed blobs, handed back after each
+/// pack is written and reused for the next: a new allocation per blob
+/// (about 1 MiB each) cost a page fault per 4 KiB touched — 200,000 more
+/// minor faults and 3.6 s more system time for a 2 GiB backup.
+/// Bounded: at most [`BufPool::MAX_BYTES`] of capacity is kept.
+#[derive(Default)]
+struct BufPool(std::sync::Mutex<(Vec<Vec<u8>>, usize)>);
+
+impl BufPool {
+    /// Capacity kept at most, in bytes (two packs' worth).
+    const MAX_BYTES: usize = 2 * PACK_TARGET + (8 << 20);
+
+    fn take(&self) -> Vec<u8> {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match g.0.pop() {
+            Some(v) => {
+                g.1 -= v.capacity();
+                v
+            }
+            None => Vec::new(),
+        }
+    }
+
+    fn give(&self, mut v: Vec<u8>) {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if g.1 + v.capacity() <= Self::MAX_BYTES {
+            v.clear();
+            g.1 += v.capacity();
+            g.0.push(v);
+        }
+    }
+}
+
 /// A pack's bytes: read buffers (blobs stored as they are), or a zstd
 /// frame the packer made.
 pub enum PackBuf {
@@ -383,6 +416,7 @@ fn stored_forms(
     pack: PackBuilder<ReadBuf>,
     encoder: Option<&mut Encoder>,
     crypto: &Crypto,
+    pool: &BufPool,
 ) -> Result<PackBuilder<PackBuf>> {
     let (rows, parts) = pack.into_parts();
     let mut parts = parts.into_iter();
@@ -426,12 +460,21 @@ fn stored_forms(
                                 .encode(&slices)
                                 .map_err(|e| Error::io("compress", "a blob", e))?;
                             let raw = frame.as_ref().map(|_| row.length);
+                            let seal_err = |e| Error::io("seal", "a blob", e);
                             let stored = match frame {
-                                Some(f) => Some(blob::seal_owned(crypto, f)),
-                                None => blob::seal(crypto, &slices).transpose(),
-                            }
-                            .transpose()
-                            .map_err(|e| Error::io("seal", "a blob", e))?;
+                                Some(f) => Some(blob::seal_owned(crypto, f).map_err(seal_err)?),
+                                None => {
+                                    let mut buf = pool.take();
+                                    if blob::seal_into(crypto, &slices, &mut buf)
+                                        .map_err(seal_err)?
+                                    {
+                                        Some(buf)
+                                    } else {
+                                        pool.give(buf);
+                                        None
+                                    }
+                                }
+                            };
                             Ok((stored, raw))
                         })
                         .collect::<Result<Vec<_>>>()
@@ -508,9 +551,10 @@ pub fn packer(
     };
     let mut writer = commit::PackWriter::new(repo, durable);
     let mut packs = Vec::new();
+    let pool = BufPool::default();
     for pack in rx {
         crate::interrupt::check()?;
-        let pack = stored_forms(pack, encoder.as_mut(), repo.crypto())?;
+        let pack = stored_forms(pack, encoder.as_mut(), repo.crypto(), &pool)?;
         let FinishedPack {
             parts,
             tail,
@@ -524,7 +568,11 @@ pub fn packer(
         refs.push(&tail);
         writer.add(&hex, &refs)?;
         drop(refs);
-        drop(parts);
+        for p in parts {
+            if let PackBuf::Frame(v) = p.buf {
+                pool.give(v);
+            }
+        }
         packs.push(IndexPack::of_rows(hex, &blobs));
     }
     let (bytes_added, syncs) = writer.finish()?;

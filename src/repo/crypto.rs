@@ -183,13 +183,27 @@ impl Crypto {
     ///
     /// `getrandom(2)`'s error; the AEAD's (a message over 256 GiB).
     pub fn seal(&self, ad: Ad, parts: &[&[u8]]) -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.seal_into(ad, parts, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Crypto::seal`] into `out` (cleared first; its allocation is
+    /// reused, so a caller that keeps buffers spares the page faults of a
+    /// new one per message).
+    ///
+    /// # Errors
+    ///
+    /// As [`Crypto::seal`].
+    pub fn seal_into(&self, ad: Ad, parts: &[&[u8]], out: &mut Vec<u8>) -> std::io::Result<()> {
         let len: usize = parts.iter().map(|p| p.len()).sum();
-        let mut out = Vec::with_capacity(len + self.overhead());
+        out.clear();
+        out.reserve(len + self.overhead());
         let Some(k) = &self.0 else {
             for p in parts {
                 out.extend_from_slice(p);
             }
-            return Ok(out);
+            return Ok(());
         };
         out.resize(NONCE_LEN, 0);
         nonce(&mut out[..NONCE_LEN])?;
@@ -202,7 +216,7 @@ impl Crypto {
             .encrypt_in_place_detached(XNonce::from_slice(nonce), ad.bytes(), msg)
             .map_err(|_| std::io::Error::other("the message is too long to seal"))?;
         out.extend_from_slice(&tag);
-        Ok(out)
+        Ok(())
     }
 
     /// [`Crypto::seal`] of a message the caller owns, sealed where it lies

@@ -211,6 +211,20 @@ pub fn seal_owned(crypto: &Crypto, stored: Vec<u8>) -> std::io::Result<Vec<u8>> 
     crypto.seal_vec(Ad::Blob, stored)
 }
 
+/// [`seal`] into `out` (cleared first, its allocation reused): returns
+/// false, leaving `out` alone, when `crypto` does not seal.
+///
+/// # Errors
+///
+/// `getrandom(2)`'s error.
+pub fn seal_into(crypto: &Crypto, parts: &[&[u8]], out: &mut Vec<u8>) -> std::io::Result<bool> {
+    if !crypto.is_encrypted() {
+        return Ok(false);
+    }
+    crypto.seal_into(Ad::Blob, parts, out)?;
+    Ok(true)
+}
+
 /// The bytes to store for a blob whose stored form (a zstd frame, or the
 /// plaintext) is `parts`: sealed when `crypto` seals, else `None` (store
 /// `parts` as they are).
