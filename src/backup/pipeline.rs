@@ -354,13 +354,14 @@ pub fn chunker(
 /// pack is written and reused for the next: a new allocation per blob
 /// (about 1 MiB each) cost a page fault per 4 KiB touched — 200,000 more
 /// minor faults and 3.6 s more system time for a 2 GiB backup.
-/// Bounded: at most [`BufPool::MAX_BYTES`] of capacity is kept.
+/// Bounded: at most [`BufPool::MAX_BYTES`] of capacity is kept, and only
+/// in an encrypted repository (nothing else draws from it).
 #[derive(Default)]
 struct BufPool(std::sync::Mutex<(Vec<Vec<u8>>, usize)>);
 
 impl BufPool {
-    /// Capacity kept at most, in bytes (two packs' worth).
-    const MAX_BYTES: usize = 2 * PACK_TARGET + (8 << 20);
+    /// Capacity kept at most, in bytes (a pack's worth).
+    const MAX_BYTES: usize = PACK_TARGET + (4 << 20);
 
     fn take(&self) -> Vec<u8> {
         let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
@@ -568,9 +569,11 @@ pub fn packer(
         refs.push(&tail);
         writer.add(&hex, &refs)?;
         drop(refs);
-        for p in parts {
-            if let PackBuf::Frame(v) = p.buf {
-                pool.give(v);
+        if repo.crypto().is_encrypted() {
+            for p in parts {
+                if let PackBuf::Frame(v) = p.buf {
+                    pool.give(v);
+                }
             }
         }
         packs.push(IndexPack::of_rows(hex, &blobs));
