@@ -115,7 +115,7 @@ fn every_tier_round_trips_encrypted_with_every_compression_mode() {
         let src = env.path("src");
         build(&src);
         for tier in ["basic", "extended", "full"] {
-            esnap(
+            let b = esnap(
                 &env,
                 Some(PW),
                 [
@@ -130,6 +130,7 @@ fn every_tier_round_trips_encrypted_with_every_compression_mode() {
                 ],
             )
             .ok();
+            assert_eq!(b.fact("backup.summary")["encrypted"], true);
         }
         let c = esnap(&env, Some(PW), ["check", "--read-data"]).ok();
         assert_eq!(c.fact("check.result")["problems"], serde_json::json!([]));
@@ -150,7 +151,7 @@ fn every_tier_round_trips_encrypted_with_every_compression_mode() {
         }
         for (id, tier) in snapshots(&env) {
             let out = env.path(&format!("out-{tier}"));
-            esnap(
+            let r = esnap(
                 &env,
                 Some(PW),
                 [
@@ -161,6 +162,7 @@ fn every_tier_round_trips_encrypted_with_every_compression_mode() {
                 ],
             )
             .ok();
+            assert_eq!(r.fact("restore.summary")["encrypted"], true);
             if tier == "basic" {
                 for f in ["text", "d/noise", "d/e/small", "d/hard", "empty"] {
                     assert_eq!(

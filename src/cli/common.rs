@@ -141,6 +141,7 @@ pub(super) fn backup_summary_fact(
             io_backend: crate::io::choice()?.backend,
             fsync_count: outcome.syncs.count,
             fsync_ms: outcome.syncs.elapsed.as_millis() as u64,
+            encrypted: repo.crypto().is_encrypted(),
             stats: outcome.record.stats.clone(),
         }),
     )

@@ -520,6 +520,10 @@ pub struct BackupSummary {
     pub fsync_count: u64,
     /// Milliseconds spent in fsync.
     pub fsync_ms: u64,
+    /// Whether the repository is encrypted (everything the snapshot
+    /// stored is sealed; `docs/FORMAT.md`, "Encryption").
+    #[serde(default)]
+    pub encrypted: bool,
     /// Counts and sizes.
     pub stats: SnapshotStats,
 }
@@ -591,6 +595,10 @@ pub struct RestoreSummary {
     /// The I/O backend of this process (`io_uring` or `fallback`);
     /// restore's own reads and writes are blocking syscalls on both.
     pub io_backend: crate::io::Backend,
+    /// Whether the repository is encrypted (every blob was opened and
+    /// authenticated before it was verified and written).
+    #[serde(default)]
+    pub encrypted: bool,
     /// The restored snapshot's id.
     pub snapshot_id: String,
     /// The target directory created.

@@ -223,6 +223,7 @@ fn build_in(
     let summary = RestoreSummary {
         repo: repo.path.display().to_string(),
         io_backend: crate::io::choice()?.backend,
+        encrypted: repo.crypto().is_encrypted(),
         snapshot_id: loaded.snapshot_id.clone(),
         target: target.display.clone(),
         policy: opts.policy.clone(),
