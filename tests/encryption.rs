@@ -698,3 +698,32 @@ fn on_a_terminal_the_password_is_asked_without_echo() {
     assert_eq!(code, 63, "{out}");
     assert_eq!(esnap(&env, Some("tty-pw-1"), ["list"]).code, 0);
 }
+
+#[test]
+fn passwd_that_cannot_remove_the_old_key_says_both_passwords_still_open() {
+    if !has_tool("strace") {
+        eprintln!("skipped: strace is not installed");
+        return;
+    }
+    let env = Env::new();
+    init(&env);
+    let out = Command::new("strace")
+        .args(["-f", "-o", "/dev/null", "-e", "trace=unlinkat", "-e"])
+        .arg("inject=unlinkat:error=EIO")
+        .arg(common::snap_bin())
+        .arg("--repo")
+        .arg(&env.repo)
+        .args(["key", "passwd"])
+        .env("SNAP_PASSWORD", PW)
+        .env("SNAP_NEW_PASSWORD", "new password")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("[E_UNCONFIRMED]"), "{stderr}");
+    assert!(stderr.contains("the old password still opens"), "{stderr}");
+    assert_eq!(esnap(&env, Some(PW), ["list"]).code, 0);
+    assert_eq!(esnap(&env, Some("new password"), ["list"]).code, 0);
+    assert_eq!(files_under(&env.repo.join("keys")).len(), 2);
+}

@@ -20,7 +20,9 @@ use crate::repo::{crypto::KdfParams, Repo, Syncs};
 ///
 /// As [`open_repo`]; [`Error::Usage`] for a repository that is not
 /// encrypted, a key id that names no key file or the one in use; write,
-/// remove and sync errors with the path.
+/// remove and sync errors with the path; [`Error::AfterCommit`]
+/// (`E_UNCONFIRMED`) when `passwd` added the new key and could not remove
+/// the old one.
 pub(super) fn run(cli: &Cli, facts: &mut Emitter, out: &Out, what: &KeyCmd) -> Result<i32> {
     let repo = open_repo(cli)?;
     let Some(current) = repo.key_id().map(str::to_owned) else {
@@ -59,7 +61,15 @@ pub(super) fn run(cli: &Cli, facts: &mut Emitter, out: &Out, what: &KeyCmd) -> R
         }
         KeyCmd::Passwd { new, .. } => {
             let id = add(&repo, new)?;
-            remove(&repo, &current)?;
+            // The new key is durable: a failure now leaves both passwords
+            // working, and the error says so (E_UNCONFIRMED).
+            remove(&repo, &current).map_err(|e| {
+                e.after_commit(format!(
+                    "key {} for the new password was added; key {} was not removed, so the old password still opens the repository",
+                    short(&id),
+                    short(&current)
+                ))
+            })?;
             out.line(&format!(
                 "changed the password: key {} replaces key {}",
                 short(&id),
