@@ -31,7 +31,7 @@ use std::sync::mpsc::{Receiver, SyncSender};
 use super::cdc::Cutter;
 use crate::error::{Error, Result};
 use crate::policy::Compression;
-use crate::repo::crypto::Crypto;
+use crate::repo::crypto::{Ad, Crypto};
 use crate::repo::format::blob::{self, Encoder};
 use crate::repo::pack::{FinishedPack, PackBuilder, PackVersion, Part};
 use crate::repo::{commit, ChunkerParams, IndexPack, Repo, Syncs, PACK_TARGET};
@@ -464,17 +464,14 @@ fn stored_forms(
                             let seal_err = |e| Error::io("seal", "a blob", e);
                             let stored = match frame {
                                 Some(f) => Some(blob::seal_owned(crypto, f).map_err(seal_err)?),
-                                None => {
+                                None if crypto.is_encrypted() => {
                                     let mut buf = pool.take();
-                                    if blob::seal_into(crypto, &slices, &mut buf)
-                                        .map_err(seal_err)?
-                                    {
-                                        Some(buf)
-                                    } else {
-                                        pool.give(buf);
-                                        None
-                                    }
+                                    crypto
+                                        .seal_into(Ad::Blob, &slices, &mut buf)
+                                        .map_err(seal_err)?;
+                                    Some(buf)
                                 }
+                                None => None,
                             };
                             Ok((stored, raw))
                         })

@@ -10,7 +10,6 @@ use super::common::lock_fact;
 use super::{open_repo, password, Cli, Out};
 use crate::error::{Error, Result};
 use crate::facts::{Decision, Emitter, Event, KeyInfo};
-use crate::repo::format::key::{KeyFile, KEY_FILE_MAX};
 use crate::repo::storage::FileKind;
 use crate::repo::{crypto::KdfParams, Repo, Syncs};
 
@@ -161,18 +160,13 @@ fn resolve(repo: &Repo, query: &str) -> Result<String> {
     }
 }
 
-/// Every key file that parses, by id; one that does not is named on
-/// stderr.
+/// Every key file that matches its id and parses, by id; one that does
+/// not is named on stderr.
 fn list(repo: &Repo) -> Result<Vec<KeyInfo>> {
     let mut out = Vec::new();
     for id in ids(repo)? {
         let path = repo.file_path(FileKind::Key, &id);
-        let parsed = repo
-            .store()
-            .read(FileKind::Key, &id, KEY_FILE_MAX)
-            .map_err(|e| e.to_string())
-            .and_then(|b| KeyFile::parse(&b));
-        match parsed {
+        match crate::repo::read_key_file(repo.store(), &id) {
             Ok(k) => out.push(KeyInfo {
                 id,
                 created: k.created,

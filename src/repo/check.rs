@@ -97,17 +97,7 @@ pub fn run(repo: &Repo, read_data: bool, repair_tmp: bool) -> Result<CheckReport
             r.problem(path, "a key file in a repository that is not encrypted");
             continue;
         }
-        let parsed = repo
-            .store()
-            .read(FileKind::Key, id, crate::repo::format::key::KEY_FILE_MAX)
-            .map_err(|e| format!("unreadable: {e}"))
-            .and_then(|b| {
-                if blake3::hash(&b).to_hex().as_str() != id {
-                    return Err("key file does not match its BLAKE3 id".into());
-                }
-                crate::repo::format::key::KeyFile::parse(&b).map(|_| ())
-            });
-        if let Err(e) = parsed {
+        if let Err(e) = crate::repo::read_key_file(repo.store(), id) {
             r.problem(path, e);
         }
     }

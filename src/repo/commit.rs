@@ -175,13 +175,10 @@ impl<'r> PackWriter<'r> {
 pub fn put_index(repo: &Repo, bytes: &[u8], syncs: &mut Syncs) -> Result<(String, u64)> {
     let stored = super::format::index::encode_file(bytes.to_vec(), repo.config.version)
         .map_err(|e| Error::io("compress", "an index file", e))?;
-    let stored = if repo.crypto().is_encrypted() {
-        repo.crypto()
-            .seal(Ad::Index, &[&stored])
-            .map_err(|e| Error::io("seal", "an index file", e))?
-    } else {
-        stored
-    };
+    let stored = repo
+        .crypto()
+        .seal_vec(Ad::Index, stored)
+        .map_err(|e| Error::io("seal", "an index file", e))?;
     let bytes = &stored[..];
     let id = blake3::hash(bytes).to_hex().to_string();
     let put = repo
@@ -254,13 +251,10 @@ pub fn put_entries(
 ///
 /// `getrandom(2)`'s error.
 pub fn seal_snapshot(repo: &Repo, plain: Vec<u8>) -> Result<(String, Vec<u8>)> {
-    let stored = if repo.crypto().is_encrypted() {
-        repo.crypto()
-            .seal(Ad::Snapshot, &[&plain])
-            .map_err(|e| Error::io("seal", "the snapshot record", e))?
-    } else {
-        plain
-    };
+    let stored = repo
+        .crypto()
+        .seal_vec(Ad::Snapshot, plain)
+        .map_err(|e| Error::io("seal", "the snapshot record", e))?;
     Ok((blake3::hash(&stored).to_hex().to_string(), stored))
 }
 

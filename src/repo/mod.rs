@@ -166,16 +166,7 @@ pub(crate) fn unlock(
     let mut opened_elsewhere = Vec::new();
     for id in &ids {
         let path = store.path(FileKind::Key, id);
-        let key = store
-            .read(FileKind::Key, id, format::key::KEY_FILE_MAX)
-            .map_err(|e| e.to_string())
-            .and_then(|b| {
-                if blake3::hash(&b).to_hex().as_str() != id {
-                    return Err("does not match its BLAKE3 id".into());
-                }
-                format::key::KeyFile::parse(&b)
-            });
-        let key = match key {
+        let key = match read_key_file(store, id) {
             Ok(k) => k,
             Err(e) => {
                 damaged.push(format!("{path}: {e}"));
@@ -221,6 +212,27 @@ pub(crate) fn unlock(
             }
         ),
     })
+}
+
+/// Reads key file `id` of `store`: bounded by
+/// [`format::key::KEY_FILE_MAX`], checked against its id (the BLAKE3 of
+/// the file) and parsed.
+///
+/// # Errors
+///
+/// A message: the read error, an id mismatch, or what
+/// [`format::key::KeyFile::parse`] refuses.
+pub fn read_key_file(
+    store: &dyn Backend,
+    id: &str,
+) -> std::result::Result<format::key::KeyFile, String> {
+    let b = store
+        .read(FileKind::Key, id, format::key::KEY_FILE_MAX)
+        .map_err(|e| format!("unreadable: {e}"))?;
+    if blake3::hash(&b).to_hex().as_str() != id {
+        return Err("key file does not match its BLAKE3 id".into());
+    }
+    format::key::KeyFile::parse(&b)
 }
 
 impl Repo {
@@ -454,34 +466,6 @@ impl Repo {
             .0
     }
 
-    /// A new encrypted repository in memory (unit tests), with the
-    /// password `pw` and cheap Argon2id parameters.
-    ///
-    /// # Panics
-    ///
-    /// Never for a fresh backend.
-    #[cfg(test)]
-    pub fn memory_encrypted(pw: &[u8]) -> Repo {
-        let store = Box::new(storage::memory::MemoryBackend::new());
-        let key = NewKey {
-            password: pw,
-            params: crypto::KdfParams {
-                m_cost: 64,
-                t_cost: 1,
-                p_cost: 1,
-            },
-        };
-        Self::create_in(
-            store,
-            PathBuf::from("memory:"),
-            false,
-            Some(&key),
-            &no_password,
-        )
-        .expect("a fresh memory backend")
-        .0
-    }
-
     /// The backend.
     pub fn store(&self) -> &dyn Backend {
         &*self.store
@@ -566,9 +550,7 @@ impl Repo {
     ///
     /// As [`Repo::read_record`].
     pub fn parse_record(&self, bytes: Vec<u8>, id: &str, path: &str) -> Result<SnapshotRecord> {
-        if !self.crypto.is_encrypted() {
-            return SnapshotRecord::parse(&bytes, id, path);
-        }
+        // The id is over the stored (sealed) bytes.
         format::check_id(&bytes, id, path, "snapshot record")?;
         let plain = self
             .crypto

@@ -201,42 +201,15 @@ pub fn verified_owned(
     })
 }
 
-/// [`seal`] of a stored form the caller owns (a zstd frame), sealed where
-/// it lies; returned as it is when `crypto` does not seal.
+/// The bytes to store for a blob whose stored form (a zstd frame, or the
+/// plaintext) the caller owns: sealed where it lies when `crypto` seals,
+/// else returned as it is.
 ///
 /// # Errors
 ///
 /// `getrandom(2)`'s error.
 pub fn seal_owned(crypto: &Crypto, stored: Vec<u8>) -> std::io::Result<Vec<u8>> {
     crypto.seal_vec(Ad::Blob, stored)
-}
-
-/// [`seal`] into `out` (cleared first, its allocation reused): returns
-/// false, leaving `out` alone, when `crypto` does not seal.
-///
-/// # Errors
-///
-/// `getrandom(2)`'s error.
-pub fn seal_into(crypto: &Crypto, parts: &[&[u8]], out: &mut Vec<u8>) -> std::io::Result<bool> {
-    if !crypto.is_encrypted() {
-        return Ok(false);
-    }
-    crypto.seal_into(Ad::Blob, parts, out)?;
-    Ok(true)
-}
-
-/// The bytes to store for a blob whose stored form (a zstd frame, or the
-/// plaintext) is `parts`: sealed when `crypto` seals, else `None` (store
-/// `parts` as they are).
-///
-/// # Errors
-///
-/// `getrandom(2)`'s error.
-pub fn seal(crypto: &Crypto, parts: &[&[u8]]) -> std::io::Result<Option<Vec<u8>>> {
-    if !crypto.is_encrypted() {
-        return Ok(None);
-    }
-    crypto.seal(Ad::Blob, parts).map(Some)
 }
 
 #[cfg(test)]
