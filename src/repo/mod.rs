@@ -107,6 +107,15 @@ pub fn default_location() -> Result<PathBuf> {
     }
 }
 
+/// The location `path` names: local, `s3:…` or `sftp:…`.
+///
+/// # Errors
+///
+/// [`Error::Usage`] for a malformed remote location.
+pub fn location(path: &Path) -> Result<storage::location::Location> {
+    storage::location::Location::parse(path).map_err(|e| Error::Usage(e.to_string()))
+}
+
 /// What a committed snapshot's error says is true: `"snapshot <12 hex>
 /// was committed"` (see [`Error::AfterCommit`]).
 pub fn committed(id: &str) -> String {
@@ -273,15 +282,17 @@ impl Repo {
         encrypt: Option<&NewKey<'_>>,
         password: Password<'_>,
     ) -> Result<(Repo, bool)> {
-        let store = storage::local::LocalBackend::create(path)
-            .map_err(|e| Error::io("create repository directory", path.display(), e))?;
-        Self::create_in(
-            Box::new(store),
-            path.to_owned(),
-            existing,
-            encrypt,
-            password,
-        )
+        let store: Box<dyn Backend> = match location(path)? {
+            storage::location::Location::Local(_) => Box::new(
+                storage::local::LocalBackend::create(path)
+                    .map_err(|e| Error::io("create repository directory", path.display(), e))?,
+            ),
+            remote => Box::new(
+                storage::remote::RemoteBackend::new(&remote)
+                    .map_err(|e| Error::io("connect", path.display(), e))?,
+            ),
+        };
+        Self::create_in(store, path.to_owned(), existing, encrypt, password)
     }
 
     /// [`Repo::init`] (`existing` false) or [`Repo::open_or_create`]
@@ -360,16 +371,24 @@ impl Repo {
     /// unknown format/version; [`Error::Password`] when no key opens with
     /// the password (or none is given).
     pub fn open(path: &Path, password: Password<'_>) -> Result<Repo> {
-        let store = match storage::local::LocalBackend::open(path) {
-            Ok(s) => s,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(Error::RepoMissing {
-                    path: path.display().to_string(),
-                })
+        let store: Box<dyn Backend> = match location(path)? {
+            storage::location::Location::Local(_) => {
+                match storage::local::LocalBackend::open(path) {
+                    Ok(s) => Box::new(s),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        return Err(Error::RepoMissing {
+                            path: path.display().to_string(),
+                        })
+                    }
+                    Err(e) => return Err(Error::io("open repository", path.display(), e)),
+                }
             }
-            Err(e) => return Err(Error::io("open repository", path.display(), e)),
+            remote => Box::new(
+                storage::remote::RemoteBackend::new(&remote)
+                    .map_err(|e| Error::io("connect", path.display(), e))?,
+            ),
         };
-        Self::open_in(Box::new(store), path.to_owned(), password)
+        Self::open_in(store, path.to_owned(), password)
     }
 
     /// Opens the repository `store` holds (`path` names it in messages);

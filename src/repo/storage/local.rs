@@ -61,8 +61,9 @@ impl Ranged for LocalFile {
     }
 }
 
-/// A file being written under `tmp/` (or beside the root, for the config).
-struct LocalStaged {
+/// A file being written under `tmp/` (or beside the root, for the config);
+/// also a remote backend's staged file, in its cache directory.
+pub(super) struct LocalStaged {
     dir: Dir,
     name: Name,
     fd: OwnedFd,
@@ -78,6 +79,45 @@ fn remove_staged(dir: &Dir, name: &Name) {
 }
 
 impl LocalStaged {
+    /// A new staged file `<random>.tmp` in `dir`, mode `0600`.
+    ///
+    /// # Errors
+    ///
+    /// Create errors.
+    pub(super) fn create(dir: Dir) -> io::Result<LocalStaged> {
+        let n = name(&format!("{}.tmp", crate::sys::random_hex(12)?))?;
+        let fd = dir.create_file(&n, 0o600)?;
+        Ok(LocalStaged {
+            dir,
+            name: n,
+            fd,
+            len: 0,
+        })
+    }
+
+    /// Every byte appended, read back from the file.
+    ///
+    /// # Errors
+    ///
+    /// Open and read errors; `UnexpectedEof` when the file is shorter than
+    /// what was appended.
+    pub(super) fn read_back(&self) -> io::Result<Vec<u8>> {
+        let fd = self.dir.open_file(&self.name)?;
+        let bytes = crate::fs::read_vec_at(&fd, 0, self.len as usize)?;
+        if (bytes.len() as u64) < self.len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "staged file {}: {} of {} bytes",
+                    self.name,
+                    bytes.len(),
+                    self.len
+                ),
+            ));
+        }
+        Ok(bytes)
+    }
+
     fn remove(&self) {
         remove_staged(&self.dir, &self.name);
     }
@@ -251,7 +291,7 @@ impl Backend for LocalBackend {
                 name(&format!(".{CONFIG}.{rand}.tmp"))?,
             )
         } else {
-            (self.staging_dir()?, name(&format!("{rand}.tmp"))?)
+            return Ok(Box::new(LocalStaged::create(self.staging_dir()?)?));
         };
         let fd = dir.create_file(&n, 0o600)?;
         Ok(Box::new(LocalStaged {

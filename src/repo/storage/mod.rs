@@ -14,7 +14,9 @@
 //! Side effects: those of the implementation (see each).
 
 pub mod local;
+pub mod location;
 pub mod memory;
+pub mod remote;
 
 #[cfg(test)]
 pub(crate) mod conformance;
