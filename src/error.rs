@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 /// | `E_REPO_MISSING` | 61 | no repository at the given location |
 /// | `E_REPO_VERSION` | 62 | repository format newer than this build reads |
 /// | `E_PASSWORD` | 63 | encrypted repository: no password given, or no key opens with it |
+/// | `E_REMOTE` | 64 | remote repository: the server failed or could not be reached, after retries |
 /// | `E_RESTORE_FAILED` | 70 | restore could not create or apply an entry |
 /// | `E_NO_SPACE` | 80 | a write failed with ENOSPC/EDQUOT |
 /// | `E_INTEGRITY` | 90 | hash mismatch, corrupt or unknown-format repository data |
@@ -54,6 +55,7 @@ pub enum ErrorId {
     E_REPO_MISSING,
     E_REPO_VERSION,
     E_PASSWORD,
+    E_REMOTE,
     E_RESTORE_FAILED,
     E_NO_SPACE,
     E_INTEGRITY,
@@ -62,7 +64,7 @@ pub enum ErrorId {
 
 impl ErrorId {
     /// Every id, in table order.
-    pub const ALL: [ErrorId; 20] = [
+    pub const ALL: [ErrorId; 21] = [
         ErrorId::E_GENERIC,
         ErrorId::E_USAGE,
         ErrorId::E_PARTIAL,
@@ -79,6 +81,7 @@ impl ErrorId {
         ErrorId::E_REPO_MISSING,
         ErrorId::E_REPO_VERSION,
         ErrorId::E_PASSWORD,
+        ErrorId::E_REMOTE,
         ErrorId::E_RESTORE_FAILED,
         ErrorId::E_NO_SPACE,
         ErrorId::E_INTEGRITY,
@@ -104,6 +107,7 @@ impl ErrorId {
             ErrorId::E_REPO_MISSING => 61,
             ErrorId::E_REPO_VERSION => 62,
             ErrorId::E_PASSWORD => 63,
+            ErrorId::E_REMOTE => 64,
             ErrorId::E_RESTORE_FAILED => 70,
             ErrorId::E_NO_SPACE => 80,
             ErrorId::E_INTEGRITY => 90,
@@ -130,6 +134,7 @@ impl ErrorId {
             ErrorId::E_REPO_MISSING => "E_REPO_MISSING",
             ErrorId::E_REPO_VERSION => "E_REPO_VERSION",
             ErrorId::E_PASSWORD => "E_PASSWORD",
+            ErrorId::E_REMOTE => "E_REMOTE",
             ErrorId::E_RESTORE_FAILED => "E_RESTORE_FAILED",
             ErrorId::E_NO_SPACE => "E_NO_SPACE",
             ErrorId::E_INTEGRITY => "E_INTEGRITY",
@@ -375,9 +380,16 @@ impl Error {
 }
 
 /// The id for a bare OS error: `ENOSPC`/`EDQUOT` are [`ErrorId::E_NO_SPACE`],
-/// `EXDEV` is [`ErrorId::E_EXDEV`], anything else [`ErrorId::E_GENERIC`].
+/// `EXDEV` is [`ErrorId::E_EXDEV`], a remote server's error (see
+/// [`crate::repo::storage::remote::RemoteError`]) is [`ErrorId::E_REMOTE`],
+/// anything else [`ErrorId::E_GENERIC`].
 pub fn io_error_id(e: &io::Error) -> ErrorId {
     use rustix::io::Errno;
+    if e.get_ref()
+        .is_some_and(|i| i.is::<crate::repo::storage::remote::RemoteError>())
+    {
+        return ErrorId::E_REMOTE;
+    }
     match e.raw_os_error() {
         Some(c) if c == Errno::NOSPC.raw_os_error() || c == Errno::DQUOT.raw_os_error() => {
             ErrorId::E_NO_SPACE

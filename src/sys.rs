@@ -116,6 +116,22 @@ pub fn id_names(etc: &Path) -> io::Result<(Vec<(String, u32)>, Vec<(String, u32)
     Ok((read("passwd")?, read("group")?))
 }
 
+/// Whether a process `pid` exists on this machine (in this PID
+/// namespace): `kill(pid, 0)` succeeds or fails with `EPERM`, not `ESRCH`
+/// (`kill(2)`).
+pub fn process_exists(pid: u32) -> bool {
+    let Some(p) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return false;
+    };
+    !matches!(
+        rustix::process::test_kill_process(p),
+        Err(rustix::io::Errno::SRCH)
+    )
+}
+
 /// Random hex string of `bytes` random bytes.
 ///
 /// # Errors

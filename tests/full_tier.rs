@@ -8,48 +8,13 @@ mod common;
 
 use std::ffi::OsStr;
 use std::fs;
-use std::path::Path;
-use std::process::Command;
 
 use common::*;
 
-/// Runs `cmd` (a shell line) inside `dir` and returns its stdout.
-fn view(dir: &Path, cmd: &str) -> String {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .current_dir(dir)
-        .output()
-        .expect("sh");
-    assert!(
-        out.status.success(),
-        "{cmd} in {}: {}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Runs `tests/fixture.sh` (shared with `scripts/fidelity.sh`); it also
-/// binds a socket, which is recorded but not restored.
-fn build_fixture(root: &Path) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixture.sh");
-    sh(&format!("bash '{}' '{}'", script.display(), root.display()));
-}
-
 #[test]
 fn full_tier_round_trips_every_metadata_kind() {
-    if !is_root() {
-        eprintln!("skipped: tier full fixture needs root (chown, trusted.*, chattr +i, mknod)");
+    if !fixture_possible() {
         return;
-    }
-    for tool in [
-        "setfattr", "getfattr", "setfacl", "getfacl", "setcap", "getcap", "chattr", "lsattr",
-    ] {
-        if !has_tool(tool) {
-            eprintln!("skipped: {tool} not installed");
-            return;
-        }
     }
     let env = Env::new();
     let _unprotect = Unprotect(env.dir.path().to_path_buf());
@@ -136,13 +101,7 @@ fn full_tier_round_trips_every_metadata_kind() {
     // Kind, mode, owner, size, mtime ns, link targets, hard links, content.
     assert_same_tree(&src, &out, true);
     // Independent tools, run in each tree with relative names.
-    for cmd in [
-        "getfattr -R -h -d -m - -e hex . 2>/dev/null | grep -v '^$' | sort",
-        "getfacl -R -p . 2>/dev/null",
-        "lsattr -R -a . 2>/dev/null | grep -v ' \\./\\.\\.$' | sort",
-        "getcap -r . 2>/dev/null | sort",
-        "stat -c '%n %F %a %u %g %s %t %T %Y.%y' chardev fifo sticky suid sgid owned dir dir/sub | sort",
-    ] {
+    for cmd in METADATA_VIEWS {
         let a = view(&src, cmd);
         let b = view(&out, cmd);
         assert!(!a.trim().is_empty(), "{cmd} printed nothing");

@@ -105,7 +105,8 @@ pub enum Event {
         repo: String,
         /// `"exclusive"` (writers) or `"shared"` (readers).
         mode: String,
-        /// `flock` attempts, the successful one included.
+        /// Attempts (`flock`, or on a remote repository the writing and
+        /// listing of lock objects), the successful one included.
         lock_attempts: u32,
         /// Time waited, in milliseconds.
         lock_wait_ms: u64,

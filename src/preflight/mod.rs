@@ -295,6 +295,19 @@ pub fn backup(repo: &Path, source: &Path, policy: &Policy, lock: LockState) -> R
         },
         Err(e) => r.add("source", source, CheckResult::Stop, format!("{e}")),
     }
+    if is_remote(repo) {
+        // Off this machine: reached (and its lock objects checked) when a
+        // run opens it; its space is the server's.
+        r.add(
+            "repository",
+            repo,
+            CheckResult::Pass,
+            "remote repository: reached when the run opens it; space is the server's",
+        );
+        lock_check(&mut r, repo, true, lock);
+        tier_check(&mut r, source, policy);
+        return r;
+    }
     let base = existing_ancestor(repo);
     match crate::fs::writable(&base) {
         Ok(()) => r.add("repository", &base, CheckResult::Pass, "writable"),
@@ -346,6 +359,16 @@ pub fn backup(repo: &Path, source: &Path, policy: &Policy, lock: LockState) -> R
         Err(e) => r.add("space", &base, CheckResult::Warn, format!("statvfs: {e}")),
     }
     lock_check(&mut r, repo, true, lock);
+    tier_check(&mut r, source, policy);
+    r
+}
+
+/// Whether `repo` names a repository off this machine (`s3:`, `sftp:`).
+fn is_remote(repo: &Path) -> bool {
+    crate::repo::location(repo).is_ok_and(|l| l.is_remote())
+}
+
+fn tier_check(r: &mut Report, source: &Path, policy: &Policy) {
     let caps = Caps::current();
     if crate::repo::format::tier::fields(policy.tier).full && !caps.has(Caps::SYS_ADMIN) {
         r.add(
@@ -362,7 +385,6 @@ pub fn backup(repo: &Path, source: &Path, policy: &Policy, lock: LockState) -> R
             format!("tier {} can be captured", policy.tier.as_str()),
         );
     }
-    r
 }
 
 /// The repository lock as preflight sees it.
@@ -420,7 +442,11 @@ fn shared_parent_check(r: &mut Report, parent: &Path) {
 }
 
 fn lock_check(r: &mut Report, repo: &Path, exclusive: bool, state: LockState) {
-    let lock = repo.join("lock");
+    let lock = repo.join(if is_remote(repo) {
+        crate::repo::storage::remote::LOCKS
+    } else {
+        crate::repo::layout::LOCK
+    });
     match state {
         LockState::Held => {
             r.add("lock", &lock, CheckResult::Pass, "held by this run");
@@ -436,6 +462,15 @@ fn lock_check(r: &mut Report, repo: &Path, exclusive: bool, state: LockState) {
             return;
         }
         LockState::Probe => {}
+    }
+    if is_remote(repo) {
+        r.add(
+            "lock",
+            repo,
+            CheckResult::Pass,
+            "remote: lock objects are checked when a run takes the lock",
+        );
+        return;
     }
     let Ok(dir) = Dir::open_root(repo) else {
         r.add("lock", &lock, CheckResult::Pass, "no repository yet");

@@ -13,6 +13,8 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
+pub mod servers;
+
 pub fn snap_bin() -> &'static str {
     env!("CARGO_BIN_EXE_snap")
 }
@@ -94,6 +96,12 @@ pub struct Env {
     /// every run gets it as `SNAP_PASSWORD`, and the first backup's
     /// `snap init` is `snap init --encrypt`.
     pub password: Option<String>,
+    /// Variables every run gets (a remote repository's credentials).
+    pub vars: Vec<(&'static str, String)>,
+    /// The repository is remote ([`Env::remote`]): `snap init` runs before
+    /// the first backup unless [`Env::inited`] says it ran.
+    pub remote: bool,
+    pub inited: std::cell::Cell<bool>,
 }
 
 impl Env {
@@ -108,7 +116,23 @@ impl Env {
             repo,
             seq: std::cell::Cell::new(0),
             password: None,
+            vars: Vec::new(),
+            remote: false,
+            inited: std::cell::Cell::new(false),
         }
+    }
+
+    /// An environment whose repository is the remote `location`, reached
+    /// with `vars`; the cache (`XDG_CACHE_HOME`) is in the temp dir.
+    #[allow(dead_code)]
+    pub fn remote(location: &str, vars: Vec<(&'static str, String)>) -> Self {
+        let mut env = Env::new();
+        env.repo = PathBuf::from(location);
+        env.remote = true;
+        env.vars = vars;
+        env.vars
+            .push(("XDG_CACHE_HOME", env.path("cache").display().to_string()));
+        env
     }
 
     /// An environment whose repository is encrypted with `password`.
@@ -129,6 +153,9 @@ impl Env {
         if let Some(p) = &self.password {
             cmd.env("SNAP_PASSWORD", p);
         }
+        for (k, v) in &self.vars {
+            cmd.env(k, v);
+        }
         cmd
     }
 
@@ -144,7 +171,17 @@ impl Env {
     {
         let args: Vec<S> = args.into_iter().collect();
         // A location named with --repo must exist: `snap init` makes it.
-        if args.first().is_some_and(|a| a.as_ref() == "backup") && !self.repo.exists() {
+        if args.first().is_some_and(|a| a.as_ref() == "init") {
+            self.inited.set(true);
+        }
+        let backup = args.first().is_some_and(|a| a.as_ref() == "backup");
+        let missing = backup
+            && if self.remote {
+                !self.inited.replace(true)
+            } else {
+                !self.repo.exists()
+            };
+        if missing {
             let init = self.command();
             if self.password.is_some() {
                 self.run_cmd(init, ["init", "--encrypt"]).ok();
@@ -621,4 +658,72 @@ pub fn entries_text(repo: &Path, rec: &Value) -> Vec<u8> {
         }
     }
     out
+}
+
+/// Runs `cmd` (a shell line) inside `dir` and returns its stdout.
+pub fn view(dir: &Path, cmd: &str) -> String {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .current_dir(dir)
+        .output()
+        .expect("sh");
+    assert!(
+        out.status.success(),
+        "{cmd} in {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `tests/fixture.sh` (shared with `scripts/fidelity.sh`); it also
+/// binds a socket, which is recorded but not restored.
+pub fn build_fixture(root: &Path) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixture.sh");
+    sh(&format!("bash '{}' '{}'", script.display(), root.display()));
+}
+
+/// The independent views of a tree's metadata that a round trip must keep,
+/// each a shell line run inside the tree with relative names (`getfattr`,
+/// `getfacl`, `lsattr`, `getcap`, `stat`).
+#[allow(dead_code)]
+pub const METADATA_VIEWS: [&str; 5] = [
+    "getfattr -R -h -d -m - -e hex . 2>/dev/null | grep -v '^$' | sort",
+    "getfacl -R -p . 2>/dev/null",
+    "lsattr -R -a . 2>/dev/null | grep -v ' \\./\\.\\.$' | sort",
+    "getcap -r . 2>/dev/null | sort",
+    "stat -c '%n %F %a %u %g %s %t %T %Y.%y' chardev fifo sticky suid sgid owned dir dir/sub | sort",
+];
+
+/// Whether every tool the fixture and [`METADATA_VIEWS`] need is here, and
+/// we are root; prints why not.
+#[allow(dead_code)]
+pub fn fixture_possible() -> bool {
+    if !is_root() {
+        eprintln!("skipped: tier full fixture needs root (chown, trusted.*, chattr +i, mknod)");
+        return false;
+    }
+    for tool in [
+        "setfattr", "getfattr", "setfacl", "getfacl", "setcap", "getcap", "chattr", "lsattr",
+    ] {
+        if !has_tool(tool) {
+            eprintln!("skipped: {tool} not installed");
+            return false;
+        }
+    }
+    true
+}
+
+/// The ids of the snapshots `snap list` shows (its `list.result` fact),
+/// oldest first.
+#[allow(dead_code)]
+pub fn snapshot_ids(env: &Env) -> Vec<String> {
+    let r = env.snap(["list"]).ok();
+    r.fact("list.result")["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .collect()
 }

@@ -99,8 +99,23 @@ fn block<T>(f: impl Future<Output = io::Result<T>>) -> io::Result<T> {
     runtime()?.block_on(f)
 }
 
+/// What a remote server answered (or that it did not), after retries: the
+/// inner error of the `io::Error`s this backend returns, which makes them
+/// `E_REMOTE` ([`crate::error::io_error_id`]). The text is opendal's: the
+/// operation, the request URI and the server's response.
+#[derive(Debug)]
+pub struct RemoteError(pub String);
+
+impl std::fmt::Display for RemoteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RemoteError {}
+
 /// An opendal error as an `io::Error` of the matching kind, keeping its
-/// text (which carries the server's response).
+/// text (which carries the server's response) in a [`RemoteError`].
 fn io_err(e: opendal::Error) -> io::Error {
     let kind = match e.kind() {
         OdErrorKind::NotFound => io::ErrorKind::NotFound,
@@ -110,7 +125,7 @@ fn io_err(e: opendal::Error) -> io::Error {
         OdErrorKind::ConfigInvalid => io::ErrorKind::InvalidInput,
         _ => io::ErrorKind::Other,
     };
-    io::Error::new(kind, e.to_string())
+    io::Error::new(kind, RemoteError(e.to_string()))
 }
 
 /// Bytes moved to and from the server by this process, for progress and
@@ -474,6 +489,12 @@ impl RemoteBackend {
         first.map_or(Ok(()), Err)
     }
 
+    #[cfg(test)]
+    fn op_delete(&self, key: &str) {
+        let op = &self.op;
+        block(async move { op.delete(key).await.map_err(io_err) }).unwrap();
+    }
+
     /// The names of the objects under `dir` (a directory key ending in
     /// `/`), relative to it; none when it does not exist.
     fn list_dir(&self, dir: &str, recursive: bool) -> io::Result<Vec<String>> {
@@ -729,8 +750,14 @@ impl LockRecord {
         )
     }
 
-    /// Whether the lock was not refreshed for [`LOCK_STALE`].
+    /// Whether the lock is stale: not refreshed for [`LOCK_STALE`], or
+    /// written on this host by a process that no longer exists (restic's
+    /// rule; a host name shared by several machines or PID namespaces
+    /// defeats the second test).
     fn stale(&self) -> bool {
+        if self.host == crate::sys::hostname() && !crate::sys::process_exists(self.pid) {
+            return true;
+        }
         match humantime::parse_rfc3339_weak(&self.time) {
             Ok(t) => SystemTime::now()
                 .duration_since(t)
@@ -970,15 +997,14 @@ impl Backend for RemoteBackend {
             move || {
                 let (m, c) = &*stop;
                 let mut done = m.lock().unwrap_or_else(|p| p.into_inner());
-                loop {
+                // The flag is tested before each wait: a drop that came
+                // first is not missed.
+                while !*done {
                     let (d, timeout) = c
                         .wait_timeout(done, LOCK_REFRESH)
                         .unwrap_or_else(|p| p.into_inner());
                     done = d;
-                    if *done {
-                        return;
-                    }
-                    if timeout.timed_out() {
+                    if !*done && timeout.timed_out() {
                         if let Err(e) = write_lock(&op, &k, &LockRecord::now(exclusive)) {
                             tracing_warn(&format!("cannot refresh lock object {k}: {e}"));
                         }
@@ -1059,9 +1085,65 @@ mod tests {
         let b = RemoteBackend::with_env(&loc, &env_of(c.env(), cache.path())).unwrap();
         assert_eq!(b.prepare(true).unwrap(), None, "{}", c.logs());
         super::super::conformance::run(&b);
-        // A second repository in the same bucket, and a fresh location
-        // that holds something is refused.
+        // A location that holds something is not fresh.
+        b.put(
+            FileKind::Index,
+            &"ab".repeat(32),
+            b"x",
+            &mut Syncs::default(),
+        )
+        .unwrap();
         assert!(b.prepare(true).unwrap().is_some());
+        locks_go_stale(&b);
+    }
+
+    /// A lock object of another live holder blocks; one not refreshed for
+    /// [`LOCK_STALE`], or left by a dead process of this host, does not.
+    fn locks_go_stale(b: &RemoteBackend) {
+        let put = |name: &str, rec: &LockRecord| {
+            write_lock(&b.op, &format!("{LOCKS}/{name}.json"), rec).unwrap();
+        };
+        let other_host = |exclusive, age: Duration| LockRecord {
+            exclusive,
+            host: "elsewhere".into(),
+            pid: 1,
+            time: humantime::format_rfc3339_seconds(SystemTime::now() - age).to_string(),
+        };
+        put("live", &other_host(true, Duration::from_secs(60)));
+        assert!(
+            b.try_lock(false).unwrap().is_none(),
+            "a live exclusive lock"
+        );
+        assert!(
+            b.lock_note().contains("host=elsewhere"),
+            "{}",
+            b.lock_note()
+        );
+        put("live", &other_host(false, Duration::from_secs(60)));
+        let shared = b.try_lock(false).unwrap().expect("shared beside shared");
+        drop(shared);
+        assert!(b.try_lock(true).unwrap().is_none(), "a live shared lock");
+        put(
+            "live",
+            &other_host(true, LOCK_STALE + Duration::from_secs(60)),
+        );
+        drop(b.try_lock(true).unwrap().expect("a stale lock is ignored"));
+        let mut dead = LockRecord::now(true);
+        dead.pid = 0x3fff_fff0; // above pid_max: no such process
+        put("live", &dead);
+        drop(
+            b.try_lock(true)
+                .unwrap()
+                .expect("a dead holder's lock is ignored"),
+        );
+        b.op_delete(&format!("{LOCKS}/live.json"));
+        let held = b.try_lock(true).unwrap().expect("free");
+        assert_eq!(b.list_dir(&format!("{LOCKS}/"), false).unwrap().len(), 1);
+        drop(held);
+        assert!(
+            b.list_dir(&format!("{LOCKS}/"), false).unwrap().is_empty(),
+            "a dropped lock removes its object"
+        );
     }
 
     #[test]
