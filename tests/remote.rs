@@ -62,21 +62,23 @@ fn snapshots(env: &Env) -> Vec<String> {
 }
 
 /// Restores `id` into a new directory and compares it with `src`.
-fn restore_and_compare(env: &Env, id: &str, src: &Path, full: bool, name: &str) {
+fn restore_and_compare(env: &Env, id: &str, src: &Path, full: bool, name: &str) -> Run {
     let out = env.path(name);
-    env.snap([
-        OsStr::new("restore"),
-        OsStr::new(id),
-        OsStr::new("--target"),
-        out.as_os_str(),
-    ])
-    .ok();
+    let r = env
+        .snap([
+            OsStr::new("restore"),
+            OsStr::new(id),
+            OsStr::new("--target"),
+            out.as_os_str(),
+        ])
+        .ok();
     assert_same_tree(src, &out, false);
     if full {
         for cmd in METADATA_VIEWS {
             assert_eq!(view(src, cmd), view(&out, cmd), "`{cmd}` differs");
         }
     }
+    r
 }
 
 /// Backup, no-change backup, restore, check, forget/prune, restore again.
@@ -86,7 +88,11 @@ fn round_trip(env: &Env) {
     let first = backup(env, &src, full).ok();
     let s = first.fact("backup.summary");
     assert_eq!(s["backup_durable"], true);
-    assert!(s["stats"]["bytes_added"].as_u64().unwrap() > 40 << 20);
+    let added = s["stats"]["bytes_added"].as_u64().unwrap();
+    assert!(added > 40 << 20);
+    // Uploads are counted: at least what was added, and not twice over.
+    let up = s["transfer"]["uploaded"].as_u64().unwrap();
+    assert!(up >= added && up < added * 2, "{s}");
     std::thread::sleep(Duration::from_millis(1100));
     let again = backup(env, &src, full).ok();
     let st = &again.fact("backup.summary")["stats"];
@@ -94,7 +100,11 @@ fn round_trip(env: &Env) {
     assert!(st["bytes_added"].as_u64().unwrap() < 64 << 10, "{st}");
     let ids = snapshots(env);
     assert_eq!(ids.len(), 2);
-    restore_and_compare(env, &ids[0], &src, full, "out1");
+    let r = restore_and_compare(env, &ids[0], &src, full, "out1");
+    let down = r.fact("restore.summary")["transfer"]["downloaded"]
+        .as_u64()
+        .unwrap();
+    assert!(down >= 40 << 20, "the packs came from the server: {down}");
     let c = env.snap(["check", "--read-data"]).ok();
     assert_eq!(c.fact("check.result")["problem_count"], 0);
     // Forget the older snapshot and prune: the newer one still restores.
@@ -385,4 +395,104 @@ fn sigkill_mid_upload_leaves_garbage_that_prune_removes() {
     let ids = snapshots(&env);
     assert_eq!(ids.len(), 2);
     restore_and_compare(&env, &ids[1], &src, false, "out-big");
+}
+
+/// `snap copy --from` with `env`'s repository as the destination.
+fn copy(env: &Env, from: &Env, extra: &[&str]) -> Run {
+    let mut cmd = env.command();
+    for (k, v) in &from.vars {
+        cmd.env(k, v);
+    }
+    if let Some(p) = &from.password {
+        cmd.env("SNAP_FROM_PASSWORD", p);
+    }
+    let mut args: Vec<&OsStr> = vec![
+        OsStr::new("copy"),
+        OsStr::new("--from"),
+        from.repo.as_os_str(),
+    ];
+    args.extend(extra.iter().map(OsStr::new));
+    env.run_cmd(cmd, args)
+}
+
+/// Local -> S3 -> an encrypted local repository: every copy restores
+/// byte-exact, a second copy skips, a backup after the copy stores nothing
+/// new, and an encrypted destination gets its own keyed ids.
+fn copies_between(a: &Env, b: &Env) {
+    let src = a.path("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("d/big"), pseudo_random(6 << 20, 5)).unwrap();
+    fs::write(src.join("small"), b"small\n").unwrap();
+    fs::write(src.join("empty"), b"").unwrap();
+    std::os::unix::fs::symlink("d/big", src.join("link")).unwrap();
+    a.snap([OsStr::new("backup"), src.as_os_str()]).ok();
+    fs::write(src.join("later"), pseudo_random(1 << 20, 6)).unwrap();
+    a.snap([OsStr::new("backup"), src.as_os_str()]).ok();
+    b.snap(["init"]).ok();
+    let r = copy(b, a, &[]).ok();
+    let f = r.fact("copy.result");
+    assert_eq!(f["copied"].as_array().unwrap().len(), 2, "{f}");
+    let ids = snapshot_ids(b);
+    assert_eq!(ids.len(), 2);
+    restore_and_compare(b, &ids[1], &src, false, "copied");
+    // Copying again finds both there.
+    let again = copy(b, a, &[]).ok();
+    let f = again.fact("copy.result");
+    assert_eq!(f["skipped"].as_array().unwrap().len(), 2, "{f}");
+    assert_eq!(snapshot_ids(b).len(), 2);
+    // The copied data deduplicates a backup of the same tree.
+    let st = b.snap([OsStr::new("backup"), src.as_os_str()]).ok();
+    assert_eq!(st.fact("backup.summary")["stats"]["new_blobs"], 0);
+    let ck = b.snap(["check", "--read-data"]).ok();
+    assert_eq!(ck.fact("check.result")["problem_count"], 0);
+    // Into an encrypted repository, one snapshot, by id.
+    let c = Env::encrypted("copy pw");
+    c.snap(["init", "--encrypt"]).ok();
+    let r = copy(&c, b, &[&ids[0]]).ok();
+    assert_eq!(r.fact("copy.result")["copied"].as_array().unwrap().len(), 1);
+    let cid = snapshot_ids(&c);
+    let shown = c.snap(["show", &cid[0]]).ok();
+    assert_eq!(
+        shown.fact("show.result")["record"]["original"].as_str(),
+        Some(snapshot_ids(a)[0].as_str()),
+        "the original is the first source's id"
+    );
+    let out = c.path("enc");
+    c.snap([
+        OsStr::new("restore"),
+        OsStr::new(&cid[0]),
+        OsStr::new("--target"),
+        out.as_os_str(),
+    ])
+    .ok();
+    for name in ["d/big", "small", "empty"] {
+        assert_eq!(
+            fs::read(out.join(name)).unwrap(),
+            fs::read(src.join(name)).unwrap()
+        );
+    }
+    assert!(!out.join("later").exists(), "the first snapshot");
+    let ck = c.snap(["check", "--read-data"]).ok();
+    assert_eq!(ck.fact("check.result")["problem_count"], 0);
+    // A wrong source password is E_PASSWORD and copies nothing.
+    let d = Env::new();
+    d.snap(["init"]).ok();
+    let mut wrong = Env::encrypted("not it");
+    wrong.repo = c.repo.clone();
+    let r = copy(&d, &wrong, &[]);
+    assert_eq!(r.code, 63, "{}", r.stderr);
+    assert!(snapshot_ids(&d).is_empty());
+}
+
+#[test]
+fn copy_from_local_into_s3_and_into_an_encrypted_repository() {
+    let Some(c) = Seaweed::start() else { return };
+    let a = Env::new();
+    let b = Env::remote(&c.location("copy", "dest"), c.env());
+    copies_between(&a, &b);
+}
+
+#[test]
+fn copy_between_local_repositories() {
+    copies_between(&Env::new(), &Env::new());
 }

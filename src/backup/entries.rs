@@ -7,15 +7,11 @@
 //! Side effects: writes a staged file, or packs, through the repository's
 //! backend.
 
-use std::collections::HashSet;
-
 use crate::error::{Error, Result};
 use crate::policy::Compression;
-use crate::repo::format::blob::Encoder;
-use crate::repo::pack::{PackBuilder, PackVersion, Part};
 use crate::repo::sidecar::{EntryKind, EntryRecord};
-use crate::repo::storage::{FileKind, Staged};
-use crate::repo::{commit, EntriesRef, IndexPack, Repo, Syncs, PACK_TARGET};
+use crate::repo::storage::Staged;
+use crate::repo::{commit, EntriesRef, IndexPack, Repo, Syncs};
 
 use super::parent::Parent;
 
@@ -254,18 +250,12 @@ const META_MAX: usize = 1 << 20;
 /// blobs are not stored again), each compressed and stored in packs of
 /// their own as the stream goes.
 pub(super) struct MetaOut {
-    encoder: Encoder,
     /// The blob being gathered: whole records, then the start of the next.
     cur: Vec<u8>,
     /// Where the record being gathered starts in `cur`.
     line_start: usize,
     chunks: Vec<String>,
-    /// Blobs stored by this run.
-    new: HashSet<blake3::Hash>,
-    pack: PackBuilder<Vec<u8>>,
-    packs: Vec<IndexPack>,
-    added: u64,
-    syncs: Syncs,
+    sink: commit::BlobSink,
 }
 
 impl MetaOut {
@@ -277,19 +267,10 @@ impl MetaOut {
     /// The zstd context cannot be made.
     pub(super) fn new(compression: Compression, durable: bool) -> Result<MetaOut> {
         Ok(MetaOut {
-            encoder: Encoder::new(compression)
-                .map_err(|e| Error::io("set up", "the zstd compressor", e))?,
             cur: Vec::with_capacity(META_MAX),
             line_start: 0,
             chunks: Vec::new(),
-            new: HashSet::new(),
-            pack: PackBuilder::default(),
-            packs: Vec::new(),
-            added: 0,
-            syncs: Syncs {
-                enabled: durable,
-                ..Syncs::default()
-            },
+            sink: commit::BlobSink::new(compression, durable, "an entries blob")?,
         })
     }
 
@@ -336,59 +317,7 @@ impl MetaOut {
         }
         let id = repo.crypto().id(&plain);
         self.chunks.push(id.to_hex().to_string());
-        if self.new.contains(&id) || repo.index()?.contains(&id) {
-            return Ok(());
-        }
-        self.new.insert(id);
-        let raw = plain.len() as u32;
-        let frame = self
-            .encoder
-            .encode(&[&plain])
-            .map_err(|e| Error::io("compress", "an entries blob", e))?;
-        let (stored, raw) = match frame {
-            Some(f) => (f, Some(raw)),
-            None => (plain, None),
-        };
-        let stored = crate::repo::format::blob::seal_owned(repo.crypto(), stored)
-            .map_err(|e| Error::io("seal", "an entries blob", e))?;
-        self.pack.add_stored(
-            id,
-            [Part {
-                range: 0..stored.len(),
-                buf: stored,
-            }],
-            raw,
-        );
-        if self.pack.data_len() >= PACK_TARGET {
-            self.put_pack(repo)?;
-        }
-        Ok(())
-    }
-
-    /// Puts the pack gathered so far: durable (when syncs are on) and
-    /// named before the index that will list it is written.
-    fn put_pack(&mut self, repo: &Repo) -> Result<()> {
-        let pack = std::mem::take(&mut self.pack);
-        if pack.is_empty() {
-            return Ok(());
-        }
-        let fin = pack
-            .finish(PackVersion::V3, repo.crypto())
-            .map_err(|e| Error::io("seal", "a pack footer", e))?;
-        let mut bytes: Vec<u8> = Vec::with_capacity(
-            fin.parts.iter().map(|p| p.range.len()).sum::<usize>() + fin.tail.len(),
-        );
-        for p in &fin.parts {
-            bytes.extend_from_slice(p.as_ref());
-        }
-        bytes.extend_from_slice(&fin.tail);
-        let hex = fin.id.to_hex().to_string();
-        let put = repo
-            .store()
-            .put(FileKind::Pack, &hex, &bytes, &mut self.syncs)
-            .map_err(|e| Error::io("write", repo.file_path(FileKind::Pack, &hex), e))?;
-        self.added += put.added();
-        self.packs.push(IndexPack::of_rows(hex, &fin.blobs));
+        self.sink.store(repo, id, plain)?;
         Ok(())
     }
 
@@ -401,9 +330,7 @@ impl MetaOut {
     ) -> Result<(Vec<String>, Vec<IndexPack>, u64)> {
         let len = self.cur.len();
         self.cut(len, repo)?;
-        self.put_pack(repo)?;
-        syncs.count += self.syncs.count;
-        syncs.elapsed += self.syncs.elapsed;
-        Ok((self.chunks, self.packs, self.added))
+        let (packs, added) = self.sink.finish(repo, syncs)?;
+        Ok((self.chunks, packs, added))
     }
 }

@@ -18,6 +18,7 @@
 //! snapshot until the record is put.
 
 mod cdc;
+pub mod copy;
 mod entries;
 mod excludes;
 mod parent;
@@ -315,6 +316,7 @@ impl Walker<'_> {
             entries: done.entries,
             stats: self.stats.clone(),
             durable: syncs.enabled,
+            original: None,
         };
         let plain = serde_json::to_vec_pretty(&record).map_err(|e| ser("snapshot", e))?;
         let (snapshot_id, bytes) = commit::seal_snapshot(repo, plain)?;

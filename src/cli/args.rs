@@ -294,6 +294,38 @@ pub enum Command {
         #[command(flatten)]
         lock: LockArgs,
     },
+    /// Copy snapshots from another repository into this one (`--repo`),
+    /// storing only the blobs it lacks; a snapshot copied before (same
+    /// original) is skipped.
+    Copy {
+        /// The repository to copy from (a path, `s3:…` or `sftp:…`).
+        #[arg(long, value_name = "REPO")]
+        from: PathBuf,
+        /// The source repository's password file (it may be encrypted with
+        /// another password).
+        #[arg(
+            long,
+            value_name = "FILE",
+            env = "SNAP_FROM_PASSWORD_FILE",
+            conflicts_with = "from_password_command"
+        )]
+        from_password_file: Option<PathBuf>,
+        /// A command printing the source repository's password.
+        #[arg(long, value_name = "CMD", env = "SNAP_FROM_PASSWORD_COMMAND")]
+        from_password_command: Option<String>,
+        /// Snapshots of the source: full ids, unique prefixes or `latest`
+        /// [default: every snapshot the filter passes].
+        snapshots: Vec<String>,
+        /// Which snapshots of the source.
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Skip every sync (the copies are then not durable).
+        #[arg(long)]
+        no_durability: bool,
+        /// How long to wait for each repository's lock.
+        #[command(flatten)]
+        lock: LockArgs,
+    },
     /// Print a snapshot's record as JSON.
     Show {
         /// Snapshot: full id, unique id prefix, or `latest`.
@@ -613,6 +645,7 @@ impl Command {
             Command::Find { .. } => "find",
             Command::Stats { .. } => "stats",
             Command::Show { .. } => "show",
+            Command::Copy { .. } => "copy",
             Command::Schema { .. } => "schema",
         }
     }

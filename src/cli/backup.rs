@@ -72,7 +72,7 @@ pub(super) fn run(
     let committed = crate::repo::committed(&outcome.snapshot_id);
     let st = &outcome.record.stats;
     out.line(&format!(
-        "snapshot {} saved: {} files, {} dirs, {} ({} new), {} added to {}, {:.2} s{}",
+        "snapshot {} saved: {} files, {} dirs, {} ({} new), {} added to {}, {:.2} s{}{}",
         &outcome.snapshot_id[..12],
         st.files,
         st.dirs,
@@ -81,6 +81,7 @@ pub(super) fn run(
         mib(st.bytes_added),
         repo.path.display(),
         st.duration_ms as f64 / 1000.0,
+        super::common::transfer_text(repo.transfer()),
         if outcome.record.durable {
             ""
         } else {

@@ -29,6 +29,19 @@ pub(super) fn progress_bar(total: Option<u64>) -> indicatif::ProgressBar {
     pb
 }
 
+/// `", 12.3 MiB uploaded, 0.1 MiB downloaded"` for a remote repository's
+/// traffic, else nothing.
+pub(super) fn transfer_text(t: Option<crate::facts::TransferBytes>) -> String {
+    t.map(|t| {
+        format!(
+            ", {} uploaded, {} downloaded",
+            mib(t.uploaded),
+            mib(t.downloaded)
+        )
+    })
+    .unwrap_or_default()
+}
+
 pub(super) fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
 }
@@ -142,6 +155,7 @@ pub(super) fn backup_summary_fact(
             fsync_count: outcome.syncs.count,
             fsync_ms: outcome.syncs.elapsed.as_millis() as u64,
             encrypted: repo.crypto().is_encrypted(),
+            transfer: repo.transfer(),
             stats: outcome.record.stats.clone(),
         }),
     )

@@ -8,6 +8,7 @@ pub mod args;
 mod backup;
 mod check;
 mod common;
+mod copy;
 mod diff;
 mod dump;
 mod find;
@@ -354,6 +355,28 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
             filter,
             lock,
         } => stats::run(cli, facts, out, snapshot.as_deref(), filter, lock),
+        Command::Copy {
+            from,
+            from_password_file,
+            from_password_command,
+            snapshots,
+            filter,
+            no_durability,
+            lock,
+        } => copy::run(
+            cli,
+            facts,
+            out,
+            &copy::Args {
+                from,
+                password_file: from_password_file.as_deref(),
+                password_command: from_password_command.as_deref(),
+                snapshots,
+                filter,
+                durable: !no_durability,
+                lock,
+            },
+        ),
         Command::Show {
             snapshot,
             filter,

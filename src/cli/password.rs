@@ -43,6 +43,31 @@ pub(super) fn current(cli: &Cli) -> Result<Secret> {
     })
 }
 
+/// The password of `snap copy`'s source repository: `--from-password-file`
+/// (`SNAP_FROM_PASSWORD_FILE`), `--from-password-command`
+/// (`SNAP_FROM_PASSWORD_COMMAND`), `SNAP_FROM_PASSWORD`, a prompt (restic's
+/// `--from-password-*`).
+///
+/// # Errors
+///
+/// As [`current`].
+pub(super) fn from_source(file: Option<&Path>, command: Option<&str>) -> Result<Secret> {
+    if let Some(f) = file {
+        return from_file(f);
+    }
+    if let Some(cmd) = command {
+        return from_command(cmd);
+    }
+    if let Some(p) = std::env::var_os("SNAP_FROM_PASSWORD") {
+        use std::os::unix::ffi::OsStringExt;
+        return Ok(Zeroizing::new(p.into_vec()));
+    }
+    prompt("enter password for the source repository: ")?.ok_or_else(|| Error::Password {
+        path: "-".into(),
+        detail: "the source repository is encrypted and no password is given for it: set SNAP_FROM_PASSWORD, or give --from-password-file or --from-password-command".into(),
+    })
+}
+
 /// The password of a new key: from `file`, `SNAP_NEW_PASSWORD`, or a
 /// prompt on the terminal asked twice; `fallback` (the current password's
 /// sources) when `init --encrypt` makes the first key.

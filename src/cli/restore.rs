@@ -104,8 +104,9 @@ pub(super) fn run(
             )
             .map_err(|e| e.after_commit(&committed))?;
     }
+    summary.transfer = repo.transfer();
     let line = format!(
-        "restored {} into {}: {} files, {} dirs, {} symlinks, {} hard links, {}, {} blobs verified, {:.2} s",
+        "restored {} into {}: {} files, {} dirs, {} symlinks, {} hard links, {}, {} blobs verified, {:.2} s{}",
         &summary.snapshot_id[..12],
         summary.target,
         summary.files,
@@ -114,7 +115,8 @@ pub(super) fn run(
         summary.hardlinks,
         mib(summary.bytes),
         summary.blobs_verified,
-        summary.duration_ms as f64 / 1000.0
+        summary.duration_ms as f64 / 1000.0,
+        super::common::transfer_text(summary.transfer),
     );
     facts
         .emit(

@@ -299,6 +299,22 @@ pub enum Event {
     /// `snap stats` ran.
     #[serde(rename = "stats.result")]
     StatsResult(StatsReport),
+    /// `snap copy` ran: what it copied and what the destination had.
+    #[serde(rename = "copy.result")]
+    CopyResult {
+        /// Destination repository location.
+        repo: String,
+        /// Source repository location.
+        from: String,
+        /// Snapshots copied, in the order of their times.
+        copied: Vec<CopiedSnapshot>,
+        /// Source snapshots skipped: the destination has a copy (a record
+        /// with the same original).
+        skipped: Vec<String>,
+        /// Both repositories' traffic when either is remote.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        transfer: Option<TransferBytes>,
+    },
     /// `snap show` printed a snapshot record.
     #[serde(rename = "show.result")]
     ShowResult {
@@ -445,6 +461,19 @@ pub struct ForgetItem {
     pub reasons: Vec<String>,
 }
 
+/// One snapshot `snap copy` wrote.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct CopiedSnapshot {
+    /// The source snapshot's id.
+    pub source_id: String,
+    /// The new snapshot's id in the destination.
+    pub snapshot_id: String,
+    /// Blobs the destination did not have.
+    pub blobs_added: u64,
+    /// Bytes added to the destination.
+    pub bytes_added: u64,
+}
+
 /// Payload of `stats.result`. Sizes in bytes.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 pub struct StatsReport {
@@ -525,8 +554,22 @@ pub struct BackupSummary {
     /// stored is sealed; `docs/FORMAT.md`, "Encryption").
     #[serde(default)]
     pub encrypted: bool,
+    /// A remote repository's traffic in this run; absent for a local one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<TransferBytes>,
     /// Counts and sizes.
     pub stats: SnapshotStats,
+}
+
+/// Bytes a run moved to and from a remote repository's server: object
+/// bodies, retries included once; reads served by the local cache are not
+/// counted (`docs/FORMAT.md`, "Remote repositories").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TransferBytes {
+    /// Bytes uploaded.
+    pub uploaded: u64,
+    /// Bytes downloaded.
+    pub downloaded: u64,
 }
 
 /// How often one kind of metadata was applied or had to be skipped.
@@ -600,6 +643,9 @@ pub struct RestoreSummary {
     /// authenticated before it was verified and written).
     #[serde(default)]
     pub encrypted: bool,
+    /// A remote repository's traffic in this run; absent for a local one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<TransferBytes>,
     /// The restored snapshot's id.
     pub snapshot_id: String,
     /// The target directory created.

@@ -25,6 +25,132 @@ use super::{committed, Config, Repo};
 use crate::error::{Error, Result};
 use base64::Engine as _;
 
+/// Plaintext blobs stored into new packs of a repository, each compressed
+/// (format 3) and sealed, skipping those the index or this sink already
+/// holds; a pack is put (durable when syncs are on, before any index names
+/// it) each time it reaches [`super::PACK_TARGET`]. Used for entries
+/// streams (`crate::backup`) and for the blobs `snap copy` brings over.
+pub struct BlobSink {
+    encoder: super::format::blob::Encoder,
+    /// What the blobs are, for messages (`"an entries blob"`).
+    what: &'static str,
+    /// Blobs stored by this sink.
+    new: std::collections::HashSet<blake3::Hash>,
+    pack: super::pack::PackBuilder<Vec<u8>>,
+    packs: Vec<super::IndexPack>,
+    added: u64,
+    syncs: Syncs,
+}
+
+impl BlobSink {
+    /// A sink compressing by `compression`, putting packs durably when
+    /// `durable`.
+    ///
+    /// # Errors
+    ///
+    /// The zstd context cannot be made.
+    pub fn new(
+        compression: crate::policy::Compression,
+        durable: bool,
+        what: &'static str,
+    ) -> Result<BlobSink> {
+        Ok(BlobSink {
+            encoder: super::format::blob::Encoder::new(compression)
+                .map_err(|e| Error::io("set up", "the zstd compressor", e))?,
+            what,
+            new: Default::default(),
+            pack: Default::default(),
+            packs: Vec::new(),
+            added: 0,
+            syncs: Syncs {
+                enabled: durable,
+                ..Syncs::default()
+            },
+        })
+    }
+
+    /// Stores `plain` as blob `id` (which the caller computed with the
+    /// repository's [`Crypto::id`]) unless the index or this sink has it;
+    /// returns whether it was new.
+    ///
+    /// # Errors
+    ///
+    /// Index load errors; compression, sealing and pack write errors.
+    pub fn store(&mut self, repo: &Repo, id: blake3::Hash, plain: Vec<u8>) -> Result<bool> {
+        if self.new.contains(&id) || repo.index()?.contains(&id) {
+            return Ok(false);
+        }
+        self.new.insert(id);
+        let raw = plain.len() as u32;
+        let frame = self
+            .encoder
+            .encode(&[&plain])
+            .map_err(|e| Error::io("compress", self.what, e))?;
+        let (stored, raw) = match frame {
+            Some(f) => (f, Some(raw)),
+            None => (plain, None),
+        };
+        let stored = super::format::blob::seal_owned(repo.crypto(), stored)
+            .map_err(|e| Error::io("seal", self.what, e))?;
+        self.pack.add_stored(
+            id,
+            [super::pack::Part {
+                range: 0..stored.len(),
+                buf: stored,
+            }],
+            raw,
+        );
+        if self.pack.data_len() >= super::PACK_TARGET {
+            self.put_pack(repo)?;
+        }
+        Ok(true)
+    }
+
+    /// Puts the pack gathered so far: durable (when syncs are on) and
+    /// named before the index that will list it is written.
+    fn put_pack(&mut self, repo: &Repo) -> Result<()> {
+        let pack = std::mem::take(&mut self.pack);
+        if pack.is_empty() {
+            return Ok(());
+        }
+        let fin = pack
+            .finish(super::pack::PackVersion::V3, repo.crypto())
+            .map_err(|e| Error::io("seal", "a pack footer", e))?;
+        let mut bytes: Vec<u8> = Vec::with_capacity(
+            fin.parts.iter().map(|p| p.range.len()).sum::<usize>() + fin.tail.len(),
+        );
+        for p in &fin.parts {
+            bytes.extend_from_slice(p.as_ref());
+        }
+        bytes.extend_from_slice(&fin.tail);
+        let hex = fin.id.to_hex().to_string();
+        let put = repo
+            .store()
+            .put(FileKind::Pack, &hex, &bytes, &mut self.syncs)
+            .map_err(|e| Error::io("write", repo.file_path(FileKind::Pack, &hex), e))?;
+        self.added += put.added();
+        self.packs.push(super::IndexPack::of_rows(hex, &fin.blobs));
+        Ok(())
+    }
+
+    /// Puts the last pack: the packs written and the bytes added; the
+    /// sync accounting goes into `syncs`.
+    ///
+    /// # Errors
+    ///
+    /// As [`BlobSink::store`].
+    pub fn finish(
+        mut self,
+        repo: &Repo,
+        syncs: &mut Syncs,
+    ) -> Result<(Vec<super::IndexPack>, u64)> {
+        self.put_pack(repo)?;
+        syncs.count += self.syncs.count;
+        syncs.elapsed += self.syncs.elapsed;
+        Ok((self.packs, self.added))
+    }
+}
+
 /// Packs staged before one barrier makes them durable together. Each pack
 /// used to be committed alone (fsync, rename, fsync of its directory): a
 /// 4 GiB backup made 653 fsyncs and spent half its time in them, each
@@ -417,6 +543,7 @@ mod tests {
             },
             stats: Default::default(),
             durable: true,
+            original: None,
         };
         let bytes = serde_json::to_vec(&rec).unwrap();
         let id = blake3::hash(&bytes).to_hex().to_string();

@@ -500,6 +500,18 @@ impl Repo {
         self.store.path(kind, id)
     }
 
+    /// A remote repository's traffic so far in this process (see
+    /// [`storage::remote::transfer`]); `None` for a local one.
+    pub fn transfer(&self) -> Option<crate::facts::TransferBytes> {
+        use std::sync::atomic::Ordering;
+        location(&self.path).ok().filter(|l| l.is_remote())?;
+        let t = storage::remote::transfer();
+        Some(crate::facts::TransferBytes {
+            uploaded: t.up.load(Ordering::Relaxed),
+            downloaded: t.down.load(Ordering::Relaxed),
+        })
+    }
+
     /// Takes the repository lock (see [`storage::lock`]): exclusive for
     /// writers, shared for readers, waiting at most `wait_ms`.
     ///

@@ -178,6 +178,7 @@ mod tests {
             },
             stats: Default::default(),
             durable: true,
+            original: None,
         }
     }
 

@@ -224,6 +224,7 @@ fn build_in(
         repo: repo.path.display().to_string(),
         io_backend: crate::io::choice()?.backend,
         encrypted: repo.crypto().is_encrypted(),
+        transfer: None,
         snapshot_id: loaded.snapshot_id.clone(),
         target: target.display.clone(),
         policy: opts.policy.clone(),

@@ -130,6 +130,10 @@ pub struct SnapshotRecord {
     /// before this record was committed (false when absent).
     #[serde(default)]
     pub durable: bool,
+    /// `snap copy`: the id of the snapshot this one was copied from (the
+    /// first, when a copy was copied again); absent for a backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original: Option<String>,
 }
 
 impl SnapshotRecord {
@@ -188,6 +192,7 @@ mod tests {
             },
             stats: SnapshotStats::default(),
             durable: true,
+            original: None,
         }
     }
 

@@ -72,9 +72,6 @@ pub const LOCK_REFRESH: Duration = Duration::from_secs(5 * 60);
 pub const LOCK_STALE: Duration = Duration::from_secs(30 * 60);
 /// Where lock objects live.
 pub const LOCKS: &str = "locks";
-/// Bytes fetched at once when a pack is read a range at a time (restore
-/// reads a pack's blobs in order; one request serves many).
-const READ_WINDOW: u64 = 4 * 1024 * 1024;
 /// Most bytes of a lock object read.
 const LOCK_MAX: u64 = 4096;
 
@@ -645,13 +642,13 @@ async fn upload(op: &Operator, service: Service, key: &str, bytes: Vec<u8>) -> i
     Ok(put)
 }
 
-/// A remote file read a range at a time, through a window of
-/// [`READ_WINDOW`] bytes.
+/// A remote file read a range at a time: each read is one ranged `GET` of
+/// exactly what is asked (callers that read small pieces in order window
+/// their reads, as restore does).
 struct RemoteFile {
     op: Operator,
     key: String,
     size: u64,
-    window: Mutex<(u64, Vec<u8>)>,
 }
 
 impl Ranged for RemoteFile {
@@ -660,37 +657,29 @@ impl Ranged for RemoteFile {
             return Ok(0);
         }
         let want = (buf.len() as u64).min(self.size - offset);
-        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
-        let (start, bytes) = &*w;
-        if !(offset >= *start && offset + want <= *start + bytes.len() as u64) {
-            let len = want.max(READ_WINDOW).min(self.size - offset);
-            let (op, key) = (&self.op, &self.key);
-            let got = block(async move {
-                Ok(op
-                    .read_with(key)
-                    .range(offset..offset + len)
-                    .await
-                    .map_err(io_err)?
-                    .to_vec())
-            })?;
-            if (got.len() as u64) < want {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!(
-                        "{key}: {len} bytes at offset {offset} asked, {} came",
-                        got.len()
-                    ),
-                ));
-            }
-            transfer()
-                .down
-                .fetch_add(got.len() as u64, Ordering::Relaxed);
-            *w = (offset, got);
+        let (op, key) = (&self.op, &self.key);
+        let got = block(async move {
+            op.read_with(key)
+                .range(offset..offset + want)
+                .await
+                .map_err(io_err)
+        })?;
+        if (got.len() as u64) != want {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{key}: {want} bytes at offset {offset} asked, {} came",
+                    got.len()
+                ),
+            ));
         }
-        let (start, bytes) = &*w;
-        let from = (offset - start) as usize;
-        buf[..want as usize].copy_from_slice(&bytes[from..from + want as usize]);
-        Ok(want as usize)
+        transfer().down.fetch_add(want, Ordering::Relaxed);
+        let mut at = 0;
+        for chunk in got {
+            buf[at..at + chunk.len()].copy_from_slice(&chunk);
+            at += chunk.len();
+        }
+        Ok(at)
     }
 
     fn size(&self) -> io::Result<u64> {
@@ -857,7 +846,6 @@ impl Backend for RemoteBackend {
             op: self.op.clone(),
             key,
             size,
-            window: Mutex::new((0, Vec::new())),
         }))
     }
 
