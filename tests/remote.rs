@@ -474,6 +474,44 @@ fn copies_between(a: &Env, b: &Env) {
     assert!(!out.join("later").exists(), "the first snapshot");
     let ck = c.snap(["check", "--read-data"]).ok();
     assert_eq!(ck.fact("check.result")["problem_count"], 0);
+    // The filter picks source snapshots; the source password can come
+    // from a file.
+    let e = Env::new();
+    e.snap(["init"]).ok();
+    let pwfile = e.path("pw");
+    fs::write(&pwfile, "copy pw\n").unwrap();
+    let mut from_c = Env::new();
+    from_c.repo = c.repo.clone();
+    let none = copy(
+        &e,
+        &from_c,
+        &[
+            "--from-password-file",
+            pwfile.to_str().unwrap(),
+            "--path",
+            "/elsewhere",
+        ],
+    )
+    .ok();
+    assert!(none.fact("copy.result")["copied"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let one = copy(
+        &e,
+        &from_c,
+        &[
+            "--from-password-file",
+            pwfile.to_str().unwrap(),
+            "--path",
+            src.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    assert_eq!(
+        one.fact("copy.result")["copied"].as_array().unwrap().len(),
+        1
+    );
     // A wrong source password is E_PASSWORD and copies nothing.
     let d = Env::new();
     d.snap(["init"]).ok();

@@ -319,9 +319,6 @@ pub enum Command {
         /// Which snapshots of the source.
         #[command(flatten)]
         filter: FilterArgs,
-        /// Skip every sync (the copies are then not durable).
-        #[arg(long)]
-        no_durability: bool,
         /// How long to wait for each repository's lock.
         #[command(flatten)]
         lock: LockArgs,

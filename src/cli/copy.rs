@@ -20,7 +20,6 @@ pub(super) struct Args<'a> {
     pub password_command: Option<&'a str>,
     pub snapshots: &'a [String],
     pub filter: &'a FilterArgs,
-    pub durable: bool,
     pub lock: &'a LockArgs,
 }
 
@@ -84,8 +83,8 @@ pub(super) fn run(cli: &Cli, facts: &mut Emitter, out: &Out, a: &Args<'_>) -> Re
             continue;
         }
         let done =
-            crate::backup::copy::copy_snapshot(&src, &dst, id, rec, a.durable).map_err(|e| {
-                match copied.last() {
+            crate::backup::copy::copy_snapshot(&src, &dst, id, rec, true).map_err(
+                |e| match copied.last() {
                     Some(c) => e.after_commit(format!(
                         "{} of {} snapshots were copied (the last: {})",
                         copied.len(),
@@ -93,8 +92,8 @@ pub(super) fn run(cli: &Cli, facts: &mut Emitter, out: &Out, a: &Args<'_>) -> Re
                         &c.snapshot_id[..12]
                     )),
                     None => e,
-                }
-            })?;
+                },
+            )?;
         out.line(&format!(
             "snapshot {} copied as {}: {} new blobs, {} added",
             &id[..12],

@@ -361,7 +361,6 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
             from_password_command,
             snapshots,
             filter,
-            no_durability,
             lock,
         } => copy::run(
             cli,
@@ -373,7 +372,6 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
                 password_command: from_password_command.as_deref(),
                 snapshots,
                 filter,
-                durable: !no_durability,
                 lock,
             },
         ),
