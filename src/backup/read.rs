@@ -194,8 +194,19 @@ impl Walker<'_> {
         self.stats.files += 1;
         self.stats.bytes += offset;
         self.progress.inc(offset);
-        self.progress
-            .set_message(format!("{} files", self.stats.files));
+        // A remote repository's uploads so far (none for a local one).
+        let up = crate::repo::storage::remote::transfer()
+            .up
+            .load(std::sync::atomic::Ordering::Relaxed);
+        self.progress.set_message(if up > 0 {
+            format!(
+                "{} files, {:.1} MiB uploaded",
+                self.stats.files,
+                up as f64 / 1048576.0
+            )
+        } else {
+            format!("{} files", self.stats.files)
+        });
         Ok(Some(FileOut::Rec(rec.into())))
     }
 }
