@@ -77,7 +77,7 @@ fn production_preset_snapshots_the_old_tree_so_the_restore_can_be_undone() {
         keep.display()
     ));
     let r = restore(&env, &target, &["--preset", "production"]).ok();
-    assert_eq!(r.fact("lock.acquired")["mode"], "exclusive");
+    assert_eq!(r.fact("lock.acquired")["mode"], "shared");
     let pre = r.fact("restore.summary")["pre_restore_snapshot"]
         .as_str()
         .expect("pre-restore snapshot")

@@ -30,7 +30,10 @@ pub(super) fn run(
     let (policy, _) = policy.resolve()?;
     let path = repo_path(cli)?;
     // With a repository: lock (bounded wait), then preflight. Without
-    // one: preflight first, so a STOP creates nothing.
+    // one: preflight first, so a STOP creates nothing. Backups take the
+    // shared lock: several may write at once (their files are content
+    // addressed and put create-only); prune's exclusive lock keeps it out
+    // (docs/FORMAT.md, "Concurrency argument").
     let existing = match Repo::open(&path, &|| super::password::current(cli)) {
         Ok(r) => Some(r),
         Err(Error::RepoMissing { .. }) if default_repo(cli) => None,
@@ -38,7 +41,7 @@ pub(super) fn run(
     };
     let (repo, lock) = match existing {
         Some(repo) => {
-            let lock = repo.lock(true, policy.lock_wait_ms)?;
+            let lock = repo.lock(false, policy.lock_wait_ms)?;
             lock_fact(facts, &repo, &lock)?;
             gate(
                 facts,
@@ -56,7 +59,7 @@ pub(super) fn run(
                 &policy,
             )?;
             let repo = create_repo(cli, &path, facts, out)?;
-            let lock = repo.lock(true, policy.lock_wait_ms)?;
+            let lock = repo.lock(false, policy.lock_wait_ms)?;
             lock_fact(facts, &repo, &lock)?;
             (repo, lock)
         }

@@ -311,8 +311,7 @@ pub(super) fn create_repo(
 }
 
 /// Takes a snapshot of `opts.source` into `repo` (the caller holds the
-/// exclusive lock) with a progress bar: empties `tmp/` first, then runs
-/// the backup, emits the damaged-record facts and, once committed, the
+/// shared lock) with a progress bar: runs the backup, emits the damaged-record facts and, once committed, the
 /// `backup.summary` fact. `snap backup` and `snap restore --replace`
 /// (the pre-restore snapshot) both take their snapshots here.
 ///
@@ -326,7 +325,9 @@ pub(super) fn take_snapshot(
     opts: &crate::backup::BackupOptions,
     facts: &mut Emitter,
 ) -> Result<crate::backup::BackupOutcome> {
-    repo.clean_tmp()?;
+    // `tmp/` is left alone: another backup may be writing there. What a
+    // killed run left is removed by prune and `check --repair-tmp`, under
+    // the exclusive lock.
     let pb = progress_bar(None);
     let outcome = crate::backup::run(repo, opts, facts, &pb);
     pb.finish_and_clear();

@@ -43,9 +43,10 @@ pub(super) fn run(
     let target_exists = crate::fs::lstat_path(&abs_target)
         .map_err(|e| Error::io("stat", abs_target.display(), e))?
         .is_some();
-    // Snapshotting the old tree writes to the repository: exclusive.
+    // Snapshotting the old tree writes to the repository, as a backup
+    // does, under the shared lock.
     let capture = replace && target_exists && policy.capture_restore_snapshot;
-    let lock = repo.lock(capture, policy.lock_wait_ms)?;
+    let lock = repo.lock(false, policy.lock_wait_ms)?;
     lock_fact(facts, &repo, &lock)?;
     let subpath = path.map(parse_subpath).transpose()?;
     let loaded = restore_load(&repo, snapshot, subpath.as_ref(), &mut policy, explicit);

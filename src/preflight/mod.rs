@@ -304,7 +304,7 @@ pub fn backup(repo: &Path, source: &Path, policy: &Policy, lock: LockState) -> R
             CheckResult::Pass,
             "remote repository: reached when the run opens it; space is the server's",
         );
-        lock_check(&mut r, repo, true, lock);
+        lock_check(&mut r, repo, false, lock);
         tier_check(&mut r, source, policy);
         return r;
     }
@@ -358,7 +358,7 @@ pub fn backup(repo: &Path, source: &Path, policy: &Policy, lock: LockState) -> R
         }
         Err(e) => r.add("space", &base, CheckResult::Warn, format!("statvfs: {e}")),
     }
-    lock_check(&mut r, repo, true, lock);
+    lock_check(&mut r, repo, false, lock);
     tier_check(&mut r, source, policy);
     r
 }

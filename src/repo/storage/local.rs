@@ -71,7 +71,7 @@ pub(super) struct LocalStaged {
 }
 
 /// Removes the staged file `name` in `dir`, warning on stderr when it
-/// cannot (the next writer's staging cleanup will).
+/// cannot (the next staging cleanup will: prune, `check --repair-tmp`).
 fn remove_staged(dir: &Dir, name: &Name) {
     if let Err(u) = dir.unlink(name) {
         eprintln!("snap: warning: could not remove staged file {name}: {u}");
@@ -211,6 +211,19 @@ impl LocalBackend {
     fn staging_dir(&self) -> io::Result<Dir> {
         self.root.open_dir(&name(STAGING)?)
     }
+
+    /// `tmp/`, made again when missing (a copy of the repository made by a
+    /// tool that drops empty directories, git or an object-store sync, is
+    /// still the repository).
+    fn staging_dir_made(&self) -> io::Result<Dir> {
+        match self.staging_dir() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.root.ensure_dir(&name(STAGING)?, 0o700)?;
+                self.staging_dir()
+            }
+            other => other,
+        }
+    }
 }
 
 impl Backend for LocalBackend {
@@ -291,7 +304,7 @@ impl Backend for LocalBackend {
                 name(&format!(".{CONFIG}.{rand}.tmp"))?,
             )
         } else {
-            return Ok(Box::new(LocalStaged::create(self.staging_dir()?)?));
+            return Ok(Box::new(LocalStaged::create(self.staging_dir_made()?)?));
         };
         let fd = dir.create_file(&n, 0o600)?;
         Ok(Box::new(LocalStaged {

@@ -140,7 +140,7 @@ pub trait Ranged: Send + Sync {
 
 /// A file being written, not yet under its name (see [`Backend::stage`]).
 /// Dropped without [`Backend::put_staged`] or [`Staged::discard`], it is
-/// left to the next writer's [`Backend::clean_staging`].
+/// left to the next [`Backend::clean_staging`] (prune, `check --repair-tmp`).
 pub trait Staged: Send {
     /// Appends the bytes of `parts` in order (one vectored write where the
     /// backend can).
