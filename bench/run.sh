@@ -244,7 +244,9 @@ if [ -n "$S3" ]; then
   sleep 3
   (cd "$sw" && exec "$WEED" s3 $b -port=28333 -filer=127.0.0.1:28888 -config=s3.json -port.iceberg=0 -port.lance=0 >s3.log 2>&1) & weed_pids+=($!)
   for _ in $(seq 100); do curl -s -o /dev/null http://127.0.0.1:28333/ && break; sleep 0.2; done
-  for _ in $(seq 100); do [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:29333/dir/assign)" = 200 ] && break; sleep 0.3; done
+  up=0
+  for _ in $(seq 100); do [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:29333/dir/assign)" = 200 ] && { up=1; break; }; sleep 0.3; done
+  [ "$up" = 1 ] || { echo "SeaweedFS did not start: $(tail -3 "$sw"/*.log)" >&2; exit 1; }
   export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret AWS_DEFAULT_REGION=us-east-1
   export XDG_CACHE_HOME="$WORK/cache" RESTIC_CACHE_DIR="$WORK/cache/restic"
   U=http://127.0.0.1:28333

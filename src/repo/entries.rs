@@ -84,19 +84,44 @@ impl ChunkedEntries {
                 .index
                 .get(&id)
                 .ok_or_else(|| bad(format!("entries blob {id} is in no index")))?;
-            if c.pack.as_ref().is_none_or(|(p, _)| *p != loc.pack) {
-                let f = self.store.open(FileKind::Pack, &loc.pack.to_hex())?;
-                c.pack = Some((loc.pack, f));
-            }
-            let (_, f) = c.pack.as_ref().expect("opened above");
-            let stored = f.read_exact_at(loc.offset, loc.length as usize)?;
-            let got = super::format::blob::verified_owned(&self.crypto, stored, loc.raw, &id)
-                .map_err(|e| {
-                    bad(format!(
-                        "entries blob {id} in {}: {e}",
-                        self.store.path(FileKind::Pack, &loc.pack.to_hex())
-                    ))
-                })?;
+            let hex = id.to_hex();
+            // A remote repository's local cache first: a copy that does
+            // not verify is dropped and the blob read from its pack.
+            let cached = self
+                .store
+                .cached_blob(&hex)
+                .filter(|b| b.len() == loc.length as usize)
+                .and_then(|b| {
+                    let got = super::format::blob::verified_owned(&self.crypto, b, loc.raw, &id);
+                    if got.is_err() {
+                        self.store.forget_blob(&hex);
+                    }
+                    got.ok()
+                });
+            let got = match cached {
+                Some(got) => got,
+                None => {
+                    if c.pack.as_ref().is_none_or(|(p, _)| *p != loc.pack) {
+                        let f = self.store.open(FileKind::Pack, &loc.pack.to_hex())?;
+                        c.pack = Some((loc.pack, f));
+                    }
+                    let (_, f) = c.pack.as_ref().expect("opened above");
+                    let stored = f.read_exact_at(loc.offset, loc.length as usize)?;
+                    let keep = self.store.caches_blobs().then(|| stored.clone());
+                    let got =
+                        super::format::blob::verified_owned(&self.crypto, stored, loc.raw, &id)
+                            .map_err(|e| {
+                                bad(format!(
+                                    "entries blob {id} in {}: {e}",
+                                    self.store.path(FileKind::Pack, &loc.pack.to_hex())
+                                ))
+                            })?;
+                    if let Some(stored) = keep {
+                        self.store.keep_blob(&hex, &stored);
+                    }
+                    got
+                }
+            };
             c.plain = Some((k, got));
         }
         let (_, plain) = c.plain.as_ref().expect("filled above");

@@ -259,6 +259,21 @@ impl Seaweed {
         let _ = child.wait();
     }
 
+    /// Sends `sig` (`STOP`, `CONT`) to the process `name`.
+    pub fn signal(&self, name: &str, sig: &str) {
+        let (_, child) = self
+            .procs
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no weed {name} running"));
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(st.success(), "kill -{sig} {name}");
+    }
+
     /// `s3:http://127.0.0.1:PORT/BUCKET/PREFIX`.
     pub fn location(&self, bucket: &str, prefix: &str) -> String {
         format!("s3:http://127.0.0.1:{}/{bucket}/{prefix}", self.s3)

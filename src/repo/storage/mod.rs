@@ -367,6 +367,27 @@ pub trait Backend: Send + Sync + fmt::Debug {
         format!("{}/{}", self.location(), crate::repo::layout::LOCK)
     }
 
+    /// Whether the backend keeps a local cache of entries blobs
+    /// ([`Backend::cached_blob`]); remote backends do.
+    fn caches_blobs(&self) -> bool {
+        false
+    }
+
+    /// The stored bytes of blob `id` (hex) from the local cache, if kept
+    /// there. The caller verifies them (a blob's id is over its plaintext,
+    /// which only the repository can open) and calls
+    /// [`Backend::forget_blob`] when they do not verify.
+    fn cached_blob(&self, _id: &str) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// Keeps the stored bytes of blob `id`, verified by the caller, in the
+    /// local cache; a failure only costs a later download.
+    fn keep_blob(&self, _id: &str, _stored: &[u8]) {}
+
+    /// Removes blob `id` from the local cache, if kept there.
+    fn forget_blob(&self, _id: &str) {}
+
     /// Names of files being written or left by a crashed run.
     ///
     /// # Errors

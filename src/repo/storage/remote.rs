@@ -34,8 +34,10 @@
 //! - **Retries and time-outs**: opendal's retry layer (up to
 //!   [`RETRIES`] retries of a temporary error, backoff from 200 ms doubling
 //!   to 5 s with jitter) and time-out layer ([`OP_TIMEOUT`] per request,
-//!   [`IO_TIMEOUT`] per read or write step): a dead server fails a request
-//!   within about `RETRIES × (IO_TIMEOUT + 5 s)`.
+//!   [`IO_TIMEOUT`] per read or write step): a server that does not answer
+//!   fails a request after at most `(RETRIES + 1) × OP_TIMEOUT` plus the
+//!   backoff, about 2.6 minutes; one that refuses connections, within
+//!   seconds.
 //!
 //! Side effects: network requests to the server; files under the cache
 //! directory; a tokio runtime of two worker threads, started on first use;
@@ -62,9 +64,10 @@ use crate::repo::layout::{self, CONFIG, STAGING};
 pub const UPLOADS_IN_FLIGHT: usize = 4;
 /// Retries of a request that failed with a temporary error.
 pub const RETRIES: usize = 4;
-/// The longest one request may take, transfer included.
-pub const OP_TIMEOUT: Duration = Duration::from_secs(120);
-/// The longest one read or write step of a request may wait.
+/// The longest one request other than a transfer step (stat, list,
+/// delete, `CreateBucket`) may take.
+pub const OP_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest one read or write step of a transfer may wait.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
 /// How often a lock holder rewrites its lock object.
 pub const LOCK_REFRESH: Duration = Duration::from_secs(5 * 60);
@@ -72,6 +75,8 @@ pub const LOCK_REFRESH: Duration = Duration::from_secs(5 * 60);
 pub const LOCK_STALE: Duration = Duration::from_secs(30 * 60);
 /// Where lock objects live.
 pub const LOCKS: &str = "locks";
+/// The cache directory of entries blobs (their stored, sealed form).
+const BLOBS: &str = "blobs";
 /// Most bytes of a lock object read.
 const LOCK_MAX: u64 = 4096;
 
@@ -162,6 +167,8 @@ pub struct RemoteBackend {
     slots: Arc<tokio::sync::Semaphore>,
     /// The holder of the last conflicting lock seen.
     note: Mutex<String>,
+    /// The time-out of a request other than a transfer step.
+    op_timeout: Duration,
 }
 
 /// The cache directory for `location`: `$XDG_CACHE_HOME/snap`, else
@@ -222,7 +229,8 @@ impl RemoteBackend {
     /// (`AWS_PROFILE`, `~/.aws/credentials`). SFTP runs `ssh` with the
     /// user's configuration; `SNAP_SFTP_IDENTITY` names a private key and
     /// `SNAP_SFTP_KNOWN_HOSTS` (`strict`, the default, `add` or `accept`)
-    /// says what to do with a host key not yet known.
+    /// says what to do with a host key not yet known. `SNAP_REMOTE_TIMEOUT`
+    /// (seconds) replaces both [`OP_TIMEOUT`] and [`IO_TIMEOUT`].
     ///
     /// # Errors
     ///
@@ -330,11 +338,23 @@ impl RemoteBackend {
                 )
             }
         };
+        let timeout = match env("SNAP_REMOTE_TIMEOUT") {
+            None => None,
+            Some(t) => match t.parse::<u64>() {
+                Ok(n @ 1..=3600) => Some(Duration::from_secs(n)),
+                _ => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("SNAP_REMOTE_TIMEOUT={t:?}: expected seconds, 1 to 3600"),
+                    ))
+                }
+            },
+        };
         let op = op
             .layer(
                 opendal::layers::TimeoutLayer::new()
-                    .with_timeout(OP_TIMEOUT)
-                    .with_io_timeout(IO_TIMEOUT),
+                    .with_timeout(timeout.unwrap_or(OP_TIMEOUT))
+                    .with_io_timeout(timeout.unwrap_or(IO_TIMEOUT)),
             )
             .layer(
                 opendal::layers::RetryLayer::new()
@@ -365,6 +385,7 @@ impl RemoteBackend {
             uploads: Mutex::default(),
             slots: Arc::new(tokio::sync::Semaphore::new(UPLOADS_IN_FLIGHT)),
             note: Mutex::new("no holder seen".into()),
+            op_timeout: timeout.unwrap_or(OP_TIMEOUT),
         })
     }
 
@@ -411,6 +432,22 @@ impl RemoteBackend {
             dir = dir.open_dir(&n)?;
         }
         Ok((dir, name(&layout::file_name(kind, id))?))
+    }
+
+    /// The cache directory of entries blobs (`blobs/<2 hex>/`, created
+    /// when `create`) and the name of blob `id` in it.
+    fn blob_cache_of(&self, id: &str, create: bool) -> io::Result<(Dir, Name)> {
+        // An id names a file only once it passes the pack id rule.
+        valid(FileKind::Pack, id)?;
+        let mut dir = self.cache.open_path(&RelPath::root())?;
+        for p in [BLOBS, &id[..2]] {
+            let n = name(p)?;
+            if create {
+                dir.ensure_dir(&n, 0o700)?;
+            }
+            dir = dir.open_dir(&n)?;
+        }
+        Ok((dir, name(id)?))
     }
 
     /// Keeps `bytes` as the cached copy of `kind`/`id` when they are what
@@ -533,7 +570,22 @@ impl RemoteBackend {
         if exists {
             return Ok(());
         }
-        block(create_bucket(bucket))
+        let limit = self.op_timeout;
+        block(async move {
+            tokio::time::timeout(limit, create_bucket(bucket))
+                .await
+                .map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        RemoteError(format!(
+                            "CreateBucket {}: no answer from {} in {} s",
+                            bucket.name,
+                            bucket.endpoint,
+                            limit.as_secs()
+                        )),
+                    )
+                })?
+        })
     }
 }
 
@@ -603,6 +655,8 @@ fn tracing_warn(msg: &str) {
 /// Uploads `bytes` as `key`, create-only (see the module docs).
 async fn upload(op: &Operator, service: Service, key: &str, bytes: Vec<u8>) -> io::Result<Put> {
     let len = bytes.len() as u64;
+    // Shared, not copied, by the retries and the fallback below.
+    let bytes = opendal::Buffer::from(bytes);
     let put = match service {
         Service::S3 => match op.write_with(key, bytes.clone()).if_not_exists(true).await {
             Ok(_) => Put::Created(len),
@@ -863,23 +917,28 @@ impl Backend for RemoteBackend {
         _syncs: &mut Syncs,
     ) -> io::Result<Put> {
         let staged = own::<LocalStaged>(staged)?;
-        let bytes = staged.read_back();
-        staged.discard();
-        let key = Self::key(kind, id)?;
-        let bytes = bytes?;
         if sync_data {
+            let bytes = staged.read_back();
+            staged.discard();
+            let key = Self::key(kind, id)?;
+            let bytes = bytes?;
             let put = block(upload(&self.op, self.service, &key, bytes.clone()))?;
             self.keep(kind, id, &bytes);
             return Ok(put);
         }
-        let len = bytes.len() as u64;
+        // A slot first, then the bytes: at most UPLOADS_IN_FLIGHT files
+        // are in memory.
         let slots = self.slots.clone();
         let permit = block(async move {
             slots
                 .acquire_owned()
                 .await
                 .map_err(|e| io::Error::other(e.to_string()))
-        })?;
+        });
+        let bytes = staged.read_back();
+        staged.discard();
+        let (permit, key, bytes) = (permit?, Self::key(kind, id)?, bytes?);
+        let len = bytes.len() as u64;
         let (op, service) = (self.op.clone(), self.service);
         let task = runtime()?.spawn(async move {
             let r = upload(&op, service, &key, bytes).await;
@@ -1009,6 +1068,46 @@ impl Backend for RemoteBackend {
 
     fn lock_path(&self) -> String {
         format!("{}/{LOCKS}/", self.location)
+    }
+
+    fn caches_blobs(&self) -> bool {
+        true
+    }
+
+    fn cached_blob(&self, id: &str) -> Option<Vec<u8>> {
+        let (dir, file) = self.blob_cache_of(id, false).ok()?;
+        dir.read_all(
+            &file,
+            u64::from(crate::repo::format::blob::BLOB_RAW_MAX) + 4096,
+        )
+        .ok()
+    }
+
+    fn keep_blob(&self, id: &str, stored: &[u8]) {
+        let kept = (|| -> io::Result<()> {
+            let (dir, file) = self.blob_cache_of(id, true)?;
+            let tmp = name(&format!(".{}.{}.part", file, crate::sys::random_hex(6)?))?;
+            let fd = dir.create_file(&tmp, 0o600)?;
+            let r = crate::fs::fd::write_all_at(&fd, stored, 0)
+                .and_then(|()| crate::fs::fd::close(fd))
+                .and_then(|()| dir.rename(&tmp, &dir, &file, false));
+            if r.is_err() {
+                let _ = dir.unlink(&tmp);
+            }
+            r
+        })();
+        if let Err(e) = kept {
+            tracing_warn(&format!(
+                "cannot keep blob {id} in the cache {}: {e}",
+                self.cache_path.display()
+            ));
+        }
+    }
+
+    fn forget_blob(&self, id: &str) {
+        if let Ok((dir, file)) = self.blob_cache_of(id, false) {
+            let _ = dir.unlink(&file);
+        }
     }
 
     fn staging(&self) -> io::Result<Vec<String>> {
