@@ -169,6 +169,8 @@ pub struct RemoteBackend {
     note: Mutex<String>,
     /// The time-out of a request other than a transfer step.
     op_timeout: Duration,
+    /// Pack blocks fetched last ([`RemoteFile`]).
+    blocks: Arc<Mutex<Blocks>>,
 }
 
 /// The cache directory for `location`: `$XDG_CACHE_HOME/snap`, else
@@ -386,6 +388,7 @@ impl RemoteBackend {
             slots: Arc::new(tokio::sync::Semaphore::new(UPLOADS_IN_FLIGHT)),
             note: Mutex::new("no holder seen".into()),
             op_timeout: timeout.unwrap_or(OP_TIMEOUT),
+            blocks: Arc::default(),
         })
     }
 
@@ -696,13 +699,82 @@ async fn upload(op: &Operator, service: Service, key: &str, bytes: Vec<u8>) -> i
     Ok(put)
 }
 
-/// A remote file read a range at a time: each read is one ranged `GET` of
-/// exactly what is asked (callers that read small pieces in order window
-/// their reads, as restore does).
+/// Packs are read in aligned blocks of this many bytes, each fetched once
+/// and kept while it is among the [`BLOCKS_KEPT`] used last.
+const BLOCK: u64 = 4 << 20;
+/// Blocks kept for all packs together (64 MiB).
+const BLOCKS_KEPT: usize = 16;
+/// A read shorter than this that the kept blocks do not serve is fetched
+/// alone.
+const SMALL: u64 = 1 << 20;
+
+/// The blocks of packs fetched last, shared by every open pack of the
+/// backend: restore's workers read windows of the same packs, and a block
+/// one fetched serves the others.
+#[derive(Default)]
+struct Blocks(std::collections::VecDeque<KeptBlock>);
+
+/// A kept block: (pack key, block number) and its bytes.
+type KeptBlock = ((String, u64), Arc<Vec<u8>>);
+
+impl std::fmt::Debug for Blocks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Blocks({} kept)", self.0.len())
+    }
+}
+
+impl Blocks {
+    fn get(&mut self, key: &str, n: u64) -> Option<Arc<Vec<u8>>> {
+        let i = self.0.iter().position(|((k, b), _)| *b == n && k == key)?;
+        let e = self.0.remove(i)?;
+        let v = e.1.clone();
+        self.0.push_back(e);
+        Some(v)
+    }
+
+    fn put(&mut self, key: &str, n: u64, bytes: Arc<Vec<u8>>) {
+        if self.0.len() >= BLOCKS_KEPT {
+            self.0.pop_front();
+        }
+        self.0.push_back(((key.to_owned(), n), bytes));
+    }
+}
+
+/// A remote pack read through the shared [`Blocks`]: a read takes the
+/// blocks it spans from there, and fetches the missing ones, each run of
+/// them with one ranged `GET`; a small read they do not serve is one
+/// `GET` of just its bytes.
 struct RemoteFile {
     op: Operator,
     key: String,
     size: u64,
+    blocks: Arc<Mutex<Blocks>>,
+}
+
+impl RemoteFile {
+    /// Blocks `from..=to` (which exist) fetched with one request.
+    fn fetch(&self, from: u64, to: u64) -> io::Result<Vec<Arc<Vec<u8>>>> {
+        let start = from * BLOCK;
+        let end = ((to + 1) * BLOCK).min(self.size);
+        let (op, key) = (&self.op, &self.key);
+        let got = block(async move { op.read_with(key).range(start..end).await.map_err(io_err) })?;
+        if got.len() as u64 != end - start {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{key}: {} bytes at offset {start} asked, {} came",
+                    end - start,
+                    got.len()
+                ),
+            ));
+        }
+        transfer().down.fetch_add(end - start, Ordering::Relaxed);
+        let all = got.to_vec();
+        Ok(all
+            .chunks(BLOCK as usize)
+            .map(|c| Arc::new(c.to_vec()))
+            .collect())
+    }
 }
 
 impl Ranged for RemoteFile {
@@ -711,27 +783,66 @@ impl Ranged for RemoteFile {
             return Ok(0);
         }
         let want = (buf.len() as u64).min(self.size - offset);
-        let (op, key) = (&self.op, &self.key);
-        let got = block(async move {
-            op.read_with(key)
-                .range(offset..offset + want)
-                .await
-                .map_err(io_err)
-        })?;
-        if (got.len() as u64) != want {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!(
-                    "{key}: {want} bytes at offset {offset} asked, {} came",
-                    got.len()
-                ),
-            ));
+        let (first, last) = (offset / BLOCK, (offset + want - 1) / BLOCK);
+        let mut have: Vec<Option<Arc<Vec<u8>>>> = {
+            let mut c = self.blocks.lock().unwrap_or_else(|p| p.into_inner());
+            (first..=last).map(|n| c.get(&self.key, n)).collect()
+        };
+        // A small read (a single blob) that the blocks do not hold is
+        // fetched as it is: a block for it would be mostly waste.
+        if want < SMALL && have.iter().any(Option::is_none) {
+            let (op, key) = (&self.op, &self.key);
+            let got = block(async move {
+                op.read_with(key)
+                    .range(offset..offset + want)
+                    .await
+                    .map_err(io_err)
+            })?;
+            if got.len() as u64 != want {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "{key}: {want} bytes at offset {offset} asked, {} came",
+                        got.len()
+                    ),
+                ));
+            }
+            transfer().down.fetch_add(want, Ordering::Relaxed);
+            let mut at = 0;
+            for chunk in got {
+                buf[at..at + chunk.len()].copy_from_slice(&chunk);
+                at += chunk.len();
+            }
+            return Ok(at);
         }
-        transfer().down.fetch_add(want, Ordering::Relaxed);
-        let mut at = 0;
-        for chunk in got {
-            buf[at..at + chunk.len()].copy_from_slice(&chunk);
-            at += chunk.len();
+        // Each run of missing blocks with one request.
+        let mut n = first;
+        while n <= last {
+            if have[(n - first) as usize].is_some() {
+                n += 1;
+                continue;
+            }
+            let mut end = n;
+            while end < last && have[(end + 1 - first) as usize].is_none() {
+                end += 1;
+            }
+            let got = self.fetch(n, end)?;
+            let mut c = self.blocks.lock().unwrap_or_else(|p| p.into_inner());
+            for (k, b) in got.into_iter().enumerate() {
+                c.put(&self.key, n + k as u64, b.clone());
+                have[(n - first) as usize + k] = Some(b);
+            }
+            n = end + 1;
+        }
+        let mut at = 0usize;
+        let mut pos = offset;
+        for b in have.iter().flatten() {
+            let n = pos / BLOCK;
+            let within = (pos - n * BLOCK) as usize;
+            let take = (b.len() - within).min(want as usize - at);
+            buf[at..at + take].copy_from_slice(&b[within..within + take]);
+            at += take;
+            pos += take as u64;
         }
         Ok(at)
     }
@@ -900,6 +1011,7 @@ impl Backend for RemoteBackend {
             op: self.op.clone(),
             key,
             size,
+            blocks: self.blocks.clone(),
         }))
     }
 
@@ -1182,6 +1294,42 @@ mod tests {
         .unwrap();
         assert!(b.prepare(true).unwrap().is_some());
         locks_go_stale(&b);
+        blocks_serve_reads_across_their_edges(&b);
+    }
+
+    /// Reads that span blocks, start or end inside one, or reach the end
+    /// of the file give the file's bytes, each block fetched once.
+    fn blocks_serve_reads_across_their_edges(b: &RemoteBackend) {
+        let len = 2 * BLOCK as usize + 1_234_567;
+        let bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        let id = "cd".repeat(32);
+        b.put(FileKind::Pack, &id, &bytes, &mut Syncs::default())
+            .unwrap();
+        let f = b.open(FileKind::Pack, &id).unwrap();
+        let before = transfer().down.load(Ordering::Relaxed);
+        for (off, n) in [
+            (3usize << 20, 5usize << 20),
+            (0, len),
+            (len - 10, 10),
+            (BLOCK as usize - 1, 2),
+            (12345, 100),
+        ] {
+            assert_eq!(
+                f.read_exact_at(off as u64, n).unwrap(),
+                &bytes[off..off + n],
+                "{off}+{n}"
+            );
+        }
+        let down = transfer().down.load(Ordering::Relaxed) - before;
+        // (The counter is the process's: the SFTP test running beside this
+        // one adds its few KiB.)
+        assert!(
+            down >= len as u64 && down < len as u64 + (1 << 20),
+            "every block fetched once: {down} bytes for {len}"
+        );
+        let mut buf = vec![0u8; 100];
+        assert_eq!(f.read_at(&mut buf, len as u64 - 40).unwrap(), 40);
+        b.remove(FileKind::Pack, &id).unwrap();
     }
 
     /// A lock object of another live holder blocks; one not refreshed for
