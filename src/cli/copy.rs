@@ -94,13 +94,16 @@ pub(super) fn run(cli: &Cli, facts: &mut Emitter, out: &Out, a: &Args<'_>) -> Re
                     None => e,
                 },
             )?;
+        // Committed: an error from here on says so.
+        let committed = crate::repo::committed(&done.snapshot_id);
         out.line(&format!(
             "snapshot {} copied as {}: {} new blobs, {} added",
             &id[..12],
             &done.snapshot_id[..12],
             done.blobs_added,
             mib(done.bytes_added)
-        ))?;
+        ))
+        .map_err(|e| e.after_commit(&committed))?;
         copied.push(CopiedSnapshot {
             source_id: id.clone(),
             snapshot_id: done.snapshot_id,
@@ -110,6 +113,14 @@ pub(super) fn run(cli: &Cli, facts: &mut Emitter, out: &Out, a: &Args<'_>) -> Re
     }
     drop((src_lock, dst_lock));
     let transfer = dst.transfer().or(src.transfer());
+    let after = |e: Error| match copied.last() {
+        Some(c) => e.after_commit(format!(
+            "{} snapshots were copied (the last: {})",
+            copied.len(),
+            &c.snapshot_id[..12]
+        )),
+        None => e,
+    };
     out.line(&format!(
         "copied {} snapshots from {} into {}, {} already there{}",
         copied.len(),
@@ -117,17 +128,15 @@ pub(super) fn run(cli: &Cli, facts: &mut Emitter, out: &Out, a: &Args<'_>) -> Re
         dst.path.display(),
         skipped.len(),
         transfer_text(transfer)
-    ))?;
-    facts.emit(
-        Decision::Success,
-        None,
-        Event::CopyResult {
-            repo: dst.path.display().to_string(),
-            from: a.from.display().to_string(),
-            copied,
-            skipped,
-            transfer,
-        },
-    )?;
+    ))
+    .map_err(after)?;
+    let event = Event::CopyResult {
+        repo: dst.path.display().to_string(),
+        from: a.from.display().to_string(),
+        copied: copied.clone(),
+        skipped,
+        transfer,
+    };
+    facts.emit(Decision::Success, None, event).map_err(after)?;
     Ok(0)
 }

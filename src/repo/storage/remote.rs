@@ -459,18 +459,9 @@ impl RemoteBackend {
         if !cacheable(kind) || blake3::hash(bytes).to_hex().as_str() != id {
             return;
         }
-        let kept = (|| -> io::Result<()> {
-            let (dir, file) = self.cache_dir_of(kind, id, true)?;
-            let tmp = name(&format!(".{}.{}.part", file, crate::sys::random_hex(6)?))?;
-            let fd = dir.create_file(&tmp, 0o600)?;
-            let r = crate::fs::fd::write_all_at(&fd, bytes, 0)
-                .and_then(|()| crate::fs::fd::close(fd))
-                .and_then(|()| dir.rename(&tmp, &dir, &file, false));
-            if r.is_err() {
-                let _ = dir.unlink(&tmp);
-            }
-            r
-        })();
+        let kept = self
+            .cache_dir_of(kind, id, true)
+            .and_then(|(dir, file)| write_cached(&dir, &file, bytes));
         if let Err(e) = kept {
             tracing_warn(&format!(
                 "cannot keep {} in the cache {}: {e}",
@@ -648,6 +639,28 @@ async fn create_bucket(b: &Bucket) -> io::Result<()> {
         "CreateBucket {bucket}: {status}: {}",
         text.chars().take(512).collect::<String>()
     )))
+}
+
+/// Writes `bytes` as the cache file `file` in `dir`: to `.<file>.<random>.part`
+/// first, then renamed over any older copy, so a reader never sees part of
+/// one. Not synced: a copy lost in a crash only costs a download, and a
+/// torn one fails its id check and is fetched again.
+///
+/// # Errors
+///
+/// Create, write and rename errors (the part file is removed).
+fn write_cached(dir: &Dir, file: &Name, bytes: &[u8]) -> io::Result<()> {
+    let tmp = name(&format!(".{}.{}.part", file, crate::sys::random_hex(6)?))?;
+    let fd = dir.create_file(&tmp, 0o600)?;
+    let r = crate::fs::fd::write_all_at(&fd, bytes, 0)
+        .and_then(|()| crate::fs::fd::close(fd))
+        .and_then(|()| dir.rename(&tmp, dir, file, false));
+    if r.is_err() {
+        if let Err(u) = dir.unlink(&tmp) {
+            tracing_warn(&format!("cannot remove cache part file {tmp}: {u}"));
+        }
+    }
+    r
 }
 
 /// Prints a warning on stderr (the remote layer's only diagnostics).
@@ -1196,18 +1209,9 @@ impl Backend for RemoteBackend {
     }
 
     fn keep_blob(&self, id: &str, stored: &[u8]) {
-        let kept = (|| -> io::Result<()> {
-            let (dir, file) = self.blob_cache_of(id, true)?;
-            let tmp = name(&format!(".{}.{}.part", file, crate::sys::random_hex(6)?))?;
-            let fd = dir.create_file(&tmp, 0o600)?;
-            let r = crate::fs::fd::write_all_at(&fd, stored, 0)
-                .and_then(|()| crate::fs::fd::close(fd))
-                .and_then(|()| dir.rename(&tmp, &dir, &file, false));
-            if r.is_err() {
-                let _ = dir.unlink(&tmp);
-            }
-            r
-        })();
+        let kept = self
+            .blob_cache_of(id, true)
+            .and_then(|(dir, file)| write_cached(&dir, &file, stored));
         if let Err(e) = kept {
             tracing_warn(&format!(
                 "cannot keep blob {id} in the cache {}: {e}",
