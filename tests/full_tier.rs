@@ -44,17 +44,7 @@ fn full_tier_round_trips_every_metadata_kind() {
     assert_eq!(s2["files_unchanged"], s2["files"], "{s2}");
     assert_eq!(s2["new_blobs"], 0);
     // Remove the socket, then put the directory's mtime back as recorded.
-    let md = fs::metadata(&src).unwrap();
-    fs::remove_file(src.join("sock")).unwrap();
-    {
-        use std::os::unix::fs::MetadataExt;
-        sh(&format!(
-            "touch -m -d @{}.{:09} '{}'",
-            md.mtime(),
-            md.mtime_nsec(),
-            src.display()
-        ));
-    }
+    remove_fixture_socket(&src);
 
     let out = env.path("out");
     let r = env.restore_latest(&out).ok();

@@ -27,16 +27,7 @@ fn source(env: &Env) -> (PathBuf, bool) {
     let full = fixture_possible();
     if full {
         build_fixture(&src);
-        // The socket is recorded, not restored.
-        let md = fs::metadata(&src).unwrap();
-        fs::remove_file(src.join("sock")).unwrap();
-        use std::os::unix::fs::MetadataExt;
-        sh(&format!(
-            "touch -m -d @{}.{:09} '{}'",
-            md.mtime(),
-            md.mtime_nsec(),
-            src.display()
-        ));
+        remove_fixture_socket(&src);
     } else {
         fs::create_dir_all(src.join("d/e")).unwrap();
         fs::write(src.join("d/e/small"), b"small\n").unwrap();
