@@ -96,6 +96,11 @@ fn round_trip(env: &Env) {
         .as_u64()
         .unwrap();
     assert!(down >= 40 << 20, "the packs came from the server: {down}");
+    // Blocks fetched ahead are the ones read: about each pack byte once.
+    assert!(
+        down <= added + added / 4 + (4 << 20),
+        "restore downloaded {down} bytes for {added} of packs"
+    );
     let c = env.snap(["check", "--read-data"]).ok();
     assert_eq!(c.fact("check.result")["problem_count"], 0);
     // Forget the older snapshot and prune: the newer one still restores.

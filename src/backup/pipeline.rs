@@ -564,7 +564,7 @@ pub fn packer(
         let hex = id.to_hex().to_string();
         let mut refs: Vec<&[u8]> = parts.iter().map(AsRef::as_ref).collect();
         refs.push(&tail);
-        writer.add(&hex, &refs)?;
+        writer.stage(&hex, &refs)?;
         drop(refs);
         if repo.crypto().is_encrypted() {
             for p in parts {
@@ -572,7 +572,11 @@ pub fn packer(
                     pool.give(v);
                 }
             }
+        } else {
+            drop(parts);
         }
+        // The pack's buffers are let go before a wait for the backend.
+        writer.put_due()?;
         packs.push(IndexPack::of_rows(hex, &blobs));
     }
     let (bytes_added, syncs) = writer.finish()?;

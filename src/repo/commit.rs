@@ -4,8 +4,10 @@
 //!
 //! 3. Packs ([`PackWriter`]): staged, write-out started, and every
 //!    [`PACKS_IN_FLIGHT`] packs one barrier makes their bytes durable
-//!    before they get their names; after the last batch one more barrier
-//!    makes the names durable, before the index that names them.
+//!    before they get their names (on a backend whose puts need no
+//!    barrier, a remote one, each pack is put as soon as it is staged);
+//!    after the last batch one more barrier makes the names durable,
+//!    before the index that names them.
 //! 4. The index files ([`put_index`]), then the entries file
 //!    ([`put_entries`]): each synced, named create-only, its directory
 //!    synced.
@@ -207,6 +209,19 @@ impl<'r> PackWriter<'r> {
     /// Write errors (`E_NO_SPACE`), with the pack's path; those of the
     /// batch's barrier and puts.
     pub fn add(&mut self, id: &str, parts: &[&[u8]]) -> Result<()> {
+        self.stage(id, parts)?;
+        self.put_due()
+    }
+
+    /// The first half of [`PackWriter::add`]: stages pack `id` (nothing
+    /// when it is stored already). The caller may drop the pack's
+    /// buffers, then calls [`PackWriter::put_due`], which may wait for
+    /// the backend.
+    ///
+    /// # Errors
+    ///
+    /// As [`PackWriter::add`], without the puts'.
+    pub fn stage(&mut self, id: &str, parts: &[&[u8]]) -> Result<()> {
         self.listed = true;
         let store = self.repo.store();
         let path = || self.repo.file_path(FileKind::Pack, id);
@@ -227,7 +242,20 @@ impl<'r> PackWriter<'r> {
             }
         }
         self.in_flight.push((s, id.to_owned()));
-        if self.in_flight.len() >= PACKS_IN_FLIGHT {
+        Ok(())
+    }
+
+    /// The second half of [`PackWriter::add`]: puts the staged packs when
+    /// [`PACKS_IN_FLIGHT`] wait, or at once on a backend whose puts need
+    /// no barrier ([`crate::repo::storage::Backend::puts_need_no_barrier`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`PackWriter::add`].
+    pub fn put_due(&mut self) -> Result<()> {
+        if self.in_flight.len() >= PACKS_IN_FLIGHT
+            || (!self.in_flight.is_empty() && self.repo.store().puts_need_no_barrier())
+        {
             self.flush()?;
         }
         Ok(())
@@ -241,7 +269,12 @@ impl<'r> PackWriter<'r> {
             return Ok(());
         }
         let store = self.repo.store();
-        if let Err(e) = store.barrier(&mut self.syncs) {
+        let barrier = if store.puts_need_no_barrier() {
+            Ok(())
+        } else {
+            store.barrier(&mut self.syncs)
+        };
+        if let Err(e) = barrier {
             for (s, _) in batch {
                 s.discard();
             }

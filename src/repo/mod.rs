@@ -841,6 +841,19 @@ impl Repo {
         }
     }
 
+    /// Whether the backend fetches announced pack ranges ahead
+    /// ([`Repo::read_ahead`]); remote backends do.
+    pub fn reads_ahead(&self) -> bool {
+        self.store.reads_ahead()
+    }
+
+    /// Announces that bytes `start..end` of pack `id` are read soon (see
+    /// [`Backend::read_ahead`]); best effort.
+    pub fn read_ahead(&self, id: &blake3::Hash, start: u64, end: u64) {
+        self.store
+            .read_ahead(FileKind::Pack, &id.to_hex(), start, end);
+    }
+
     /// Opens pack `id` for reads at any offset.
     ///
     /// # Errors

@@ -16,7 +16,7 @@ use crate::repo::{parse_lines, EntriesReader};
 
 use super::load::{limit, second_record, Loaded, Place};
 use super::metadata::{chown_error, count};
-use super::{entry_error, integrity, Restorer};
+use super::{entry_error, integrity, Restorer, Shared};
 
 /// Files handed to one worker at a time: those of one directory, up to
 /// this many...
@@ -37,9 +37,60 @@ pub(super) struct FileWork {
 /// A directory whose metadata is applied once its subtree is built: its
 /// record (`None` for a target directory the snapshot has no record of),
 /// path and position in creation order.
+/// Batches announced to a backend that reads ahead
+/// ([`crate::repo::Repo::reads_ahead`]) and not yet taken by a worker, at most.
+pub(super) const ANNOUNCED_AHEAD: usize = 2;
+
 pub(super) type DirWork = (Option<Arc<EntryRecord>>, RelPath, usize);
 
 impl<'a> Restorer<'a> {
+    /// Between the plan and the workers when the backend reads ahead:
+    /// announces the pack bytes of each batch ([`crate::repo::Repo::read_ahead`]) and
+    /// passes it on, at most [`ANNOUNCED_AHEAD`] batches before the
+    /// workers take them. Only bytes past those announced before in the
+    /// same pack are announced: a blob behind them is a deduplicated one,
+    /// which a worker reads alone. Ends when the plan is done, the workers
+    /// are gone or one of them failed.
+    fn announce(
+        sh: &Shared<'_>,
+        rx: &std::sync::mpsc::Receiver<Vec<FileWork>>,
+        tx: &std::sync::mpsc::SyncSender<Vec<FileWork>>,
+    ) {
+        use std::sync::atomic::Ordering;
+        let mut frontier: HashMap<blake3::Hash, u64> = HashMap::new();
+        while let Ok(batch) = rx.recv() {
+            if sh.abort.load(Ordering::Relaxed) {
+                return;
+            }
+            let mut runs: Vec<(blake3::Hash, u64, u64)> = Vec::new();
+            let ids = batch
+                .iter()
+                .flat_map(|f| f.rec.chunks.as_deref().unwrap_or(&[]))
+                .filter_map(|hex| blake3::Hash::from_hex(hex).ok());
+            for id in ids {
+                let Some(loc) = sh.index.get(&id) else {
+                    continue;
+                };
+                let end = loc.offset.saturating_add(u64::from(loc.length));
+                let seen = frontier.entry(loc.pack).or_insert(0);
+                if loc.offset < *seen {
+                    continue;
+                }
+                *seen = end;
+                match runs.last_mut() {
+                    Some((p, _, e)) if *p == loc.pack => *e = end,
+                    _ => runs.push((loc.pack, loc.offset, end)),
+                }
+            }
+            for (pack, start, end) in runs {
+                sh.repo.read_ahead(&pack, start, end);
+            }
+            if tx.send(batch).is_err() {
+                return;
+            }
+        }
+    }
+
     /// Builds the selected entries in the staging directory; returns the
     /// target root's inode flags, which are set after the rename.
     ///
@@ -61,6 +112,14 @@ impl<'a> Restorer<'a> {
         let tier = loaded.tier;
         let untrusted = loaded.untrusted;
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<FileWork>>(64);
+        // From a backend that reads ahead, batches pass through the
+        // announcer first, a few batches ahead of the workers.
+        let (announce, rx) = if sh.repo.reads_ahead() {
+            let (atx, arx) = std::sync::mpsc::sync_channel::<Vec<FileWork>>(ANNOUNCED_AHEAD);
+            (Some((rx, atx)), arx)
+        } else {
+            (None, rx)
+        };
         let rx = std::sync::Mutex::new(rx);
         // Parsed pieces of the entries file, a few ahead of the plan.
         let (etx, erx) = std::sync::mpsc::sync_channel::<Result<Vec<EntryRecord>>>(2);
@@ -86,6 +145,9 @@ impl<'a> Restorer<'a> {
                     break;
                 }
             });
+            if let Some((rx, atx)) = announce {
+                s.spawn(move || Self::announce(sh, &rx, &atx));
+            }
             let handles: Vec<_> = (0..workers)
                 .map(|_| s.spawn(|| Self::worker(sh, &template, &rx)))
                 .collect();

@@ -264,6 +264,18 @@ pub trait Backend: Send + Sync + fmt::Debug {
         self.open(kind, id)?.read_exact_at(offset, len)
     }
 
+    /// Whether [`Backend::read_ahead`] does anything: a backend that reads
+    /// over a network fetches announced ranges before they are read.
+    fn reads_ahead(&self) -> bool {
+        false
+    }
+
+    /// Announces that bytes `start..end` of file `kind`/`id` are read
+    /// soon: a backend that [reads ahead](Backend::reads_ahead) starts
+    /// fetching them and returns. Best effort: an error is left to the
+    /// read that needs the bytes.
+    fn read_ahead(&self, _kind: FileKind, _id: &str, _start: u64, _end: u64) {}
+
     /// A new file of `kind` to write a piece at a time; it gets its name
     /// from [`Backend::put_staged`].
     ///
@@ -271,6 +283,16 @@ pub trait Backend: Send + Sync + fmt::Debug {
     ///
     /// Create errors.
     fn stage(&self, kind: FileKind) -> io::Result<Box<dyn Staged>>;
+
+    /// Whether [`Backend::put_staged`] needs no barrier before it: the
+    /// backend makes a file durable under its name by itself (a remote
+    /// server acknowledges a whole object), so the pack writer puts each
+    /// pack as soon as it is staged instead of in batches after a
+    /// barrier. The barrier after the last put still comes before the
+    /// index.
+    fn puts_need_no_barrier(&self) -> bool {
+        false
+    }
 
     /// Puts `staged` in place as `kind`/`id`, create-only: when a file of
     /// that name exists it is left as it was, the staged one removed, and

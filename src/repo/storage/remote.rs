@@ -53,6 +53,9 @@ use std::time::{Duration, SystemTime};
 
 use opendal::{ErrorKind as OdErrorKind, Operator};
 
+mod blocks;
+use blocks::{Blocks, RemoteFile};
+
 use super::local::LocalStaged;
 use super::location::Location;
 use super::{own, valid, Backend, FileKind, Put, Ranged, Staged, Syncs};
@@ -169,8 +172,8 @@ pub struct RemoteBackend {
     note: Mutex<String>,
     /// The time-out of a request other than a transfer step.
     op_timeout: Duration,
-    /// Pack blocks fetched last ([`RemoteFile`]).
-    blocks: Arc<Mutex<Blocks>>,
+    /// Pack blocks fetched last and ahead ([`blocks`]).
+    blocks: Arc<Blocks>,
 }
 
 /// The cache directory for `location`: `$XDG_CACHE_HOME/snap`, else
@@ -395,6 +398,18 @@ impl RemoteBackend {
     /// The cache directory of this repository.
     pub fn cache_path(&self) -> &Path {
         &self.cache_path
+    }
+
+    /// The size of object `key`: remembered from an earlier `stat`, else
+    /// asked (one `HEAD`).
+    fn pack_size(&self, key: &str) -> io::Result<u64> {
+        if let Some(s) = self.blocks.size(key) {
+            return Ok(s);
+        }
+        let op = &self.op;
+        let size = block(async move { Ok(op.stat(key).await.map_err(io_err)?.content_length()) })?;
+        self.blocks.set_size(key, size);
+        Ok(size)
     }
 
     fn key(kind: FileKind, id: &str) -> io::Result<String> {
@@ -712,159 +727,6 @@ async fn upload(op: &Operator, service: Service, key: &str, bytes: Vec<u8>) -> i
     Ok(put)
 }
 
-/// Packs are read in aligned blocks of this many bytes, each fetched once
-/// and kept while it is among the [`BLOCKS_KEPT`] used last.
-const BLOCK: u64 = 4 << 20;
-/// Blocks kept for all packs together (64 MiB).
-const BLOCKS_KEPT: usize = 16;
-/// A read shorter than this that the kept blocks do not serve is fetched
-/// alone.
-const SMALL: u64 = 1 << 20;
-
-/// The blocks of packs fetched last, shared by every open pack of the
-/// backend: restore's workers read windows of the same packs, and a block
-/// one fetched serves the others.
-#[derive(Default)]
-struct Blocks(std::collections::VecDeque<KeptBlock>);
-
-/// A kept block: (pack key, block number) and its bytes.
-type KeptBlock = ((String, u64), Arc<Vec<u8>>);
-
-impl std::fmt::Debug for Blocks {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Blocks({} kept)", self.0.len())
-    }
-}
-
-impl Blocks {
-    fn get(&mut self, key: &str, n: u64) -> Option<Arc<Vec<u8>>> {
-        let i = self.0.iter().position(|((k, b), _)| *b == n && k == key)?;
-        let e = self.0.remove(i)?;
-        let v = e.1.clone();
-        self.0.push_back(e);
-        Some(v)
-    }
-
-    fn put(&mut self, key: &str, n: u64, bytes: Arc<Vec<u8>>) {
-        if self.0.len() >= BLOCKS_KEPT {
-            self.0.pop_front();
-        }
-        self.0.push_back(((key.to_owned(), n), bytes));
-    }
-}
-
-/// A remote pack read through the shared [`Blocks`]: a read takes the
-/// blocks it spans from there, and fetches the missing ones, each run of
-/// them with one ranged `GET`; a small read they do not serve is one
-/// `GET` of just its bytes.
-struct RemoteFile {
-    op: Operator,
-    key: String,
-    size: u64,
-    blocks: Arc<Mutex<Blocks>>,
-}
-
-impl RemoteFile {
-    /// Blocks `from..=to` (which exist) fetched with one request.
-    fn fetch(&self, from: u64, to: u64) -> io::Result<Vec<Arc<Vec<u8>>>> {
-        let start = from * BLOCK;
-        let end = ((to + 1) * BLOCK).min(self.size);
-        let (op, key) = (&self.op, &self.key);
-        let got = block(async move { op.read_with(key).range(start..end).await.map_err(io_err) })?;
-        if got.len() as u64 != end - start {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!(
-                    "{key}: {} bytes at offset {start} asked, {} came",
-                    end - start,
-                    got.len()
-                ),
-            ));
-        }
-        transfer().down.fetch_add(end - start, Ordering::Relaxed);
-        let all = got.to_vec();
-        Ok(all
-            .chunks(BLOCK as usize)
-            .map(|c| Arc::new(c.to_vec()))
-            .collect())
-    }
-}
-
-impl Ranged for RemoteFile {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        if offset >= self.size || buf.is_empty() {
-            return Ok(0);
-        }
-        let want = (buf.len() as u64).min(self.size - offset);
-        let (first, last) = (offset / BLOCK, (offset + want - 1) / BLOCK);
-        let mut have: Vec<Option<Arc<Vec<u8>>>> = {
-            let mut c = self.blocks.lock().unwrap_or_else(|p| p.into_inner());
-            (first..=last).map(|n| c.get(&self.key, n)).collect()
-        };
-        // A small read (a single blob) that the blocks do not hold is
-        // fetched as it is: a block for it would be mostly waste.
-        if want < SMALL && have.iter().any(Option::is_none) {
-            let (op, key) = (&self.op, &self.key);
-            let got = block(async move {
-                op.read_with(key)
-                    .range(offset..offset + want)
-                    .await
-                    .map_err(io_err)
-            })?;
-            if got.len() as u64 != want {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!(
-                        "{key}: {want} bytes at offset {offset} asked, {} came",
-                        got.len()
-                    ),
-                ));
-            }
-            transfer().down.fetch_add(want, Ordering::Relaxed);
-            let mut at = 0;
-            for chunk in got {
-                buf[at..at + chunk.len()].copy_from_slice(&chunk);
-                at += chunk.len();
-            }
-            return Ok(at);
-        }
-        // Each run of missing blocks with one request.
-        let mut n = first;
-        while n <= last {
-            if have[(n - first) as usize].is_some() {
-                n += 1;
-                continue;
-            }
-            let mut end = n;
-            while end < last && have[(end + 1 - first) as usize].is_none() {
-                end += 1;
-            }
-            let got = self.fetch(n, end)?;
-            let mut c = self.blocks.lock().unwrap_or_else(|p| p.into_inner());
-            for (k, b) in got.into_iter().enumerate() {
-                c.put(&self.key, n + k as u64, b.clone());
-                have[(n - first) as usize + k] = Some(b);
-            }
-            n = end + 1;
-        }
-        let mut at = 0usize;
-        let mut pos = offset;
-        for b in have.iter().flatten() {
-            let n = pos / BLOCK;
-            let within = (pos - n * BLOCK) as usize;
-            let take = (b.len() - within).min(want as usize - at);
-            buf[at..at + take].copy_from_slice(&b[within..within + take]);
-            at += take;
-            pos += take as u64;
-        }
-        Ok(at)
-    }
-
-    fn size(&self) -> io::Result<u64> {
-        Ok(self.size)
-    }
-}
-
 /// A file held whole in memory (a downloaded entries file).
 struct MemFile(Vec<u8>);
 
@@ -1018,14 +880,31 @@ impl Backend for RemoteBackend {
         if cacheable(kind) {
             return Ok(Box::new(MemFile(self.read(kind, id, u64::MAX)?)));
         }
-        let (op, k) = (&self.op, &key);
-        let size = block(async move { Ok(op.stat(k).await.map_err(io_err)?.content_length()) })?;
+        let size = self.pack_size(&key)?;
         Ok(Box::new(RemoteFile {
             op: self.op.clone(),
             key,
             size,
             blocks: self.blocks.clone(),
         }))
+    }
+
+    fn reads_ahead(&self) -> bool {
+        true
+    }
+
+    fn puts_need_no_barrier(&self) -> bool {
+        true
+    }
+
+    fn read_ahead(&self, kind: FileKind, id: &str, start: u64, end: u64) {
+        if cacheable(kind) {
+            return;
+        }
+        let Ok(key) = Self::key(kind, id) else { return };
+        if let Ok(size) = self.pack_size(&key) {
+            self.blocks.read_ahead(&self.op, &key, size, start, end);
+        }
     }
 
     fn stage(&self, _kind: FileKind) -> io::Result<Box<dyn Staged>> {
@@ -1267,6 +1146,7 @@ mod servers;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use blocks::BLOCK;
 
     fn env_of(vars: Vec<(&'static str, String)>, cache: &Path) -> impl Fn(&str) -> Option<String> {
         let cache = cache.display().to_string();
@@ -1333,6 +1213,33 @@ mod tests {
         );
         let mut buf = vec![0u8; 100];
         assert_eq!(f.read_at(&mut buf, len as u64 - 40).unwrap(), 40);
+        b.remove(FileKind::Pack, &id).unwrap();
+        // Announced, then read by two threads at once: every block
+        // fetched once, by the read-ahead (the readers wait for it).
+        let id = "ce".repeat(32);
+        b.put(FileKind::Pack, &id, &bytes, &mut Syncs::default())
+            .unwrap();
+        let before = transfer().down.load(Ordering::Relaxed);
+        assert!(b.reads_ahead());
+        b.read_ahead(FileKind::Pack, &id, 10, len as u64 + 100);
+        let f = b.open(FileKind::Pack, &id).unwrap();
+        std::thread::scope(|s| {
+            for from in [0usize, BLOCK as usize] {
+                let f = &f;
+                let bytes = &bytes;
+                s.spawn(move || {
+                    assert_eq!(
+                        f.read_exact_at(from as u64, len - from).unwrap(),
+                        &bytes[from..]
+                    );
+                });
+            }
+        });
+        let down = transfer().down.load(Ordering::Relaxed) - before;
+        assert!(
+            down >= len as u64 && down < len as u64 + (1 << 20),
+            "every announced block fetched once: {down} bytes for {len}"
+        );
         b.remove(FileKind::Pack, &id).unwrap();
     }
 
