@@ -51,7 +51,7 @@ cargo build --release -q
 SNAP="$PWD/target/release/snap"
 MNT="$WORK/mnt"
 weed_pids=()
-cleanup() { fresh_fs_off; [ ${#weed_pids[@]} -eq 0 ] || kill "${weed_pids[@]}" 2>/dev/null; rm -rf "$WORK"; }
+cleanup() { fresh_fs_off; [ ${#weed_pids[@]} -eq 0 ] || kill -9 "${weed_pids[@]}" 2>/dev/null; rm -rf "$WORK"; }
 trap cleanup EXIT
 
 # --- restore and copy targets ------------------------------------------------
@@ -270,7 +270,9 @@ if [ -n "$S3" ]; then
     s3_rows+=("| $tree | restore | $s3s_r s, $((s3s_r_rss / 1024)) MiB | restic $s3r_r s, $((s3r_r_rss / 1024)) MiB ($(ratio "$s3s_r" "$s3r_r")x) |")
     printf '%s\n' "${s3_rows[@]}" >&2
   done
-  kill "${weed_pids[@]}" 2>/dev/null; wait "${weed_pids[@]}" 2>/dev/null || true; weed_pids=()
+  # (SeaweedFS's filer may not exit on SIGTERM once the master is gone.)
+  kill "${weed_pids[@]}" 2>/dev/null; sleep 2; kill -9 "${weed_pids[@]}" 2>/dev/null
+  wait "${weed_pids[@]}" 2>/dev/null || true; weed_pids=()
   unset AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
 fi
 
@@ -388,7 +390,7 @@ done
     echo "S3: into a local SeaweedFS $("$WEED" version 2>/dev/null | awk '{print $3}') cluster (a master, three volume servers, a filer,"
     echo "the S3 gateway with authentication; loopback), each backup run into a new repository in the"
     echo "bucket, the re-backup and restore from the last (caches warm from the backup); restic with"
-    echo "\\`-o s3.bucket-lookup=path\\`. Median of $RUNS:"
+    echo '`-o s3.bucket-lookup=path`.'" Median of $RUNS:"
     echo
     echo "| tree | operation | snap | restic (ratio snap/restic) |"
     echo "| --- | --- | --- | --- |"

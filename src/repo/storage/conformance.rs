@@ -144,7 +144,8 @@ fn staged(b: &dyn Backend) {
     s.append(&[b"f"]).unwrap();
     s.start_writeback().unwrap();
     assert_eq!(s.len(), 6);
-    assert_eq!(b.staging().unwrap().len(), 1, "a staged file is listed");
+    // (A remote backend stages packs in memory: nothing to list.)
+    assert!(b.staging().unwrap().len() <= 1, "one staged file at most");
     let i = id(500);
     assert!(!b.exists(FileKind::Pack, &i).unwrap(), "not visible yet");
     assert_eq!(
@@ -158,6 +159,7 @@ fn staged(b: &dyn Backend) {
     // Discarded: nothing left.
     let mut s = b.stage(FileKind::Entries).unwrap();
     s.append(&[b"gone"]).unwrap();
+    assert_eq!(b.staging().unwrap().len(), 1, "a staged file is listed");
     s.discard();
     assert!(b.staging().unwrap().is_empty());
     // Dropped (a crashed run): left for the cleanup.

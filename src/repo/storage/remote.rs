@@ -30,7 +30,8 @@
 //!   `~/.cache/snap/…`) keeps index files, entries files, snapshot
 //!   records and key files, each checked against its id (the BLAKE3 of
 //!   its bytes) whenever it is read; a copy that does not match is removed
-//!   and fetched again. Staged files are written there too (`tmp/`).
+//!   and fetched again. Staged files other than packs (which are staged in
+//!   memory) are written there too (`tmp/`).
 //! - **Retries and time-outs**: opendal's retry layer (up to
 //!   [`RETRIES`] retries of a temporary error, backoff from 200 ms doubling
 //!   to 5 s with jitter) and time-out layer ([`OP_TIMEOUT`] per request,
@@ -58,7 +59,7 @@ use blocks::{Blocks, RemoteFile};
 
 use super::local::LocalStaged;
 use super::location::Location;
-use super::{own, valid, Backend, FileKind, Put, Ranged, Staged, Syncs};
+use super::{valid, Backend, FileKind, Put, Ranged, Staged, Syncs};
 use crate::fs::{Dir, Name, RelPath};
 use crate::repo::layout::{self, CONFIG, STAGING};
 
@@ -727,6 +728,54 @@ async fn upload(op: &Operator, service: Service, key: &str, bytes: Vec<u8>) -> i
     Ok(put)
 }
 
+/// A pack staged in memory ([`Backend::stage`] of a remote backend).
+struct MemStaged(Vec<u8>);
+
+impl Staged for MemStaged {
+    fn append(&mut self, parts: &[&[u8]]) -> io::Result<()> {
+        self.0.reserve(parts.iter().map(|p| p.len()).sum());
+        for p in parts {
+            self.0.extend_from_slice(p);
+        }
+        Ok(())
+    }
+
+    fn len(&self) -> u64 {
+        self.0.len() as u64
+    }
+
+    fn start_writeback(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn discard(self: Box<Self>) {}
+
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send> {
+        self
+    }
+}
+
+/// A staged file given to [`Backend::put_staged`]: bytes in memory, or a
+/// file in the cache's `tmp/`.
+enum Held {
+    Memory(Vec<u8>),
+    File(Box<LocalStaged>),
+}
+
+impl Held {
+    /// The staged bytes; a staged file is read back and removed.
+    fn bytes(self) -> io::Result<Vec<u8>> {
+        match self {
+            Held::Memory(b) => Ok(b),
+            Held::File(f) => {
+                let bytes = f.read_back();
+                f.discard();
+                bytes
+            }
+        }
+    }
+}
+
 /// A file held whole in memory (a downloaded entries file).
 struct MemFile(Vec<u8>);
 
@@ -907,7 +956,13 @@ impl Backend for RemoteBackend {
         }
     }
 
-    fn stage(&self, _kind: FileKind) -> io::Result<Box<dyn Staged>> {
+    fn stage(&self, kind: FileKind) -> io::Result<Box<dyn Staged>> {
+        // A pack (about 16 MiB) is uploaded from memory anyway: staged
+        // there, it costs no write to the cache and no read back. Other
+        // files (a format-2 entries file may be large) go to the cache.
+        if kind == FileKind::Pack {
+            return Ok(Box::new(MemStaged(Vec::new())));
+        }
         let dir = self.cache.open_dir(&name(STAGING)?)?;
         Ok(Box::new(LocalStaged::create(dir)?))
     }
@@ -920,18 +975,25 @@ impl Backend for RemoteBackend {
         sync_data: bool,
         _syncs: &mut Syncs,
     ) -> io::Result<Put> {
-        let staged = own::<LocalStaged>(staged)?;
+        let staged = match staged.into_any().downcast::<MemStaged>() {
+            Ok(m) => Held::Memory(m.0),
+            Err(other) => Held::File(other.downcast::<LocalStaged>().map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a staged file of another backend",
+                )
+            })?),
+        };
         if sync_data {
-            let bytes = staged.read_back();
-            staged.discard();
+            let bytes = staged.bytes();
             let key = Self::key(kind, id)?;
             let bytes = bytes?;
             let put = block(upload(&self.op, self.service, &key, bytes.clone()))?;
             self.keep(kind, id, &bytes);
             return Ok(put);
         }
-        // A slot first, then the bytes: at most UPLOADS_IN_FLIGHT files
-        // are in memory.
+        // A slot first, then the bytes of a staged file: at most
+        // UPLOADS_IN_FLIGHT uploads (and the one waiting) hold bytes.
         let slots = self.slots.clone();
         let permit = block(async move {
             slots
@@ -939,8 +1001,7 @@ impl Backend for RemoteBackend {
                 .await
                 .map_err(|e| io::Error::other(e.to_string()))
         });
-        let bytes = staged.read_back();
-        staged.discard();
+        let bytes = staged.bytes();
         let (permit, key, bytes) = (permit?, Self::key(kind, id)?, bytes?);
         let len = bytes.len() as u64;
         let (op, service) = (self.op.clone(), self.service);
