@@ -1,24 +1,32 @@
-//! `--exclude` patterns: gitignore's rules for where a pattern applies
-//! (`gitignore(5)`, "PATTERN FORMAT"), matched with globset. No side
-//! effects.
+//! `--exclude` patterns, matched with the `ignore` crate's gitignore
+//! matcher (`gitignore(5)`, "PATTERN FORMAT"), rooted at the source. No
+//! side effects.
 
 use std::path::Path;
 
-use globset::{GlobSet, GlobSetBuilder};
+use ignore::gitignore::{Gitignore, GitignoreBuilder};
 
 use crate::error::{Error, Result};
 use crate::fs::RelPath;
 
-/// Exclude patterns compiled for matching (see [`Policy::excludes`]),
-/// gitignore's rules for where a pattern applies (`gitignore(5)`,
-/// "PATTERN FORMAT"): without `/` a name at any depth; with `/` the path
-/// relative to the source (a leading `/` only anchors); a trailing `/`
-/// matches directories only.
+/// Exclude patterns compiled for matching (see
+/// [`crate::policy::Policy::excludes`]), with gitignore's rules, rooted at
+/// the source:
+///
+/// - a pattern without `/` (but a trailing one) matches a name at any
+///   depth; one with `/` at its start or in its middle matches the path
+///   relative to the source;
+/// - a trailing `/` matches directories only;
+/// - `*` does not cross `/`, `**` does;
+/// - `!pattern` takes an entry back in (a later pattern wins); an entry
+///   under an excluded directory stays out, since the walk never enters
+///   it;
+/// - an absolute path of the source or under it (`/usr/share/doc/bash`
+///   for a backup of `/usr/share/doc`) is taken as that path, as restic
+///   takes it; a pattern starting with `/` that is not one is anchored at
+///   the source, as in a `.gitignore` at its root.
 pub(super) struct Excludes {
-    pub(super) by_name: GlobSet,
-    pub(super) by_path: GlobSet,
-    pub(super) dir_by_name: GlobSet,
-    pub(super) dir_by_path: GlobSet,
+    matcher: Gitignore,
 }
 
 impl Excludes {
@@ -26,82 +34,112 @@ impl Excludes {
     ///
     /// # Errors
     ///
-    /// [`Error::Usage`] for an invalid glob, and for a pattern that can
-    /// never match: an absolute path of the source (or under it), which
-    /// patterns are not (they are relative to it), and an empty one.
+    /// [`Error::Usage`] for an empty pattern and one the matcher rejects
+    /// (an invalid glob), naming it.
     pub(super) fn new(patterns: &[String], source: &Path) -> Result<Self> {
         use std::os::unix::ffi::OsStrExt;
-        let mut by_name = GlobSetBuilder::new();
-        let mut by_path = GlobSetBuilder::new();
-        let mut dir_by_name = GlobSetBuilder::new();
-        let mut dir_by_path = GlobSetBuilder::new();
+        let mut b = GitignoreBuilder::new(source);
         let src = source.as_os_str().as_bytes();
         for p in patterns {
-            let (dirs_only, body) = match p.strip_suffix('/') {
-                Some(b) => (true, b),
-                None => (false, p.as_str()),
+            let (neg, body) = match p.strip_prefix('!') {
+                Some(rest) => ("!", rest),
+                None => ("", p.as_str()),
             };
-            if body.is_empty() || body == "/" {
+            if body.trim_end_matches('/').is_empty() {
                 return Err(Error::Usage(format!(
                     "--exclude {p:?} matches nothing (an empty pattern)"
                 )));
             }
-            if src.len() > 1
+            // An absolute path of the source itself or under it.
+            let line = if src.len() > 1
                 && body.as_bytes().starts_with(src)
                 && matches!(body.as_bytes().get(src.len()), None | Some(b'/'))
             {
                 let rest = &body[src.len()..];
-                return Err(Error::Usage(format!(
-                    "--exclude {p:?} can never match: patterns are relative to the source {}, so write {:?}",
-                    source.display(),
-                    if rest.is_empty() { "*".to_owned() } else { format!("{rest}{}", if dirs_only { "/" } else { "" }) }
-                )));
-            }
-            let (set, pat) = match (body.strip_prefix('/'), dirs_only) {
-                (Some(rest), false) => (&mut by_path, rest),
-                (Some(rest), true) => (&mut dir_by_path, rest),
-                (None, false) if body.contains('/') => (&mut by_path, body),
-                (None, true) if body.contains('/') => (&mut dir_by_path, body),
-                (None, false) => (&mut by_name, body),
-                (None, true) => (&mut dir_by_name, body),
+                if rest.trim_end_matches('/').is_empty() {
+                    return Err(Error::Usage(format!(
+                        "--exclude {p:?} is the source {} itself: it would leave nothing",
+                        source.display()
+                    )));
+                }
+                format!("{neg}{rest}")
+            } else {
+                p.clone()
             };
-            let glob = globset::GlobBuilder::new(pat)
-                .literal_separator(true)
-                .build()
+            b.add_line(None, &line)
                 .map_err(|e| Error::Usage(format!("invalid --exclude pattern {p:?}: {e}")))?;
-            set.add(glob);
         }
-        let build = |b: GlobSetBuilder| {
-            b.build()
-                .map_err(|e| Error::Usage(format!("invalid --exclude patterns: {e}")))
-        };
-        Ok(Self {
-            by_name: build(by_name)?,
-            by_path: build(by_path)?,
-            dir_by_name: build(dir_by_name)?,
-            dir_by_path: build(dir_by_path)?,
-        })
+        let matcher = b
+            .build()
+            .map_err(|e| Error::Usage(format!("invalid --exclude patterns: {e}")))?;
+        Ok(Self { matcher })
     }
 
     pub(super) fn is_empty(&self) -> bool {
-        self.by_name.is_empty()
-            && self.by_path.is_empty()
-            && self.dir_by_name.is_empty()
-            && self.dir_by_path.is_empty()
+        self.matcher.is_empty()
     }
 
-    /// Whether the entry at `rel` (a directory when `is_dir`) is left out.
+    /// Whether the entry at `rel` (a directory when `is_dir`) is left out:
+    /// the last pattern that matches it decides.
     pub(super) fn matches(&self, rel: &RelPath, is_dir: bool) -> bool {
         use std::os::unix::ffi::OsStrExt;
-        let Some(name) = rel.file_name() else {
-            return false;
-        };
-        let name_path = Path::new(std::ffi::OsStr::from_bytes(name.as_bytes()));
-        if self.by_name.is_match(name_path) || (is_dir && self.dir_by_name.is_match(name_path)) {
-            return true;
-        }
         let bytes = rel.to_bytes();
+        if bytes.is_empty() {
+            return false;
+        }
         let path = Path::new(std::ffi::OsStr::from_bytes(&bytes));
-        self.by_path.is_match(path) || (is_dir && self.dir_by_path.is_match(path))
+        self.matcher.matched(path, is_dir).is_ignore()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rel(s: &str) -> RelPath {
+        let mut r = RelPath::default();
+        for c in s.split('/') {
+            r = r.join(crate::fs::Name::new(c.as_bytes()).unwrap());
+        }
+        r
+    }
+
+    fn ex(patterns: &[&str]) -> Excludes {
+        let p: Vec<String> = patterns.iter().map(|s| (*s).to_owned()).collect();
+        Excludes::new(&p, Path::new("/usr/share/doc")).unwrap()
+    }
+
+    /// gitignore's rules: names at any depth, anchored and slashed paths,
+    /// directories only, `**`, negation (the last match wins), and
+    /// absolute paths under the source.
+    #[test]
+    fn gitignore_rules_with_absolute_paths() {
+        let e = ex(&["*.gz", "!keep.gz", "bash/", "/top", "a/b"]);
+        assert!(e.matches(&rel("x/y/z.gz"), false));
+        assert!(!e.matches(&rel("x/keep.gz"), false));
+        assert!(e.matches(&rel("bash"), true) && e.matches(&rel("x/bash"), true));
+        assert!(
+            !e.matches(&rel("bash"), false),
+            "dir/ matches directories only"
+        );
+        assert!(e.matches(&rel("top"), false) && !e.matches(&rel("x/top"), false));
+        assert!(e.matches(&rel("a/b"), false) && !e.matches(&rel("x/a/b"), false));
+        let e = ex(&[
+            "/usr/share/doc/bash",
+            "/usr/share/doc/x/**/*.html",
+            "**/cache/**",
+        ]);
+        assert!(e.matches(&rel("bash"), true));
+        assert!(!e.matches(&rel("y/bash"), true));
+        assert!(e.matches(&rel("x/a/b/c.html"), false));
+        assert!(e.matches(&rel("p/cache/q"), false));
+        assert!(!e.matches(&rel("p/cache"), true));
+        for bad in ["", "/", "!", "/usr/share/doc", "/usr/share/doc/"] {
+            let p = vec![bad.to_owned()];
+            assert!(
+                Excludes::new(&p, Path::new("/usr/share/doc")).is_err(),
+                "{bad:?}"
+            );
+        }
     }
 }

@@ -92,6 +92,16 @@ pub fn run(
     let source = std::path::absolute(&opts.source)
         .map_err(|e| Error::io("resolve", opts.source.display(), e))?;
     let excludes = Excludes::new(&opts.policy.excludes, &source)?;
+    let if_present = opts
+        .policy
+        .exclude_if_present
+        .iter()
+        .map(|n| {
+            Name::new(n.as_bytes()).map_err(|e| {
+                Error::Usage(format!("--exclude-if-present {n:?}: not a file name ({e})"))
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
 
     // Open the source: a directory becomes the root; anything else is
     // stored as one entry named after it.
@@ -186,7 +196,12 @@ pub fn run(
     let compression = opts.policy.compression;
     let chunker_params = repo.config.chunker;
     let excluded = |rel: &RelPath, is_dir: bool| excludes.matches(rel, is_dir);
-    let scanner = scan::Scanner::new((!excludes.is_empty()).then_some(&excluded as _));
+    let rules = scan::DirRules {
+        one_file_system: opts.policy.one_file_system,
+        exclude_caches: opts.policy.exclude_caches,
+        if_present: if_present.clone(),
+    };
+    let scanner = scan::Scanner::new((!excludes.is_empty()).then_some(&excluded as _), rules);
     let scanner = &scanner;
     let (verified, walked, chunked, packed) = std::thread::scope(|s| {
         let (parent_tx, parent_rx) = sync_channel(1);

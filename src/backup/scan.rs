@@ -65,6 +65,50 @@ pub enum Scanned {
 struct Job {
     parent: Arc<Dir>,
     name: Name,
+    /// On another filesystem than the walk's root, under
+    /// [`DirRules::one_file_system`]: kept, not listed.
+    mount: bool,
+}
+
+/// The signature a `CACHEDIR.TAG` file begins with (Cache Directory
+/// Tagging Specification, <https://bford.info/cachedir/>).
+pub const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55";
+
+/// Directories whose contents a backup leaves out, whatever the patterns
+/// say: the directory itself is stored (its metadata), empty, as tar's
+/// `--one-file-system`/`--exclude-caches` and rsync's `-x` do.
+#[derive(Debug, Default, Clone)]
+pub struct DirRules {
+    /// Directories on another filesystem than the source's (mount
+    /// points, by `st_dev`).
+    pub one_file_system: bool,
+    /// Directories holding a `CACHEDIR.TAG` regular file that begins with
+    /// [`CACHEDIR_SIGNATURE`].
+    pub exclude_caches: bool,
+    /// Directories holding an entry of one of these names.
+    pub if_present: Vec<Name>,
+}
+
+impl DirRules {
+    /// Whether `dir`, whose entries are `names` (sorted bytewise), is
+    /// tagged to be left out. A `CACHEDIR.TAG` that cannot be read does
+    /// not tag its directory.
+    fn tagged(&self, dir: &Dir, names: &[Name]) -> bool {
+        let has = |n: &Name| names.binary_search(n).is_ok();
+        if self.if_present.iter().any(has) {
+            return true;
+        }
+        if !self.exclude_caches {
+            return false;
+        }
+        let Ok(tag) = Name::new(b"CACHEDIR.TAG") else {
+            return false;
+        };
+        has(&tag)
+            && dir
+                .read_prefix(&tag, CACHEDIR_SIGNATURE.len())
+                .is_ok_and(|b| b == CACHEDIR_SIGNATURE)
+    }
 }
 
 #[derive(Default)]
@@ -93,19 +137,25 @@ pub struct Scanner<'a> {
     work: Condvar,
     walker: Condvar,
     excluded: Option<&'a ExcludeFn<'a>>,
+    rules: DirRules,
+    /// The walk's root's device, under [`DirRules::one_file_system`].
+    root_dev: std::sync::OnceLock<(u32, u32)>,
     ahead: usize,
 }
 
 impl<'a> Scanner<'a> {
     /// A scanner with nothing queued; `excluded` tells which paths the
-    /// walk leaves out (`None`: none).
-    pub fn new(excluded: Option<&'a ExcludeFn<'a>>) -> Self {
+    /// walk leaves out (`None`: none), `rules` which directories it keeps
+    /// empty.
+    pub fn new(excluded: Option<&'a ExcludeFn<'a>>, rules: DirRules) -> Self {
         Self {
             ahead: ahead(),
             state: Mutex::new(State::default()),
             work: Condvar::new(),
             walker: Condvar::new(),
             excluded,
+            rules,
+            root_dev: std::sync::OnceLock::new(),
         }
     }
 
@@ -121,6 +171,9 @@ impl<'a> Scanner<'a> {
     ///
     /// The `getdents64` error.
     pub fn root(&self, rel: &RelPath, dir: Dir) -> std::io::Result<Listing> {
+        if self.rules.one_file_system {
+            let _ = self.root_dev.set(dir.stat_self()?.dev);
+        }
         let listing = self.list(rel, Arc::new(dir))?;
         let mut st = self.lock();
         self.queue(&mut st, rel, &listing);
@@ -198,6 +251,13 @@ impl<'a> Scanner<'a> {
 
     fn scan(&self, rel: &RelPath, job: &Job) -> Scanned {
         match job.parent.open_dir(&job.name) {
+            Ok(dir) if job.mount => Scanned::Listed(Listing {
+                dir: Arc::new(dir),
+                files: Vec::new(),
+                subdirs: Vec::new(),
+                failed: Vec::new(),
+                excluded: 0,
+            }),
             Ok(dir) => match self.list(rel, Arc::new(dir)) {
                 Ok(l) => Scanned::Listed(l),
                 Err(e) => Scanned::Failed("list", e),
@@ -213,12 +273,13 @@ impl<'a> Scanner<'a> {
         for _ in 0..st.idle.min(l.subdirs.len()).min(room) {
             self.work.notify_one();
         }
-        for (name, _) in &l.subdirs {
+        for (name, stat) in &l.subdirs {
             st.queue.insert(
                 rel.join(name.clone()),
                 Job {
                     parent: Arc::clone(&l.dir),
                     name: name.clone(),
+                    mount: self.root_dev.get().is_some_and(|d| *d != stat.dev),
                 },
             );
         }
@@ -233,6 +294,10 @@ impl<'a> Scanner<'a> {
             failed: Vec::new(),
             excluded: 0,
         };
+        if self.rules.tagged(&l.dir, &names) {
+            l.excluded = names.len() as u64;
+            return Ok(l);
+        }
         for name in names {
             let stat = l.dir.stat(&name);
             let is_dir = matches!(&stat, Ok(s) if s.kind == FileKind::Dir);

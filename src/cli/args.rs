@@ -557,6 +557,22 @@ pub struct BackupPolicyArgs {
     /// anchors it at SRC); a trailing `/` matches directories only.
     #[arg(long = "exclude", value_name = "GLOB")]
     pub excludes: Vec<String>,
+    /// Read exclude patterns from FILE (repeatable): one per line, as
+    /// `--exclude` takes them; blank lines and lines starting with `#` are
+    /// skipped.
+    #[arg(long = "exclude-file", value_name = "FILE")]
+    pub exclude_files: Vec<PathBuf>,
+    /// Stay on the source's filesystem: a directory on another (a mount
+    /// point) is stored empty.
+    #[arg(short = 'x', long)]
+    pub one_file_system: bool,
+    /// Store directories tagged with a CACHEDIR.TAG file (the Cache
+    /// Directory Tagging Specification's signature) empty.
+    #[arg(long)]
+    pub exclude_caches: bool,
+    /// Store a directory holding an entry named NAME empty (repeatable).
+    #[arg(long = "exclude-if-present", value_name = "NAME")]
+    pub exclude_if_present: Vec<String>,
     /// How blobs and metadata are stored (policy `compression`): `auto`
     /// keeps zstd's output when it is smaller, `off` stores everything as
     /// it is, `max` spends more time for smaller output. A format-2
@@ -602,13 +618,41 @@ impl PolicyArgs {
 impl BackupPolicyArgs {
     /// The effective policy, and whether a tier was chosen explicitly.
     pub fn resolve(&self) -> Result<(Policy, bool)> {
+        let mut excludes = Vec::new();
+        for f in &self.exclude_files {
+            excludes.extend(read_exclude_file(f)?);
+        }
+        excludes.extend(self.excludes.iter().cloned());
         self.common.resolve_with(Overrides {
             no_durability: self.no_durability,
-            excludes: self.excludes.clone(),
+            excludes,
+            one_file_system: self.one_file_system,
+            exclude_caches: self.exclude_caches,
+            exclude_if_present: self.exclude_if_present.clone(),
             compression: self.compression,
             ..Overrides::default()
         })
     }
+}
+
+/// The patterns of an `--exclude-file`: one per line (a trailing `\r`
+/// dropped), blank lines and lines starting with `#` skipped, as restic's
+/// `--exclude-file` reads them.
+///
+/// # Errors
+///
+/// [`crate::error::Error::Usage`] naming the file when it cannot be read
+/// or is not UTF-8.
+fn read_exclude_file(path: &std::path::Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        crate::error::Error::Usage(format!("--exclude-file {}: {e}", path.display()))
+    })?;
+    Ok(text
+        .lines()
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect())
 }
 
 impl RestorePolicyArgs {

@@ -224,6 +224,29 @@ impl Dir {
         read_to_end_max(&fd, size, max)
     }
 
+    /// The first `n` bytes (fewer when the file is shorter) of the
+    /// regular file `name`, opened as [`Dir::open_file`]; for tag files
+    /// (`CACHEDIR.TAG`).
+    ///
+    /// # Errors
+    ///
+    /// As [`Dir::open_file`]; the `pread(2)` error.
+    pub fn read_prefix(&self, name: &Name, n: usize) -> io::Result<Vec<u8>> {
+        let (fd, _) = self.open_regular(name)?;
+        let mut buf = vec![0u8; n];
+        let mut got = 0;
+        while got < n {
+            match rustix::io::pread(&fd, &mut buf[got..], got as u64) {
+                Ok(0) => break,
+                Ok(k) => got += k,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        buf.truncate(got);
+        Ok(buf)
+    }
+
     /// Opens or creates `name` read-write without truncating (for the
     /// repository lock file), `O_NOFOLLOW`.
     ///

@@ -136,6 +136,23 @@ pub struct Policy {
     /// the path relative to the source (gitignore/rsync convention). `*`
     /// does not cross `/`; `**` does.
     pub excludes: Vec<String>,
+    /// Backup does not cross filesystems: a directory on another
+    /// filesystem than its source's (a mount point, by `st_dev`) is stored
+    /// empty (tar's `--one-file-system`, rsync's `-x`). Absent from records
+    /// written before it existed (read as false).
+    #[serde(default)]
+    pub one_file_system: bool,
+    /// Backup stores a directory holding a `CACHEDIR.TAG` file with the
+    /// signature of the Cache Directory Tagging Specification
+    /// (<https://bford.info/cachedir/>) empty. Absent from older records
+    /// (read as false).
+    #[serde(default)]
+    pub exclude_caches: bool,
+    /// Backup stores a directory holding an entry of one of these names
+    /// empty (restic's and borg's `--exclude-if-present`). Absent from
+    /// older records (read as none).
+    #[serde(default)]
+    pub exclude_if_present: Vec<String>,
     /// How long to wait for the repository lock, in milliseconds.
     pub lock_wait_ms: u64,
     /// Before `restore --replace` swaps a tree out, snapshot it into the
@@ -183,6 +200,12 @@ pub struct PolicyFile {
     pub on_degraded: Option<OnDegraded>,
     /// See [`Policy::excludes`] (replaces the preset's list).
     pub excludes: Option<Vec<String>>,
+    /// See [`Policy::one_file_system`].
+    pub one_file_system: Option<bool>,
+    /// See [`Policy::exclude_caches`].
+    pub exclude_caches: Option<bool>,
+    /// See [`Policy::exclude_if_present`] (replaces the preset's list).
+    pub exclude_if_present: Option<Vec<String>>,
     /// See [`Policy::lock_wait_ms`].
     pub lock_wait_ms: Option<u64>,
     /// See [`Policy::capture_restore_snapshot`].
@@ -221,6 +244,12 @@ pub struct Overrides {
     pub on_degraded: Option<OnDegraded>,
     /// `--exclude` (appended to the policy's list).
     pub excludes: Vec<String>,
+    /// `--one-file-system`.
+    pub one_file_system: bool,
+    /// `--exclude-caches`.
+    pub exclude_caches: bool,
+    /// `--exclude-if-present` (appended to the policy's list).
+    pub exclude_if_present: Vec<String>,
     /// `--lock-wait`.
     pub lock_wait_ms: Option<u64>,
     /// `--untrusted`.
@@ -247,6 +276,9 @@ impl Policy {
                 OnDegraded::Warn
             },
             excludes: Vec::new(),
+            one_file_system: false,
+            exclude_caches: false,
+            exclude_if_present: Vec::new(),
             lock_wait_ms: 5_000,
             capture_restore_snapshot: p == Preset::Production,
             restore_untrusted: false,
@@ -269,6 +301,11 @@ impl Policy {
             if let Some(x) = &f.excludes {
                 p.excludes = x.clone();
             }
+            p.one_file_system = f.one_file_system.unwrap_or(p.one_file_system);
+            p.exclude_caches = f.exclude_caches.unwrap_or(p.exclude_caches);
+            if let Some(x) = &f.exclude_if_present {
+                p.exclude_if_present = x.clone();
+            }
             p.lock_wait_ms = f.lock_wait_ms.unwrap_or(p.lock_wait_ms);
             p.capture_restore_snapshot = f
                 .capture_restore_snapshot
@@ -285,6 +322,10 @@ impl Policy {
         }
         p.on_degraded = o.on_degraded.unwrap_or(p.on_degraded);
         p.excludes.extend(o.excludes.iter().cloned());
+        p.one_file_system |= o.one_file_system;
+        p.exclude_caches |= o.exclude_caches;
+        p.exclude_if_present
+            .extend(o.exclude_if_present.iter().cloned());
         p.lock_wait_ms = o.lock_wait_ms.unwrap_or(p.lock_wait_ms);
         if o.untrusted {
             p.restore_untrusted = true;

@@ -1,0 +1,213 @@
+//! What a backup selects: `-x/--one-file-system` (a tmpfs mounted inside
+//! the source), `--exclude-caches` (CACHEDIR.TAG), `--exclude-if-present`,
+//! `--exclude-file` with gitignore rules (negation, `dir/`, anchored and
+//! absolute paths). Each is checked on the restored tree with `find`, an
+//! independent view, and on the policy in the summary fact.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+/// The paths under `root`, relative, sorted (`find -printf '%P\n'`).
+fn found(root: &Path) -> Vec<String> {
+    let out = Command::new("find")
+        .arg(root)
+        .args(["-mindepth", "1", "-printf", "%P\\n"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let mut v: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    v.sort();
+    v
+}
+
+fn write(p: &Path, bytes: &[u8]) {
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(p, bytes).unwrap();
+}
+
+#[test]
+fn one_file_system_keeps_a_mount_point_empty() {
+    if !is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let env = Env::new();
+    let src = env.path("src");
+    write(&src.join("a.txt"), b"a");
+    let mnt = src.join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m,mode=0750", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let _guard = Mount(mnt.clone());
+    write(&mnt.join("deep/inside"), b"on the tmpfs");
+    // Without -x the mount is crossed.
+    env.snap([OsStr::new("backup"), src.as_os_str()]).ok();
+    env.restore_latest(env.path("all")).ok();
+    assert_eq!(
+        fs::read(env.path("all/mnt/deep/inside")).unwrap(),
+        b"on the tmpfs"
+    );
+    // With -x the mount point is kept, empty, with the mode stat sees.
+    let r = env
+        .snap([OsStr::new("backup"), OsStr::new("-x"), src.as_os_str()])
+        .ok();
+    assert_eq!(r.fact("backup.summary")["policy"]["one_file_system"], true);
+    let out = env.path("x");
+    env.restore_latest(&out).ok();
+    assert_eq!(found(&out), ["a.txt", "mnt"]);
+    let mode = |p: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    };
+    assert_eq!(mode(&out.join("mnt")), mode(&mnt));
+}
+
+#[test]
+fn cache_tags_and_if_present_keep_their_directories_empty() {
+    let env = Env::new();
+    let src = env.path("src");
+    write(&src.join("a.txt"), b"a");
+    write(
+        &src.join("cache/CACHEDIR.TAG"),
+        b"Signature: 8a477f597d28d172789f06886806bc55\n# a cache\n",
+    );
+    write(&src.join("cache/sub/blob"), b"cached");
+    // A tag without the signature does not count.
+    write(&src.join("fake/CACHEDIR.TAG"), b"Signature: 0000\n");
+    write(&src.join("proj/node_modules/.nobackup"), b"");
+    write(&src.join("proj/node_modules/m.js"), b"m");
+    write(&src.join("proj/src/main.rs"), b"fn main() {}");
+    let r = env
+        .snap([
+            OsStr::new("backup"),
+            OsStr::new("--exclude-caches"),
+            OsStr::new("--exclude-if-present"),
+            OsStr::new(".nobackup"),
+            src.as_os_str(),
+        ])
+        .ok();
+    let s = r.fact("backup.summary");
+    assert_eq!(s["policy"]["exclude_caches"], true);
+    assert_eq!(
+        s["policy"]["exclude_if_present"],
+        serde_json::json!([".nobackup"])
+    );
+    let out = env.path("out");
+    env.restore_latest(&out).ok();
+    assert_eq!(
+        found(&out),
+        [
+            "a.txt",
+            "cache",
+            "fake",
+            "fake/CACHEDIR.TAG",
+            "proj",
+            "proj/node_modules",
+            "proj/src",
+            "proj/src/main.rs"
+        ]
+    );
+    // Without the flags everything is kept.
+    env.snap([OsStr::new("backup"), src.as_os_str()]).ok();
+    let all = env.path("all");
+    env.restore_latest(&all).ok();
+    assert_same_tree(&src, &all, false);
+    // A name with a `/` is refused.
+    let r = env.snap([
+        OsStr::new("backup"),
+        OsStr::new("--exclude-if-present"),
+        OsStr::new("a/b"),
+        src.as_os_str(),
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("a/b"), "{}", r.stderr);
+}
+
+#[test]
+fn exclude_file_with_gitignore_rules_and_absolute_paths() {
+    let env = Env::new();
+    let src = env.path("src");
+    for p in [
+        "logs/a.log",
+        "logs/keep.log",
+        "x/logs/b.log",
+        "bash/file",
+        "doc/bash",
+        "top",
+        "sub/top",
+        "abs/gone",
+        "abs/kept",
+    ] {
+        write(&src.join(p), p.as_bytes());
+    }
+    let list = env.path("excludes.txt");
+    let abs = src.join("abs/gone");
+    fs::write(
+        &list,
+        format!(
+            "# comment\n\n*.log\n!keep.log\nbash/\n/top\n{}\n",
+            abs.display()
+        ),
+    )
+    .unwrap();
+    let r = env
+        .snap([
+            OsStr::new("backup"),
+            OsStr::new("--exclude-file"),
+            list.as_os_str(),
+            src.as_os_str(),
+        ])
+        .ok();
+    let policy = &r.fact("backup.summary")["policy"];
+    assert_eq!(policy["excludes"].as_array().unwrap().len(), 5, "{policy}");
+    let out = env.path("out");
+    env.restore_latest(&out).ok();
+    assert_eq!(
+        found(&out),
+        [
+            "abs",
+            "abs/kept",
+            "doc",
+            "doc/bash",
+            "logs",
+            "logs/keep.log",
+            "sub",
+            "sub/top",
+            "x",
+            "x/logs"
+        ]
+    );
+    // A missing exclude file is a usage error naming it; nothing is written.
+    let before = snapshot_ids(&env).len();
+    let r = env.snap([
+        OsStr::new("backup"),
+        OsStr::new("--exclude-file"),
+        env.path("missing.txt").as_os_str(),
+        src.as_os_str(),
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("missing.txt"), "{}", r.stderr);
+    assert_eq!(snapshot_ids(&env).len(), before);
+    // Excluding the source itself is refused.
+    let r = env.snap([
+        OsStr::new("backup"),
+        OsStr::new("--exclude"),
+        src.as_os_str(),
+        src.as_os_str(),
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+}
