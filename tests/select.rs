@@ -211,3 +211,58 @@ fn exclude_file_with_gitignore_rules_and_absolute_paths() {
     ]);
     assert_eq!(r.code, 2, "{}", r.stderr);
 }
+
+#[test]
+fn dry_run_counts_what_a_backup_would_store_and_writes_nothing() {
+    let env = Env::new();
+    let src = env.path("src");
+    write(&src.join("a"), &pseudo_random(300_000, 1));
+    env.snap([OsStr::new("backup"), src.as_os_str()]).ok();
+    write(&src.join("b"), &pseudo_random(500_000, 2));
+    let before = manifest(&env.repo);
+    let names: Vec<_> = lstat_tree(&env.repo).into_keys().collect();
+    let r = env
+        .snap([
+            OsStr::new("backup"),
+            OsStr::new("--dry-run"),
+            src.as_os_str(),
+        ])
+        .ok();
+    assert!(
+        r.stdout.contains("dry run, nothing written"),
+        "{}",
+        r.stdout
+    );
+    let s = r.fact("backup.summary");
+    assert_eq!(s["dry_run"], true);
+    assert_eq!(s["backup_durable"], false);
+    assert_eq!(s["stats"]["files"], 2);
+    let would = s["stats"]["bytes_added"].as_u64().unwrap();
+    assert!(would >= 500_000, "{s}");
+    // The repository is byte-identical: same files, same contents.
+    assert_eq!(manifest(&env.repo), before);
+    let after: Vec<_> = lstat_tree(&env.repo).into_keys().collect();
+    assert_eq!(after, names, "no file or directory made or removed");
+    assert_eq!(snapshot_ids(&env).len(), 1);
+    // The real backup adds what the dry run said (the same packs, index,
+    // entries and record, give or take the record's time and counts).
+    let r = env.snap([OsStr::new("backup"), src.as_os_str()]).ok();
+    let added = r.fact("backup.summary")["stats"]["bytes_added"]
+        .as_u64()
+        .unwrap();
+    assert!(added.abs_diff(would) < 4096, "{added} vs {would}");
+    // No repository: an error, and none is created.
+    let none = env.path("none");
+    let r = env.run_cmd(
+        Command::new(snap_bin()),
+        [
+            OsStr::new("--repo"),
+            none.as_os_str(),
+            OsStr::new("backup"),
+            OsStr::new("--dry-run"),
+            src.as_os_str(),
+        ],
+    );
+    assert_ne!(r.code, 0);
+    assert!(!none.exists());
+}

@@ -100,6 +100,10 @@ pub enum Command {
         /// Tag the snapshot (repeatable).
         #[arg(long = "tag", value_name = "T")]
         tags: Vec<String>,
+        /// Walk, read and hash as a backup does, and write nothing: print
+        /// what the snapshot would hold and add (the repository must exist).
+        #[arg(long)]
+        dry_run: bool,
         /// The policy.
         #[command(flatten)]
         policy: BackupPolicyArgs,

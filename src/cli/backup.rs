@@ -24,6 +24,7 @@ pub(super) fn run(
     facts: &mut Emitter,
     out: &Out,
     tags: &[String],
+    dry_run: bool,
     policy: &BackupPolicyArgs,
     src: &Path,
 ) -> Result<i32> {
@@ -34,9 +35,12 @@ pub(super) fn run(
     // shared lock: several may write at once (their files are content
     // addressed and put create-only); prune's exclusive lock keeps it out
     // (docs/FORMAT.md, "Concurrency argument").
+    // A dry run needs the repository to compare against, and never
+    // creates one.
     let existing = match Repo::open(&path, &|| super::password::current(cli)) {
+        Ok(r) if dry_run => Some(r.into_dry_run()),
         Ok(r) => Some(r),
-        Err(Error::RepoMissing { .. }) if default_repo(cli) => None,
+        Err(Error::RepoMissing { .. }) if default_repo(cli) && !dry_run => None,
         Err(e) => return Err(e),
     };
     let (repo, lock) = match existing {
@@ -74,6 +78,26 @@ pub(super) fn run(
     let outcome = outcome?;
     let committed = crate::repo::committed(&outcome.snapshot_id);
     let st = &outcome.record.stats;
+    if dry_run {
+        out.line(&format!(
+            "dry run, nothing written: the snapshot would hold {} files, {} dirs, {} ({} new); {} would be added to {}",
+            st.files,
+            st.dirs,
+            mib(st.bytes),
+            mib(st.new_blob_bytes),
+            mib(st.bytes_added),
+            repo.path.display(),
+        ))?;
+        if st.unreadable > 0 {
+            eprintln!(
+                "snap: error [{}]: {} entries could not be read and would not be in the snapshot",
+                ErrorId::E_PARTIAL.as_str(),
+                st.unreadable
+            );
+            return Ok(ErrorId::E_PARTIAL.exit_code());
+        }
+        return Ok(0);
+    }
     out.line(&format!(
         "snapshot {} saved: {} files, {} dirs, {} ({} new), {} added to {}, {:.2} s{}{}",
         &outcome.snapshot_id[..12],

@@ -150,12 +150,13 @@ pub(super) fn backup_summary_fact(
             parent: outcome.record.parent.clone(),
             tags: outcome.record.tags.clone(),
             policy: outcome.policy.clone(),
-            backup_durable: outcome.record.durable,
+            backup_durable: outcome.record.durable && !repo.is_dry_run(),
             io_backend: crate::io::choice()?.backend,
             fsync_count: outcome.syncs.count,
             fsync_ms: outcome.syncs.elapsed.as_millis() as u64,
             encrypted: repo.crypto().is_encrypted(),
             transfer: repo.transfer(),
+            dry_run: repo.is_dry_run(),
             stats: outcome.record.stats.clone(),
         }),
     )
@@ -334,10 +335,12 @@ pub(super) fn take_snapshot(
     let damaged = damaged_facts(facts, repo);
     let outcome = outcome.and_then(|o| damaged.map(|_| o));
     if let Err(e) = &outcome {
-        if matches!(
-            e,
-            Error::Io { .. } | Error::Integrity { .. } | Error::Interrupted
-        ) {
+        if !repo.is_dry_run()
+            && matches!(
+                e,
+                Error::Io { .. } | Error::Integrity { .. } | Error::Interrupted
+            )
+        {
             eprintln!(
                 "snap: note: packs this run had already placed stay in {} with no index and no snapshot; `snap check` counts them as garbage packs, and `snap prune` removes them",
                 repo.display(crate::repo::layout::PACKS)

@@ -250,7 +250,12 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
         crate::io::choice()?;
     }
     match &cli.command {
-        Command::Backup { tags, policy, src } => backup::run(cli, facts, out, tags, policy, src),
+        Command::Backup {
+            tags,
+            dry_run,
+            policy,
+            src,
+        } => backup::run(cli, facts, out, tags, *dry_run, policy, src),
         Command::Restore {
             snapshot,
             target,

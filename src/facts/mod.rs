@@ -557,6 +557,11 @@ pub struct BackupSummary {
     /// A remote repository's traffic in this run; absent for a local one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transfer: Option<TransferBytes>,
+    /// `snap backup --dry-run`: nothing was written; `snapshot_id` is the
+    /// id the snapshot would have had, and the counts (`bytes_added`
+    /// included) are what it would have stored. Absent for a real backup.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
     /// Counts and sizes.
     pub stats: SnapshotStats,
 }

@@ -841,6 +841,19 @@ impl Repo {
         }
     }
 
+    /// This handle made read-only for `snap backup --dry-run`: reads go
+    /// to the repository; every put only reports the bytes it would add
+    /// ([`storage::dry::DryRun`]).
+    pub fn into_dry_run(mut self) -> Repo {
+        self.store = std::sync::Arc::new(storage::dry::DryRun::new(self.store));
+        self
+    }
+
+    /// Whether this handle writes nothing ([`Repo::into_dry_run`]).
+    pub fn is_dry_run(&self) -> bool {
+        self.store.is_dry_run()
+    }
+
     /// Whether the backend fetches announced pack ranges ahead
     /// ([`Repo::read_ahead`]); remote backends do.
     pub fn reads_ahead(&self) -> bool {

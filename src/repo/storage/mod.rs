@@ -13,6 +13,7 @@
 //! barriers that makes a snapshot crash-safe is `crate::repo::commit`'s.
 //! Side effects: those of the implementation (see each).
 
+pub mod dry;
 pub mod local;
 pub mod location;
 pub mod memory;
@@ -283,6 +284,11 @@ pub trait Backend: Send + Sync + fmt::Debug {
     ///
     /// Create errors.
     fn stage(&self, kind: FileKind) -> io::Result<Box<dyn Staged>>;
+
+    /// Whether this backend writes nothing ([`dry::DryRun`]).
+    fn is_dry_run(&self) -> bool {
+        false
+    }
 
     /// Whether [`Backend::put_staged`] needs no barrier before it: the
     /// backend makes a file durable under its name by itself (a remote
