@@ -760,3 +760,60 @@ fn single_file_source_restores_inside_the_target() {
         md.modified().unwrap()
     );
 }
+
+#[test]
+fn version_completions_and_man_pages() {
+    let run = |args: &[&str]| {
+        let out = Command::new(snap_bin()).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {:?}", out);
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let v = run(&["version"]);
+    assert!(
+        v.starts_with(&format!("snap {} ", env!("CARGO_PKG_VERSION"))),
+        "{v}"
+    );
+    // --json does not move the text to stderr.
+    assert_eq!(run(&["--json", "version"]), v);
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let script = run(&["completions", shell]);
+        for word in ["backup", "restore", "one-file-system", "exclude-caches"] {
+            assert!(script.contains(word), "{shell}: {word}");
+        }
+    }
+    // The bash script parses.
+    let script = run(&["completions", "bash"]);
+    let path = std::env::temp_dir().join(format!("snap-completion-{}.bash", std::process::id()));
+    fs::write(&path, &script).unwrap();
+    let ok = Command::new("bash").arg("-n").arg(&path).status().unwrap();
+    fs::remove_file(&path).ok();
+    assert!(ok.success());
+    let r = Command::new(snap_bin())
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert_eq!(r.status.code(), Some(2));
+    // One page per command, after snap(1).
+    let man = run(&["man"]);
+    assert!(man.contains(".TH snap 1"), "{}", &man[..200]);
+    for cmd in ["backup", "restore", "forget", "copy", "completions"] {
+        assert!(man.contains(&format!(".TH snap-{cmd} ")), "{cmd}");
+    }
+    assert!(man.contains("one\\-file\\-system"));
+    // A closed stdout ends the command quietly, with no panic.
+    let mut child = Command::new(snap_bin())
+        .arg("man")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        matches!(out.status.code(), Some(0 | 141)),
+        "{:?} {err}",
+        out.status
+    );
+}

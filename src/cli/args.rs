@@ -368,6 +368,17 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
+    /// Print snap's version and the repository formats it reads and writes.
+    Version,
+    /// Print a shell completion script (e.g. `snap completions bash >
+    /// /etc/bash_completion.d/snap`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man pages (roff; `snap man | man -l -`).
+    Man,
 }
 
 /// The snapshot filter (restic's `--host/--tag/--path`).
@@ -692,6 +703,9 @@ impl Command {
             Command::Show { .. } => "show",
             Command::Copy { .. } => "copy",
             Command::Schema { .. } => "schema",
+            Command::Version => "version",
+            Command::Completions { .. } => "completions",
+            Command::Man => "man",
         }
     }
 }

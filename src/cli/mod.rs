@@ -17,6 +17,7 @@ mod init;
 mod key;
 mod list;
 mod ls;
+mod meta;
 mod password;
 mod policy;
 mod preflight;
@@ -389,5 +390,8 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
         Command::Key { what } => key::run(cli, facts, out, what),
         Command::Migrate { lock } => init::migrate(cli, facts, out, lock),
         Command::Schema { out: dir } => schema::run(facts, out, dir.as_deref()),
+        Command::Version => meta::version().map(|()| 0),
+        Command::Completions { shell } => meta::completions(*shell).map(|()| 0),
+        Command::Man => meta::man().map(|()| 0),
     }
 }
