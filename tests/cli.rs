@@ -817,3 +817,67 @@ fn version_completions_and_man_pages() {
         out.status
     );
 }
+
+/// Runs `snap ARGS` on a pseudo-terminal (`script(1)`), returning what the
+/// terminal showed.
+fn on_a_terminal(env: &Env, args: &[&OsStr]) -> String {
+    let mut cmd = vec![snap_bin().to_owned(), "--repo".into()];
+    cmd.push(env.repo.display().to_string());
+    cmd.extend(args.iter().map(|a| a.to_string_lossy().into_owned()));
+    let line = cmd
+        .iter()
+        .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{line}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn quiet_and_no_progress_on_a_terminal() {
+    if !has_tool("script") {
+        eprintln!("skipped: script(1) (util-linux) not installed");
+        return;
+    }
+    let env = Env::new();
+    let src = env.path("src");
+    small_tree(&src);
+    fs::write(src.join("big"), pseudo_random(8 << 20, 3)).unwrap();
+    env.snap(["init"]).ok();
+    let src = src.as_os_str();
+    let backup = OsStr::new("backup");
+    // The progress bar clears its line (ESC [2K) as it redraws.
+    let shown = on_a_terminal(&env, &[backup, src]);
+    assert!(shown.contains("\x1b[2K"), "{shown:?}");
+    assert!(shown.contains("saved:"), "{shown:?}");
+    let shown = on_a_terminal(&env, &[backup, OsStr::new("--no-progress"), src]);
+    assert!(!shown.contains("\x1b[2K"), "{shown:?}");
+    assert!(shown.contains("saved:"), "{shown:?}");
+    // -q: nothing at all on success, for a backup, a restore and a check.
+    assert_eq!(on_a_terminal(&env, &[OsStr::new("-q"), backup, src]), "");
+    let out = env.path("out");
+    let restore = [
+        OsStr::new("--quiet"),
+        OsStr::new("restore"),
+        OsStr::new("latest"),
+        OsStr::new("--target"),
+        out.as_os_str(),
+    ];
+    assert_eq!(on_a_terminal(&env, &restore), "");
+    assert_eq!(fs::read(out.join("big")).unwrap().len(), 8 << 20);
+    assert_eq!(
+        on_a_terminal(&env, &[OsStr::new("-q"), OsStr::new("check")]),
+        ""
+    );
+    // Listing commands still list.
+    let listed = on_a_terminal(&env, &[OsStr::new("-q"), OsStr::new("list")]);
+    assert_eq!(
+        listed.lines().count(),
+        4,
+        "a header and 3 snapshots: {listed}"
+    );
+}

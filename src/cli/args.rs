@@ -22,6 +22,13 @@ pub struct Cli {
     /// Write facts to stdout; human text goes to stderr.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Print no progress and no summary lines (errors, warnings and the
+    /// output of listing commands still come).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Draw no progress bar.
+    #[arg(long, global = true)]
+    pub no_progress: bool,
     /// Encrypted repository: read the password from FILE (its content
     /// without the trailing newline) [default: $SNAP_PASSWORD, else a
     /// prompt on the terminal].

@@ -79,7 +79,7 @@ pub(super) fn run(
     let committed = crate::repo::committed(&outcome.snapshot_id);
     let st = &outcome.record.stats;
     if dry_run {
-        out.line(&format!(
+        out.note(&format!(
             "dry run, nothing written: the snapshot would hold {} files, {} dirs, {} ({} new); {} would be added to {}",
             st.files,
             st.dirs,
@@ -98,7 +98,7 @@ pub(super) fn run(
         }
         return Ok(0);
     }
-    out.line(&format!(
+    out.note(&format!(
         "snapshot {} saved: {} files, {} dirs, {} ({} new), {} added to {}, {:.2} s{}{}",
         &outcome.snapshot_id[..12],
         st.files,

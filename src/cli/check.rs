@@ -32,7 +32,9 @@ pub(super) fn run(
         eprintln!("snap: check: {}: {}", p.path, p.detail);
     }
     let ok = report.problem_count == 0;
-    out.line(&format!(
+    // Quiet hides the line when there is nothing to report.
+    let say = |s: &str| if ok { out.note(s) } else { out.line(s) };
+    say(&format!(
         "checked {} snapshots, {} index files, {} packs, {} blobs, {} references{}: {}; {} garbage packs, {} unused blobs, {} entries in tmp/{}",
         report.snapshots,
         report.index_files,

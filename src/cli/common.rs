@@ -14,8 +14,13 @@ use crate::fs::RelPath;
 use crate::policy::Policy;
 use crate::repo::Repo;
 
+/// Whether progress bars may be drawn: false under `-q/--quiet` and
+/// `--no-progress`.
+pub(super) static PROGRESS: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(true);
+
 pub(super) fn progress_bar(total: Option<u64>) -> indicatif::ProgressBar {
-    if !std::io::stderr().is_terminal() {
+    if !PROGRESS.load(std::sync::atomic::Ordering::Relaxed) || !std::io::stderr().is_terminal() {
         return indicatif::ProgressBar::hidden();
     }
     let pb =
@@ -283,7 +288,7 @@ pub(super) fn announce_init(facts: &mut Emitter, out: &Out, repo: &Repo, how: &s
             encrypted: repo.crypto().is_encrypted(),
         },
     )?;
-    out.line(&format!(
+    out.note(&format!(
         "created {}repository {} at {}{how}",
         if repo.crypto().is_encrypted() {
             "encrypted "

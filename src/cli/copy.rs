@@ -74,7 +74,7 @@ pub(super) fn run(cli: &Cli, facts: &mut Emitter, out: &Out, a: &Args<'_>) -> Re
     for (id, rec) in &wanted {
         let original = rec.original.clone().unwrap_or_else(|| id.clone());
         if have.contains(&original) || have.contains(id) {
-            out.line(&format!(
+            out.note(&format!(
                 "snapshot {} is in {} already: skipped",
                 &id[..12],
                 dst.path.display()
@@ -96,7 +96,7 @@ pub(super) fn run(cli: &Cli, facts: &mut Emitter, out: &Out, a: &Args<'_>) -> Re
             )?;
         // Committed: an error from here on says so.
         let committed = crate::repo::committed(&done.snapshot_id);
-        out.line(&format!(
+        out.note(&format!(
             "snapshot {} copied as {}: {} new blobs, {} added",
             &id[..12],
             &done.snapshot_id[..12],
@@ -121,7 +121,7 @@ pub(super) fn run(cli: &Cli, facts: &mut Emitter, out: &Out, a: &Args<'_>) -> Re
         )),
         None => e,
     };
-    out.line(&format!(
+    out.note(&format!(
         "copied {} snapshots from {} into {}, {} already there{}",
         copied.len(),
         a.from.display(),

@@ -158,7 +158,7 @@ pub(super) fn run(
         print_table(out, &kept, &removed)?;
     } else {
         for i in &removed {
-            out.line(&format!(
+            out.note(&format!(
                 "{} {}  {}  {}  {}",
                 if a.dry_run { "would remove" } else { "remove" },
                 &i.snapshot_id[..12],
@@ -217,7 +217,7 @@ pub(super) fn run(
             e.after_commit(committed.clone())
         }
     };
-    out.line(&format!(
+    out.note(&format!(
         "{} {} snapshots, kept {}",
         if a.dry_run { "would remove" } else { "removed" },
         removed.len(),
@@ -258,14 +258,14 @@ fn print_table(out: &Out, kept: &[ForgetItem], removed: &[ForgetItem]) -> Result
         groups.entry(&r.group).or_default().1.push(r);
     }
     for (g, (k, r)) in groups {
-        out.line(&format!("snapshots of {g}:"))?;
-        out.line(&format!(
+        out.note(&format!("snapshots of {g}:"))?;
+        out.note(&format!(
             "{:<7} {:<12}  {:<19}  {:<12}  reasons",
             "", "id", "time", "tags"
         ))?;
         for (what, list) in [("keep", k), ("remove", r)] {
             for i in list {
-                out.line(&format!(
+                out.note(&format!(
                     "{what:<7} {:<12}  {:<19}  {:<12}  {}",
                     &i.snapshot_id[..12],
                     short_time(&i.time),
@@ -274,7 +274,7 @@ fn print_table(out: &Out, kept: &[ForgetItem], removed: &[ForgetItem]) -> Result
                 ))?;
             }
         }
-        out.line("")?;
+        out.note("")?;
     }
     Ok(())
 }
@@ -320,7 +320,7 @@ fn run_prune(
     }
     let report = crate::repo::prune::run(repo, snaps, opts)?;
     let verb = if report.dry_run { "would " } else { "" };
-    out.line(&format!(
+    out.note(&format!(
         "prune: {verb}delete {} packs, repack {} ({} blobs into {} new packs), remove {} unindexed packs, {} index and {} entries files",
         report.packs_deleted,
         report.packs_repacked,
@@ -330,7 +330,7 @@ fn run_prune(
         report.index_files_removed,
         report.entries_removed
     ))?;
-    out.line(&format!(
+    out.note(&format!(
         "prune: {} blobs used ({}), {} unused ({}) before; {verb}free {}, {} unused left",
         report.blobs_used,
         mib(report.bytes_used),

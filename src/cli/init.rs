@@ -60,12 +60,12 @@ pub(super) fn migrate(cli: &Cli, facts: &mut Emitter, out: &Out, lock: &LockArgs
         repo.store()
             .replace_config(&config.to_bytes()?, &mut crate::repo::Syncs::on())
             .map_err(|e| Error::io("replace", path, e))?;
-        out.line(&format!(
+        out.note(&format!(
             "migrated {} from format {from} to {FORMAT_VERSION}",
             repo.path.display()
         ))?;
     } else {
-        out.line(&format!(
+        out.note(&format!(
             "{} is already format {from}; nothing to do",
             repo.path.display()
         ))?;

@@ -43,7 +43,7 @@ pub(super) fn run(cli: &Cli, facts: &mut Emitter, out: &Out, what: &KeyCmd) -> R
         KeyCmd::List { .. } => {}
         KeyCmd::Add { new, .. } => {
             let id = add(&repo, new)?;
-            out.line(&format!("added key {}", short(&id)))?;
+            out.note(&format!("added key {}", short(&id)))?;
             added = Some(id);
         }
         KeyCmd::Remove { id, .. } => {
@@ -55,7 +55,7 @@ pub(super) fn run(cli: &Cli, facts: &mut Emitter, out: &Out, what: &KeyCmd) -> R
                 )));
             }
             remove(&repo, &id)?;
-            out.line(&format!("removed key {}", short(&id)))?;
+            out.note(&format!("removed key {}", short(&id)))?;
             removed = Some(id);
         }
         KeyCmd::Passwd { new, .. } => {
@@ -69,7 +69,7 @@ pub(super) fn run(cli: &Cli, facts: &mut Emitter, out: &Out, what: &KeyCmd) -> R
                     short(&current)
                 ))
             })?;
-            out.line(&format!(
+            out.note(&format!(
                 "changed the password: key {} replaces key {}",
                 short(&id),
                 short(&current)

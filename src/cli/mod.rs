@@ -70,7 +70,13 @@ pub fn main() -> i32 {
         let e = Error::io("install signal handlers", "-", e);
         return fail(&cli, &mut facts, &e);
     }
-    let out = Out { json: cli.json };
+    let out = Out {
+        json: cli.json,
+        quiet: cli.quiet,
+    };
+    if cli.quiet || cli.no_progress {
+        common::PROGRESS.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
     match run(&cli, &mut facts, &out) {
         Ok(code) => code,
         Err(e) => fail(&cli, &mut facts, &e),
@@ -167,6 +173,8 @@ fn fail(cli: &Cli, facts: &mut Emitter, e: &Error) -> i32 {
 /// Human output: stdout normally, stderr under `--json`.
 struct Out {
     json: bool,
+    /// `-q/--quiet`: summary lines ([`Out::note`]) are not written.
+    quiet: bool,
 }
 
 impl Out {
@@ -176,6 +184,19 @@ impl Out {
     ///
     /// The write error (`EPIPE` when the reader of stdout has gone, which
     /// [`fail`] turns into a quiet exit 141).
+    /// Writes one line of human text that only reports what was done (a
+    /// summary): nothing under `-q/--quiet`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Out::line`].
+    fn note(&self, s: &str) -> Result<()> {
+        if self.quiet {
+            return Ok(());
+        }
+        self.line(s)
+    }
+
     fn line(&self, s: &str) -> Result<()> {
         use std::io::Write;
         if self.json {

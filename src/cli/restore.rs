@@ -68,7 +68,7 @@ pub(super) fn run(
             tags: vec![format!("pre-restore:{}", &loaded.snapshot_id[..12])],
         };
         let outcome = take_snapshot(&repo, &opts, facts)?;
-        out.line(&format!(
+        out.note(&format!(
             "snapshot {} saved of the tree being replaced",
             &outcome.snapshot_id[..12]
         ))?;
@@ -130,7 +130,7 @@ pub(super) fn run(
             Event::RestoreSummary(summary),
         )
         .map_err(|e| e.after_commit(&committed))?;
-    out.line(&line).map_err(|e| e.after_commit(&committed))?;
+    out.note(&line).map_err(|e| e.after_commit(&committed))?;
     Ok(0)
 }
 
