@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use super::args::BackupPolicyArgs;
-use super::common::{create_repo, gate, lock_fact, mib, take_snapshot};
+use super::common::{count, create_repo, gate, lock_fact, mib, take_snapshot};
 use super::{default_repo, repo_path, Cli, Out};
 use crate::error::{Error, ErrorId, Result};
 use crate::facts::Emitter;
@@ -80,9 +80,9 @@ pub(super) fn run(
     let st = &outcome.record.stats;
     if dry_run {
         out.note(&format!(
-            "dry run, nothing written: the snapshot would hold {} files, {} dirs, {} ({} new); {} would be added to {}",
-            st.files,
-            st.dirs,
+            "dry run, nothing written: the snapshot would hold {}, {}, {} ({} new); {} would be added to {}",
+            count(st.files, "file", "files"),
+            count(st.dirs, "dir", "dirs"),
             mib(st.bytes),
             mib(st.new_blob_bytes),
             mib(st.bytes_added),
@@ -90,19 +90,19 @@ pub(super) fn run(
         ))?;
         if st.unreadable > 0 {
             eprintln!(
-                "snap: error [{}]: {} entries could not be read and would not be in the snapshot",
+                "snap: error [{}]: {} could not be read and would not be in the snapshot",
                 ErrorId::E_PARTIAL.as_str(),
-                st.unreadable
+                count(st.unreadable, "entry", "entries")
             );
             return Ok(ErrorId::E_PARTIAL.exit_code());
         }
         return Ok(0);
     }
     out.note(&format!(
-        "snapshot {} saved: {} files, {} dirs, {} ({} new), {} added to {}, {:.2} s{}{}",
+        "snapshot {} saved: {}, {}, {} ({} new), {} added to {}, {:.2} s{}{}",
         &outcome.snapshot_id[..12],
-        st.files,
-        st.dirs,
+        count(st.files, "file", "files"),
+        count(st.dirs, "dir", "dirs"),
         mib(st.bytes),
         mib(st.new_blob_bytes),
         mib(st.bytes_added),
@@ -118,9 +118,10 @@ pub(super) fn run(
     .map_err(|e| e.after_commit(&committed))?;
     if st.unreadable > 0 {
         eprintln!(
-            "snap: error [{}]: {} entries could not be read and are not in the snapshot",
+            "snap: error [{}]: {} could not be read and {} not in the snapshot",
             ErrorId::E_PARTIAL.as_str(),
-            st.unreadable
+            count(st.unreadable, "entry", "entries"),
+            if st.unreadable == 1 { "is" } else { "are" }
         );
         return Ok(ErrorId::E_PARTIAL.exit_code());
     }

@@ -4,7 +4,7 @@
 //! `tmp/` under the exclusive lock.
 
 use super::args::LockArgs;
-use super::common::{lock_fact, mib};
+use super::common::{count, lock_fact, mib};
 use super::{open_repo, Cli, Out};
 use crate::error::{ErrorId, Result};
 use crate::facts::{Decision, Emitter, Event};
@@ -35,18 +35,30 @@ pub(super) fn run(
     // Quiet hides the line when there is nothing to report.
     let say = |s: &str| if ok { out.note(s) } else { out.line(s) };
     say(&format!(
-        "checked {} snapshots, {} index files, {} packs, {} blobs, {} references{}: {}; {} garbage packs, {} unused blobs, {} entries in tmp/{}",
-        report.snapshots,
-        report.index_files,
-        report.packs,
-        report.blobs,
-        report.references,
-        if report.read_data { format!(", {} read", mib(report.bytes_read)) } else { String::new() },
-        if ok { "no problems".to_owned() } else { format!("{} problems", report.problem_count) },
-        report.garbage_packs,
-        report.unused_blobs,
-        report.tmp_entries,
-        if repair_tmp { format!(" ({} removed)", report.tmp_removed) } else { String::new() },
+        "checked {}, {}, {}, {}, {}{}: {}; {}, {}, {} in tmp/{}",
+        count(report.snapshots, "snapshot", "snapshots"),
+        count(report.index_files, "index file", "index files"),
+        count(report.packs, "pack", "packs"),
+        count(report.blobs, "blob", "blobs"),
+        count(report.references, "reference", "references"),
+        if report.read_data {
+            format!(", {} read", mib(report.bytes_read))
+        } else {
+            String::new()
+        },
+        if ok {
+            "no problems".to_owned()
+        } else {
+            count(report.problem_count, "problem", "problems")
+        },
+        count(report.garbage_packs, "garbage pack", "garbage packs"),
+        count(report.unused_blobs, "unused blob", "unused blobs"),
+        count(report.tmp_entries, "entry", "entries"),
+        if repair_tmp {
+            format!(" ({} removed)", report.tmp_removed)
+        } else {
+            String::new()
+        },
     ))?;
     facts.emit(
         if ok {

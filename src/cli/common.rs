@@ -47,8 +47,19 @@ pub(super) fn transfer_text(t: Option<crate::facts::TransferBytes>) -> String {
     .unwrap_or_default()
 }
 
+/// A size for people: binary units through indicatif's `BinaryBytes`
+/// (`"0 B"`, `"7.33 KiB"`, `"123.00 MiB"`); facts keep exact byte counts.
 pub(super) fn mib(b: u64) -> String {
-    format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
+    indicatif::BinaryBytes(b).to_string()
+}
+
+/// `"1 file"`, `"2 files"`: `n` and the noun in the number it takes.
+pub(super) fn count(n: u64, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {many}")
+    }
 }
 
 pub(super) fn parse_subpath(p: &str) -> Result<RelPath> {
@@ -356,4 +367,20 @@ pub(super) fn take_snapshot(
     let committed = crate::repo::committed(&outcome.snapshot_id);
     backup_summary_fact(facts, repo, &outcome).map_err(|e| e.after_commit(&committed))?;
     Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sizes in binary units, counts with the noun in their number.
+    #[test]
+    fn sizes_and_plurals_for_people() {
+        assert_eq!(mib(0), "0 B");
+        assert_eq!(mib(1536), "1.50 KiB");
+        assert_eq!(mib(5 << 30), "5.00 GiB");
+        assert_eq!(count(0, "file", "files"), "0 files");
+        assert_eq!(count(1, "entry", "entries"), "1 entry");
+        assert_eq!(count(2, "entry", "entries"), "2 entries");
+    }
 }

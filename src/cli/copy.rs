@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use super::args::{FilterArgs, LockArgs};
-use super::common::{damaged_facts, lock_fact, mib, transfer_text};
+use super::common::{count, damaged_facts, lock_fact, mib, transfer_text};
 use super::{open_repo, Cli, Out};
 use crate::error::{Error, Result};
 use crate::facts::{CopiedSnapshot, Decision, Emitter, Event};
@@ -97,10 +97,10 @@ pub(super) fn run(cli: &Cli, facts: &mut Emitter, out: &Out, a: &Args<'_>) -> Re
         // Committed: an error from here on says so.
         let committed = crate::repo::committed(&done.snapshot_id);
         out.note(&format!(
-            "snapshot {} copied as {}: {} new blobs, {} added",
+            "snapshot {} copied as {}: {}, {} added",
             &id[..12],
             &done.snapshot_id[..12],
-            done.blobs_added,
+            count(done.blobs_added, "new blob", "new blobs"),
             mib(done.bytes_added)
         ))
         .map_err(|e| e.after_commit(&committed))?;
@@ -122,8 +122,8 @@ pub(super) fn run(cli: &Cli, facts: &mut Emitter, out: &Out, a: &Args<'_>) -> Re
         None => e,
     };
     out.note(&format!(
-        "copied {} snapshots from {} into {}, {} already there{}",
-        copied.len(),
+        "copied {} from {} into {}, {} already there{}",
+        count(copied.len() as u64, "snapshot", "snapshots"),
         a.from.display(),
         dst.path.display(),
         skipped.len(),

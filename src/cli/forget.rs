@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use super::args::{FilterArgs, KeepArgs, LockArgs};
-use super::common::{damaged_facts, lock_fact, mib, short_time};
+use super::common::{count, damaged_facts, lock_fact, mib, short_time};
 use super::{open_repo, Cli, Out};
 use crate::error::{Error, Result};
 use crate::facts::{Decision, Emitter, Event, ForgetItem};
@@ -218,9 +218,9 @@ pub(super) fn run(
         }
     };
     out.note(&format!(
-        "{} {} snapshots, kept {}",
+        "{} {}, kept {}",
         if a.dry_run { "would remove" } else { "removed" },
-        removed.len(),
+        count(removed.len() as u64, "snapshot", "snapshots"),
         kept.len()
     ))
     .map_err(after)?;

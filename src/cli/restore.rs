@@ -8,7 +8,7 @@ use std::path::Path;
 
 use super::args::RestorePolicyArgs;
 use super::common::{
-    damaged_facts, gate, lock_fact, mib, parse_subpath, progress_bar, take_snapshot,
+    count, damaged_facts, gate, lock_fact, mib, parse_subpath, progress_bar, take_snapshot,
 };
 use super::{open_repo, Cli, Out};
 use crate::error::{Error, Result};
@@ -107,15 +107,15 @@ pub(super) fn run(
     }
     summary.transfer = repo.transfer();
     let line = format!(
-        "restored {} into {}: {} files, {} dirs, {} symlinks, {} hard links, {}, {} blobs verified, {:.2} s{}",
+        "restored {} into {}: {}, {}, {}, {}, {}, {} verified, {:.2} s{}",
         &summary.snapshot_id[..12],
         summary.target,
-        summary.files,
-        summary.dirs,
-        summary.symlinks,
-        summary.hardlinks,
+        count(summary.files, "file", "files"),
+        count(summary.dirs, "dir", "dirs"),
+        count(summary.symlinks, "symlink", "symlinks"),
+        count(summary.hardlinks, "hard link", "hard links"),
         mib(summary.bytes),
-        summary.blobs_verified,
+        count(summary.blobs_verified, "blob", "blobs"),
         summary.duration_ms as f64 / 1000.0,
         super::common::transfer_text(summary.transfer),
     );

@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 
 use super::args::{FilterArgs, LockArgs};
-use super::common::{damaged_facts, lock_fact, mib};
+use super::common::{count, damaged_facts, lock_fact, mib};
 use super::{open_repo, Cli, Out};
 use crate::error::{Error, Result};
 use crate::facts::{Decision, Emitter, Event, KindUsage, RepoUsage, StatsReport};
@@ -114,15 +114,15 @@ pub(super) fn run(
     r.repository = u;
     out.line(&format!("snapshots:     {}", r.snapshots))?;
     out.line(&format!(
-        "restore size:  {} in {} files ({} entries)",
+        "restore size:  {} in {} ({})",
         mib(r.restore_size),
-        r.files,
-        r.entries
+        count(r.files, "file", "files"),
+        count(r.entries, "entry", "entries")
     ))?;
     out.line(&format!(
-        "unique data:   {} in {} blobs ({} before compression)",
+        "unique data:   {} in {} ({} before compression)",
         mib(r.unique_bytes),
-        r.blobs,
+        count(r.blobs, "blob", "blobs"),
         mib(r.unique_plain_bytes)
     ))?;
     for (name, k) in [
