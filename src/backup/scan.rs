@@ -172,7 +172,8 @@ impl<'a> Scanner<'a> {
     /// The `getdents64` error.
     pub fn root(&self, rel: &RelPath, dir: Dir) -> std::io::Result<Listing> {
         if self.rules.one_file_system {
-            let _ = self.root_dev.set(dir.stat_self()?.dev);
+            let dev = dir.stat_self()?.dev;
+            self.root_dev.get_or_init(|| dev);
         }
         let listing = self.list(rel, Arc::new(dir))?;
         let mut st = self.lock();

@@ -78,8 +78,9 @@ pub(super) fn run(
     let outcome = outcome?;
     let committed = crate::repo::committed(&outcome.snapshot_id);
     let st = &outcome.record.stats;
-    if dry_run {
-        out.note(&format!(
+    // The dry run's line says what would have been; the commit's, what was.
+    let line = if dry_run {
+        format!(
             "dry run, nothing written: the snapshot would hold {}, {}, {} ({} new); {} would be added to {}",
             count(st.files, "file", "files"),
             count(st.dirs, "dir", "dirs"),
@@ -87,41 +88,44 @@ pub(super) fn run(
             mib(st.new_blob_bytes),
             mib(st.bytes_added),
             repo.path.display(),
-        ))?;
-        if st.unreadable > 0 {
-            eprintln!(
-                "snap: error [{}]: {} could not be read and would not be in the snapshot",
-                ErrorId::E_PARTIAL.as_str(),
-                count(st.unreadable, "entry", "entries")
-            );
-            return Ok(ErrorId::E_PARTIAL.exit_code());
-        }
-        return Ok(0);
-    }
-    out.note(&format!(
-        "snapshot {} saved: {}, {}, {} ({} new), {} added to {}, {:.2} s{}{}",
-        &outcome.snapshot_id[..12],
-        count(st.files, "file", "files"),
-        count(st.dirs, "dir", "dirs"),
-        mib(st.bytes),
-        mib(st.new_blob_bytes),
-        mib(st.bytes_added),
-        repo.path.display(),
-        st.duration_ms as f64 / 1000.0,
-        super::common::transfer_text(repo.transfer()),
-        if outcome.record.durable {
-            ""
+        )
+    } else {
+        format!(
+            "snapshot {} saved: {}, {}, {} ({} new), {} added to {}, {:.2} s{}{}",
+            &outcome.snapshot_id[..12],
+            count(st.files, "file", "files"),
+            count(st.dirs, "dir", "dirs"),
+            mib(st.bytes),
+            mib(st.new_blob_bytes),
+            mib(st.bytes_added),
+            repo.path.display(),
+            st.duration_ms as f64 / 1000.0,
+            super::common::transfer_text(repo.transfer()),
+            if outcome.record.durable {
+                ""
+            } else {
+                " (not durable: syncs skipped)"
+            }
+        )
+    };
+    // Nothing was committed by a dry run.
+    out.note(&line).map_err(|e| {
+        if dry_run {
+            e
         } else {
-            " (not durable: syncs skipped)"
+            e.after_commit(&committed)
         }
-    ))
-    .map_err(|e| e.after_commit(&committed))?;
+    })?;
     if st.unreadable > 0 {
         eprintln!(
-            "snap: error [{}]: {} could not be read and {} not in the snapshot",
+            "snap: error [{}]: {} could not be read and {} in the snapshot",
             ErrorId::E_PARTIAL.as_str(),
             count(st.unreadable, "entry", "entries"),
-            if st.unreadable == 1 { "is" } else { "are" }
+            match (dry_run, st.unreadable == 1) {
+                (true, _) => "would not be",
+                (false, true) => "is not",
+                (false, false) => "are not",
+            }
         );
         return Ok(ErrorId::E_PARTIAL.exit_code());
     }
