@@ -34,13 +34,13 @@ pub(super) struct FileWork {
     pub(super) order: usize,
 }
 
-/// A directory whose metadata is applied once its subtree is built: its
-/// record (`None` for a target directory the snapshot has no record of),
-/// path and position in creation order.
 /// Batches announced to a backend that reads ahead
 /// ([`crate::repo::Repo::reads_ahead`]) and not yet taken by a worker, at most.
 pub(super) const ANNOUNCED_AHEAD: usize = 2;
 
+/// A directory whose metadata is applied once its subtree is built: its
+/// record (`None` for a target directory the snapshot has no record of),
+/// path and position in creation order.
 pub(super) type DirWork = (Option<Arc<EntryRecord>>, RelPath, usize);
 
 impl<'a> Restorer<'a> {

@@ -429,7 +429,7 @@ impl RemoteBackend {
         if blake3::hash(&bytes).to_hex().as_str() == id {
             Some(bytes)
         } else {
-            let _ = dir.unlink(&file);
+            drop_cached(&dir, &file, &self.cache_path);
             None
         }
     }
@@ -490,7 +490,7 @@ impl RemoteBackend {
     /// Removes the cached copy of `kind`/`id`, if any.
     fn forget_cached(&self, kind: FileKind, id: &str) {
         if let Ok((dir, file)) = self.cache_dir_of(kind, id, false) {
-            let _ = dir.unlink(&file);
+            drop_cached(&dir, &file, &self.cache_path);
         }
     }
 
@@ -680,6 +680,21 @@ fn write_cached(dir: &Dir, file: &Name, bytes: &[u8]) -> io::Result<()> {
 }
 
 /// Prints a warning on stderr (the remote layer's only diagnostics).
+/// Removes a cached copy (one that failed its id check, or one whose
+/// object is gone). A copy already absent is fine; another failure is
+/// warned about: the copy then fails its check again on the next read and
+/// is fetched, so nothing goes wrong, but the cache cannot shed it.
+fn drop_cached(dir: &Dir, file: &Name, cache: &Path) {
+    if let Err(e) = dir.unlink(file) {
+        if e.kind() != io::ErrorKind::NotFound {
+            tracing_warn(&format!(
+                "cannot remove {file} from the cache {}: {e}",
+                cache.display()
+            ));
+        }
+    }
+}
+
 fn tracing_warn(msg: &str) {
     eprintln!("snap: warning: {msg}");
 }
@@ -1162,7 +1177,7 @@ impl Backend for RemoteBackend {
 
     fn forget_blob(&self, id: &str) {
         if let Ok((dir, file)) = self.blob_cache_of(id, false) {
-            let _ = dir.unlink(&file);
+            drop_cached(&dir, &file, &self.cache_path);
         }
     }
 
