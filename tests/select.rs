@@ -266,3 +266,136 @@ fn dry_run_counts_what_a_backup_would_store_and_writes_nothing() {
     assert_ne!(r.code, 0);
     assert!(!none.exists());
 }
+
+/// Two sources and a single file in one snapshot, then the same list
+/// through `--files-from`: the restored tree holds each under its path
+/// from `/` and nothing else beside it (checked by `find`, the byte and
+/// metadata views), the record and facts list every source, the second
+/// run takes the first as its parent, and `--path` picks by any source.
+#[test]
+fn several_sources_in_one_snapshot_and_files_from() {
+    let env = Env::new();
+    let full = fixture_possible();
+    let one = env.path("src/one");
+    if full {
+        fs::create_dir_all(&one).unwrap();
+        build_fixture(&one);
+        remove_fixture_socket(&one);
+    } else {
+        write(&one.join("a/b.txt"), b"plain tree");
+    }
+    let note = env.path("src/other/notes.txt");
+    write(&note, b"a single file");
+    write(&env.path("src/other/left-out"), b"not a source");
+    let doc = Path::new("/usr/share/doc");
+    let tier = if full { "full" } else { "extended" };
+    fn args<'a>(tier: &'a str, extra: &[&'a OsStr]) -> Vec<&'a OsStr> {
+        let mut v: Vec<&OsStr> = vec![OsStr::new("backup"), OsStr::new("--tier"), OsStr::new(tier)];
+        v.extend_from_slice(extra);
+        v
+    }
+    let r = env
+        .snap(args(
+            tier,
+            &[one.as_os_str(), note.as_os_str(), doc.as_os_str()],
+        ))
+        .ok();
+    let s = r.fact("backup.summary");
+    assert_eq!(s["source"], "/");
+    let mut want = vec![
+        one.display().to_string(),
+        note.display().to_string(),
+        "/usr/share/doc".to_owned(),
+    ];
+    want.sort();
+    assert_eq!(s["sources"], serde_json::json!(want));
+    let first = s["snapshot_id"].as_str().unwrap().to_owned();
+
+    let out = env.path("out");
+    env.restore_latest(&out).ok();
+    let rel = |p: &Path| out.join(p.strip_prefix("/").unwrap());
+    // Between the root and a source, only the names leading to one.
+    let base = env.path("src");
+    assert_eq!(found(&rel(&base)), found_sources(&rel(&base)));
+    assert_eq!(fs::read(rel(&note)).unwrap(), b"a single file");
+    assert_eq!(found(&rel(doc)), found(doc));
+    assert_same_tree(doc, &rel(doc), false);
+    assert_same_tree(&one, &rel(&one), false);
+    if full {
+        for v in METADATA_VIEWS {
+            assert_eq!(view(&one, v), view(&rel(&one), v), "{v}");
+        }
+    }
+    let top: Vec<String> = found(&out)
+        .into_iter()
+        .filter(|p| !p.contains('/'))
+        .collect();
+    let first_of = |p: &Path| {
+        p.strip_prefix("/")
+            .unwrap()
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy()
+            .into_owned()
+    };
+    let mut tops = vec![first_of(&one), "usr".to_owned()];
+    tops.sort();
+    tops.dedup();
+    assert_eq!(top, tops);
+
+    // The same sources from a list (comments, blank lines, a trailing
+    // slash): the first snapshot is the parent, nothing new is read.
+    let list = env.path("list");
+    fs::write(
+        &list,
+        format!(
+            "# what to keep\n{}/\n\n{}\n{}\n",
+            one.display(),
+            note.display(),
+            doc.display()
+        ),
+    )
+    .unwrap();
+    let r = env
+        .snap(args(tier, &[OsStr::new("--files-from"), list.as_os_str()]))
+        .ok();
+    let s = r.fact("backup.summary");
+    assert_eq!(s["parent"], first.as_str());
+    assert_eq!(s["sources"], serde_json::json!(want));
+    assert_eq!(s["stats"]["new_blobs"], 0);
+
+    // --path matches a snapshot holding that source among others.
+    let ids = |path: &str| {
+        let r = env.snap(["list", "--path", path]).ok();
+        r.fact("list.result")["items"].as_array().unwrap().len()
+    };
+    assert_eq!(ids("/usr/share/doc"), 2);
+    assert_eq!(ids(&note.display().to_string()), 2);
+    assert_eq!(ids("/usr/share"), 0);
+
+    // A missing source is named and nothing is committed.
+    let missing = env.path("src/nope");
+    let r = env.snap(args(tier, &[one.as_os_str(), missing.as_os_str()]));
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("src/nope"), "{}", r.stderr);
+    assert_eq!(snapshot_ids(&env).len(), 2);
+    // An empty list with no argument is a usage error.
+    let empty = env.path("empty");
+    fs::write(&empty, "# nothing\n\n").unwrap();
+    let r = env.snap(args(tier, &[OsStr::new("--files-from"), empty.as_os_str()]));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+}
+
+/// The paths under `src/` a restore of the test's sources holds: `one`
+/// and its tree, `other` and `other/notes.txt` (not `other/left-out`).
+fn found_sources(base: &Path) -> Vec<String> {
+    let mut v: Vec<String> = found(&base.join("one"))
+        .into_iter()
+        .map(|p| format!("one/{p}"))
+        .collect();
+    v.extend(["one".into(), "other".into(), "other/notes.txt".into()]);
+    v.sort();
+    v
+}

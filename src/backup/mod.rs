@@ -25,9 +25,11 @@ mod parent;
 mod pipeline;
 mod read;
 mod scan;
+pub mod sources;
 mod walker;
 
 use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
 use std::time::Instant;
@@ -47,8 +49,9 @@ use walker::Walker;
 /// What to back up and how.
 #[derive(Debug, Clone)]
 pub struct BackupOptions {
-    /// The source directory or file, as given.
-    pub source: PathBuf,
+    /// The source directories or files, as given (at least one; several
+    /// are walked from their deepest common directory, [`sources`]).
+    pub sources: Vec<PathBuf>,
     /// The policy in force.
     pub policy: Policy,
     /// Tags for the snapshot record.
@@ -89,8 +92,8 @@ pub fn run(
 ) -> Result<BackupOutcome> {
     let started = Instant::now();
     let time = humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string();
-    let source = std::path::absolute(&opts.source)
-        .map_err(|e| Error::io("resolve", opts.source.display(), e))?;
+    let sources = sources::Sources::new(&opts.sources)?;
+    let source = sources.root.clone();
     let excludes = Excludes::new(&opts.policy.excludes, &source)?;
     let if_present = opts
         .policy
@@ -119,7 +122,6 @@ pub fn run(
             let fname = source
                 .file_name()
                 .ok_or_else(|| Error::Usage(format!("source {src_display} has no file name")))?;
-            use std::os::unix::ffi::OsStrExt;
             let name = Name::new(fname.as_bytes())
                 .map_err(|e| Error::Usage(format!("source {src_display}: {e}")))?;
             let pdir =
@@ -131,10 +133,15 @@ pub fn run(
 
     let snapshots = repo.snapshots()?;
     let host = crate::sys::hostname();
+    let wanted: Vec<Vec<u8>> = sources
+        .paths
+        .iter()
+        .map(|p| p.as_os_str().as_bytes().to_vec())
+        .collect();
     let parent = snapshots
         .iter()
         .rev()
-        .find(|(_, r)| r.host == host && r.source == src_display);
+        .find(|(_, r)| r.host == host && r.source_paths() == wanted);
     // Content is taken from the parent only when it used the same tier
     // (the tier decides whether sparse maps are kept). Its entries load
     // while the scanners list the first directories; the index is loaded
@@ -201,7 +208,11 @@ pub fn run(
         exclude_caches: opts.policy.exclude_caches,
         if_present: if_present.clone(),
     };
-    let scanner = scan::Scanner::new((!excludes.is_empty()).then_some(&excluded as _), rules);
+    let scanner = scan::Scanner::new(
+        (!excludes.is_empty()).then_some(&excluded as _),
+        rules,
+        sources.selection.as_ref(),
+    );
     let scanner = &scanner;
     let (verified, walked, chunked, packed) = std::thread::scope(|s| {
         let (parent_tx, parent_rx) = sync_channel(1);
@@ -269,7 +280,7 @@ pub fn run(
     let chunked = chunked?;
     walked?;
     crate::io::block_on(w.commit(
-        chunked, packed, time, host, &source, opts, parent, started, repo,
+        chunked, packed, time, host, &sources, opts, parent, started, repo,
     ))?
 }
 
@@ -289,7 +300,7 @@ impl Walker<'_> {
         packed: pipeline::Packed,
         time: String,
         host: String,
-        source: &Path,
+        sources: &sources::Sources,
         opts: &BackupOptions,
         parent: Option<String>,
         started: Instant,
@@ -316,14 +327,21 @@ impl Walker<'_> {
             self.stats.bytes_added += commit::put_index(repo, &bytes, &mut syncs)?.1;
         }
         self.stats.duration_ms = started.elapsed().as_millis() as u64;
-        use std::os::unix::ffi::OsStrExt;
-        let (src_text, src_b64) = crate::fs::bytes_to_stored(source.as_os_str().as_bytes());
+        let (src_text, src_b64) = crate::fs::bytes_to_stored(sources.root.as_os_str().as_bytes());
+        // Several sources are each kept; one is the root itself.
+        let (list, list_b64) = if sources.selection.is_some() {
+            SnapshotRecord::stored_sources(&sources.paths)
+        } else {
+            (Vec::new(), None)
+        };
         let record = SnapshotRecord {
             v: 1,
             time,
             host,
             source: src_text,
             source_b64: src_b64,
+            sources: list,
+            sources_b64: list_b64,
             tier: opts.policy.tier,
             tags: opts.tags.clone(),
             policy: (&opts.policy).into(),

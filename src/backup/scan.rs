@@ -18,6 +18,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
+use super::sources::Selection;
 use crate::fs::{Dir, FileKind, Name, RelPath, Stat};
 
 /// How many directories the scanners may list before the walker takes
@@ -65,8 +66,9 @@ pub enum Scanned {
 struct Job {
     parent: Arc<Dir>,
     name: Name,
-    /// On another filesystem than the walk's root, under
-    /// [`DirRules::one_file_system`]: kept, not listed.
+    /// On another filesystem than the walk's root (or than every source,
+    /// with several), under [`DirRules::one_file_system`]: kept, not
+    /// listed.
     mount: bool,
 }
 
@@ -138,6 +140,8 @@ pub struct Scanner<'a> {
     walker: Condvar,
     excluded: Option<&'a ExcludeFn<'a>>,
     rules: DirRules,
+    /// The paths several sources take (`None`: everything).
+    selection: Option<&'a Selection>,
     /// The walk's root's device, under [`DirRules::one_file_system`].
     root_dev: std::sync::OnceLock<(u32, u32)>,
     ahead: usize,
@@ -146,9 +150,16 @@ pub struct Scanner<'a> {
 impl<'a> Scanner<'a> {
     /// A scanner with nothing queued; `excluded` tells which paths the
     /// walk leaves out (`None`: none), `rules` which directories it keeps
-    /// empty.
-    pub fn new(excluded: Option<&'a ExcludeFn<'a>>, rules: DirRules) -> Self {
+    /// empty, `selection` which paths several sources take (`None`: all).
+    /// Paths a selection does not take are not stat'ed nor counted as
+    /// excluded.
+    pub fn new(
+        excluded: Option<&'a ExcludeFn<'a>>,
+        rules: DirRules,
+        selection: Option<&'a Selection>,
+    ) -> Self {
         Self {
+            selection,
             ahead: ahead(),
             state: Mutex::new(State::default()),
             work: Condvar::new(),
@@ -275,12 +286,19 @@ impl<'a> Scanner<'a> {
             self.work.notify_one();
         }
         for (name, stat) in &l.subdirs {
+            let sub = rel.join(name.clone());
+            let mount = self.rules.one_file_system
+                && match self.selection {
+                    // The directories leading to a source are always listed.
+                    Some(sel) => !sel.devices.contains(&stat.dev) && sel.inside(&sub),
+                    None => self.root_dev.get().is_some_and(|d| *d != stat.dev),
+                };
             st.queue.insert(
-                rel.join(name.clone()),
+                sub,
                 Job {
                     parent: Arc::clone(&l.dir),
                     name: name.clone(),
-                    mount: self.root_dev.get().is_some_and(|d| *d != stat.dev),
+                    mount,
                 },
             );
         }
@@ -295,11 +313,17 @@ impl<'a> Scanner<'a> {
             failed: Vec::new(),
             excluded: 0,
         };
-        if self.rules.tagged(&l.dir, &names) {
+        // A directory leading to a source, not inside one: only the names
+        // that lead on are taken, and it is never left empty by a tag.
+        let between = self.selection.filter(|s| !s.inside(rel));
+        if between.is_none() && self.rules.tagged(&l.dir, &names) {
             l.excluded = names.len() as u64;
             return Ok(l);
         }
         for name in names {
+            if between.is_some_and(|s| !s.wanted(&rel.join(name.clone()))) {
+                continue;
+            }
             let stat = l.dir.stat(&name);
             let is_dir = matches!(&stat, Ok(s) if s.kind == FileKind::Dir);
             if self

@@ -114,8 +114,9 @@ pub enum Command {
         /// The policy.
         #[command(flatten)]
         policy: BackupPolicyArgs,
-        /// Source directory or file.
-        src: PathBuf,
+        /// The sources.
+        #[command(flatten)]
+        sources: SourceArgs,
     },
     /// Restore a snapshot into a new directory.
     Restore {
@@ -509,8 +510,9 @@ pub enum PreflightCmd {
         /// The policy.
         #[command(flatten)]
         policy: BackupPolicyArgs,
-        /// Source directory or file.
-        src: PathBuf,
+        /// The sources.
+        #[command(flatten)]
+        sources: SourceArgs,
     },
     /// Checks before `snap restore SNAPSHOT --target DIR`.
     Restore {
@@ -562,6 +564,52 @@ pub struct PolicyArgs {
     /// Milliseconds to wait for the repository lock.
     #[arg(long, value_name = "MS")]
     pub lock_wait: Option<u64>,
+}
+
+/// What a backup takes: paths on the command line and in `--files-from`
+/// lists, together.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SourceArgs {
+    /// Read more sources from FILE: one path per line, blank lines and
+    /// lines starting with `#` skipped, no pattern expansion (repeatable)
+    #[arg(long, value_name = "FILE")]
+    pub files_from: Vec<PathBuf>,
+    /// Source directories or files. Several go into one snapshot, rooted
+    /// at the deepest directory holding them all.
+    #[arg(value_name = "SRC", required_unless_present = "files_from")]
+    pub src: Vec<PathBuf>,
+}
+
+impl SourceArgs {
+    /// The sources in the order given: the arguments, then each
+    /// `--files-from` list.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::error::Error::Usage`] naming a list that cannot be read
+    /// or, with no argument, is empty.
+    pub fn paths(&self) -> Result<Vec<PathBuf>> {
+        use std::os::unix::ffi::OsStrExt;
+        let mut out = self.src.clone();
+        for f in &self.files_from {
+            let bytes = std::fs::read(f).map_err(|e| {
+                crate::error::Error::Usage(format!("--files-from {}: {e}", f.display()))
+            })?;
+            out.extend(
+                bytes
+                    .split(|b| *b == b'\n')
+                    .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+                    .filter(|l| !l.trim_ascii().is_empty() && !l.starts_with(b"#"))
+                    .map(|l| PathBuf::from(std::ffi::OsStr::from_bytes(l))),
+            );
+        }
+        if out.is_empty() {
+            return Err(crate::error::Error::Usage(
+                "no source given: the --files-from lists hold no path".into(),
+            ));
+        }
+        Ok(out)
+    }
 }
 
 /// The policy flags of a backup: the shared ones and what only a backup

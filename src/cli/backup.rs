@@ -3,9 +3,7 @@
 //!
 //! Side effects: may create the default repository; writes a snapshot.
 
-use std::path::Path;
-
-use super::args::BackupPolicyArgs;
+use super::args::{BackupPolicyArgs, SourceArgs};
 use super::common::{count, create_repo, gate, lock_fact, mib, take_snapshot};
 use super::{default_repo, repo_path, Cli, Out};
 use crate::error::{Error, ErrorId, Result};
@@ -26,9 +24,10 @@ pub(super) fn run(
     tags: &[String],
     dry_run: bool,
     policy: &BackupPolicyArgs,
-    src: &Path,
+    sources: &SourceArgs,
 ) -> Result<i32> {
     let (policy, _) = policy.resolve()?;
+    let src = &sources.paths()?;
     let path = repo_path(cli)?;
     // With a repository: lock (bounded wait), then preflight. Without
     // one: preflight first, so a STOP creates nothing. Backups take the
@@ -69,7 +68,7 @@ pub(super) fn run(
         }
     };
     let opts = crate::backup::BackupOptions {
-        source: src.to_owned(),
+        sources: src.clone(),
         policy,
         tags: tags.to_vec(),
     };

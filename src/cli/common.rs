@@ -163,6 +163,7 @@ pub(super) fn backup_summary_fact(
             repo: repo.path.display().to_string(),
             snapshot_id: outcome.snapshot_id.clone(),
             source: outcome.record.source.clone(),
+            sources: outcome.record.sources.clone(),
             parent: outcome.record.parent.clone(),
             tags: outcome.record.tags.clone(),
             policy: outcome.policy.clone(),
@@ -203,6 +204,7 @@ pub(super) fn snapshot_summary(
         time: r.time.clone(),
         host: r.host.clone(),
         source: r.source.clone(),
+        sources: r.sources.clone(),
         tags: r.tags.clone(),
         tier: r.tier,
         parent: r.parent.clone(),
@@ -327,7 +329,7 @@ pub(super) fn create_repo(
     Ok(repo)
 }
 
-/// Takes a snapshot of `opts.source` into `repo` (the caller holds the
+/// Takes a snapshot of `opts.sources` into `repo` (the caller holds the
 /// shared lock) with a progress bar: runs the backup, emits the damaged-record facts and, once committed, the
 /// `backup.summary` fact. `snap backup` and `snap restore --replace`
 /// (the pre-restore snapshot) both take their snapshots here.

@@ -41,7 +41,7 @@ pub(super) fn run(
             r.stats.files,
             mib(r.stats.bytes),
             r.tags.join(","),
-            r.source
+            r.sources_text()
         ))?;
     }
     facts.emit(

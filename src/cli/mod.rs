@@ -276,8 +276,8 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
             tags,
             dry_run,
             policy,
-            src,
-        } => backup::run(cli, facts, out, tags, *dry_run, policy, src),
+            sources,
+        } => backup::run(cli, facts, out, tags, *dry_run, policy, sources),
         Command::Restore {
             snapshot,
             target,

@@ -21,8 +21,9 @@ use crate::repo::Repo;
 pub(super) fn run(cli: &Cli, facts: &mut Emitter, out: &Out, what: &PreflightCmd) -> Result<i32> {
     let path = repo_path(cli)?;
     let (op, report, policy) = match what {
-        PreflightCmd::Backup { policy, src } => {
+        PreflightCmd::Backup { policy, sources } => {
             let (policy, _) = policy.resolve()?;
+            let src = &sources.paths()?;
             (
                 "backup",
                 crate::preflight::backup(&path, src, &policy, LockState::Probe),

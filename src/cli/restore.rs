@@ -63,7 +63,7 @@ pub(super) fn run(
     gate(facts, "restore", report, &policy)?;
     let pre_restore = if capture {
         let opts = crate::backup::BackupOptions {
-            source: abs_target.clone(),
+            sources: vec![abs_target.clone()],
             policy: policy.clone(),
             tags: vec![format!("pre-restore:{}", &loaded.snapshot_id[..12])],
         };

@@ -391,8 +391,12 @@ pub struct SnapshotSummary {
     pub time: String,
     /// Host name.
     pub host: String,
-    /// Absolute source path.
+    /// Absolute source path (with several sources, the deepest
+    /// directory holding them all).
     pub source: String,
+    /// Several sources: each, absolute, sorted; absent for one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<String>,
     /// Tags.
     pub tags: Vec<String>,
     /// Preservation tier.
@@ -532,8 +536,13 @@ pub struct BackupSummary {
     pub repo: String,
     /// The committed snapshot's id.
     pub snapshot_id: String,
-    /// Absolute source path (lossy UTF-8).
+    /// Absolute source path (lossy UTF-8; with several sources, the
+    /// deepest directory holding them all, which entries are relative to).
     pub source: String,
+    /// Several sources: each, absolute, sorted (lossy UTF-8); absent for
+    /// one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<String>,
     /// The parent snapshot, if any.
     pub parent: Option<String>,
     /// Tags.

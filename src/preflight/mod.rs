@@ -263,12 +263,9 @@ fn tree_size(root: &Path) -> io::Result<u64> {
     Ok(total)
 }
 
-/// Checks before a backup of `source` into the repository at `repo`.
-/// `lock` says whether the caller holds the repository lock, will take it
-/// once the repository exists, or (`snap preflight`) only asks.
-pub fn backup(repo: &Path, source: &Path, policy: &Policy, lock: LockState) -> Report {
-    let mut r = Report::default();
-    r.io_backend();
+/// The preflight `source` check: `source` exists and, when a directory,
+/// can be listed.
+fn source_check(r: &mut Report, source: &Path) {
     match crate::fs::lstat_path(source) {
         Ok(None) => r.add(
             "source",
@@ -295,6 +292,24 @@ pub fn backup(repo: &Path, source: &Path, policy: &Policy, lock: LockState) -> R
         },
         Err(e) => r.add("source", source, CheckResult::Stop, format!("{e}")),
     }
+}
+
+/// Checks before a backup of `sources` (at least one) into the
+/// repository at `repo`: one `source` check per source. `lock` says
+/// whether the caller holds the repository lock, will take it once the
+/// repository exists, or (`snap preflight`) only asks.
+pub fn backup(
+    repo: &Path,
+    sources: &[std::path::PathBuf],
+    policy: &Policy,
+    lock: LockState,
+) -> Report {
+    let mut r = Report::default();
+    r.io_backend();
+    for source in sources {
+        source_check(&mut r, source);
+    }
+    let source = sources.first().map_or(Path::new("/"), |p| p.as_path());
     if is_remote(repo) {
         // Off this machine: reached (and its lock objects checked) when a
         // run opens it; its space is the server's.
@@ -323,9 +338,22 @@ pub fn backup(repo: &Path, source: &Path, policy: &Policy, lock: LockState) -> R
     // whole filesystem uses; otherwise estimate by summing file sizes.
     match free_bytes(&base) {
         Ok(free) => {
-            let src_used = Dir::open_root(existing_ancestor(source).as_path())
-                .and_then(|d| d.used_bytes())
-                .unwrap_or(u64::MAX);
+            // Each source filesystem's used bytes, counted once.
+            let mut devs = Vec::new();
+            let mut src_used = 0u64;
+            for s in sources {
+                let at = existing_ancestor(s);
+                let used = crate::fs::lstat_path(&at).ok().flatten().and_then(|st| {
+                    if devs.contains(&st.dev) {
+                        return Some(0);
+                    }
+                    devs.push(st.dev);
+                    Dir::open_root(at.as_path())
+                        .and_then(|d| d.used_bytes())
+                        .ok()
+                });
+                src_used = src_used.saturating_add(used.unwrap_or(u64::MAX));
+            }
             if free >= src_used {
                 r.add(
                     "space",
@@ -334,7 +362,10 @@ pub fn backup(repo: &Path, source: &Path, policy: &Policy, lock: LockState) -> R
                     format!("{free} bytes free, source filesystem uses {src_used}"),
                 );
             } else {
-                match tree_size(source) {
+                let need = sources
+                    .iter()
+                    .try_fold(0u64, |sum, s| tree_size(s).map(|n| sum.saturating_add(n)));
+                match need {
                     Ok(need) if need > free => r.add(
                         "space",
                         &base,

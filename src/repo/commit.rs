@@ -565,6 +565,8 @@ mod tests {
             host: "h".into(),
             source: "/s".into(),
             source_b64: None,
+            sources: Vec::new(),
+            sources_b64: None,
             tier: crate::policy::PreservationTier::Basic,
             tags: vec![],
             policy: (&crate::policy::Policy::default()).into(),

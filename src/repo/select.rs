@@ -5,8 +5,8 @@
 //! The semantics are restic's (`doc/045_working_with_repos.rst`,
 //! "Listing all snapshots", and `doc/060_forget.rst`): hosts match any,
 //! each `--tag a,b` list matches a snapshot holding all of `a` and `b`
-//! and the lists match any, and every `--path` must be the snapshot's
-//! source.
+//! and the lists match any, and every `--path` must be one of the
+//! snapshot's sources.
 
 use super::SnapshotRecord;
 
@@ -17,8 +17,8 @@ pub struct Filter {
     pub hosts: Vec<String>,
     /// Tag lists, any of which matches a snapshot holding all its tags.
     pub tags: Vec<Vec<String>>,
-    /// Source paths (trailing `/` ignored), all of which the snapshot's
-    /// source must be.
+    /// Source paths (trailing `/` ignored), each of which must be one of
+    /// the snapshot's sources (restic's `--path`).
     pub paths: Vec<String>,
 }
 
@@ -54,10 +54,13 @@ impl Filter {
                     .tags
                     .iter()
                     .any(|l| l.iter().all(|t| rec.tags.contains(t))))
-            && self
-                .paths
-                .iter()
-                .all(|p| trim_path(p) == trim_path(&rec.source))
+            && (self.paths.is_empty() || {
+                let have = rec.source_paths();
+                self.paths.iter().all(|p| {
+                    have.iter()
+                        .any(|h| trim_path(p) == trim_path(&String::from_utf8_lossy(h)))
+                })
+            })
     }
 }
 
@@ -125,7 +128,14 @@ impl GroupBy {
     pub fn key(&self, rec: &SnapshotRecord) -> GroupKey {
         GroupKey {
             host: self.host.then(|| rec.host.clone()),
-            source: self.paths.then(|| trim_path(&rec.source).to_owned()),
+            source: self.paths.then(|| {
+                let paths: Vec<String> = rec
+                    .source_paths()
+                    .iter()
+                    .map(|p| trim_path(&String::from_utf8_lossy(p)).to_owned())
+                    .collect();
+                paths.join(", ")
+            }),
             tags: self.tags.then(|| {
                 let mut t = rec.tags.clone();
                 t.sort();
@@ -167,6 +177,8 @@ mod tests {
             host: host.into(),
             source: source.into(),
             source_b64: None,
+            sources: Vec::new(),
+            sources_b64: None,
             tier: crate::policy::PreservationTier::Basic,
             tags: tags.iter().map(|t| (*t).to_owned()).collect(),
             policy: (&crate::policy::Policy::default()).into(),
@@ -199,6 +211,16 @@ mod tests {
         assert!(f(&[], &[], &["/srv/data/"]).matches(&r));
         assert!(!f(&[], &[], &["/srv/data", "/srv"]).matches(&r));
         assert!(!f(&["a"], &["db"], &["/srv"]).matches(&r));
+        // Several sources: every --path must be one of them.
+        let mut m = rec("a", "/", &[]);
+        m.sources = vec!["/etc".into(), "/srv/data".into()];
+        assert!(f(&[], &[], &["/etc", "/srv/data/"]).matches(&m));
+        assert!(!f(&[], &[], &["/"]).matches(&m));
+        assert!(!f(&[], &[], &["/etc", "/srv"]).matches(&m));
+        assert_eq!(
+            GroupBy::default().key(&m).source.as_deref(),
+            Some("/etc, /srv/data")
+        );
     }
 
     #[test]

@@ -110,6 +110,16 @@ pub struct SnapshotRecord {
     /// Base64 of the raw source path when it is not UTF-8.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_b64: Option<String>,
+    /// A backup of several sources: each, absolute, sorted (lossy UTF-8
+    /// text); `source` is then the deepest directory holding them all,
+    /// which entries are relative to. Empty (absent) for one source,
+    /// which is `source` itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<String>,
+    /// When a path in `sources` is not UTF-8: the base64 of every one's
+    /// raw bytes, in the same order (then authoritative).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sources_b64: Option<Vec<String>>,
     /// Preservation tier used.
     pub tier: PreservationTier,
     /// User tags.
@@ -137,6 +147,52 @@ pub struct SnapshotRecord {
 }
 
 impl SnapshotRecord {
+    /// `sources` and `sources_b64` for these paths.
+    pub fn stored_sources(paths: &[std::path::PathBuf]) -> (Vec<String>, Option<Vec<String>>) {
+        use base64::Engine as _;
+        use std::os::unix::ffi::OsStrExt;
+        let text = paths
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        let raw = paths.iter().all(|p| p.to_str().is_some());
+        let b64 = (!raw).then(|| {
+            paths
+                .iter()
+                .map(|p| base64::engine::general_purpose::STANDARD.encode(p.as_os_str().as_bytes()))
+                .collect()
+        });
+        (text, b64)
+    }
+
+    /// Every source path's raw bytes: `sources`, or `source` for a backup
+    /// of one. Base64 that does not decode falls back to the text.
+    pub fn source_paths(&self) -> Vec<Vec<u8>> {
+        let raw = |text: &str, b64: Option<&str>| {
+            crate::fs::stored_to_bytes(text, b64).unwrap_or_else(|_| text.as_bytes().to_vec())
+        };
+        if self.sources.is_empty() {
+            return vec![raw(&self.source, self.source_b64.as_deref())];
+        }
+        self.sources
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let b = self.sources_b64.as_ref().and_then(|v| v.get(i));
+                raw(t, b.map(String::as_str))
+            })
+            .collect()
+    }
+
+    /// The source paths for people: `sources` joined by `, `, or `source`.
+    pub fn sources_text(&self) -> String {
+        if self.sources.is_empty() {
+            self.source.clone()
+        } else {
+            self.sources.join(", ")
+        }
+    }
+
     /// Checks `bytes` against the record's `id` and parses them (the file
     /// shown as `path`).
     ///
@@ -181,6 +237,8 @@ mod tests {
             host: "h".into(),
             source: "/src".into(),
             source_b64: None,
+            sources: Vec::new(),
+            sources_b64: None,
             tier: PreservationTier::Full,
             tags: vec!["t".into()],
             policy: PolicyRecord::from(&Policy::default()),
