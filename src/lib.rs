@@ -19,6 +19,7 @@ pub mod cli;
 pub mod error;
 pub mod facts;
 pub mod fs;
+pub mod human;
 pub mod interrupt;
 pub mod io;
 pub mod par;

@@ -58,6 +58,31 @@ pub struct BackupOptions {
     pub tags: Vec<String>,
 }
 
+/// What a backup did with a regular file it read (`snap backup -v`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// The parent snapshot has no regular file at its path (or there is
+    /// no parent): [`SnapshotStats::files_new`].
+    New,
+    /// The parent snapshot has it, and it was read again:
+    /// [`SnapshotStats::files_changed`].
+    Changed,
+}
+
+impl Change {
+    /// `new` or `changed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Change::New => "new",
+            Change::Changed => "changed",
+        }
+    }
+}
+
+/// Told of each regular file a backup reads, with its path under the
+/// snapshot's root, on the walking thread, in walk order.
+pub type OnChange<'a> = &'a dyn Fn(Change, &RelPath);
+
 /// What a committed backup produced.
 #[derive(Debug, Clone)]
 pub struct BackupOutcome {
@@ -89,6 +114,7 @@ pub fn run(
     opts: &BackupOptions,
     facts: &mut Emitter,
     progress: &indicatif::ProgressBar,
+    changes: Option<OnChange<'_>>,
 ) -> Result<BackupOutcome> {
     let started = Instant::now();
     let time = humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string();
@@ -151,6 +177,13 @@ pub fn run(
         _ => None,
     };
     let parent = parent.map(|(id, _)| id.clone());
+    tracing::info!(
+        root = %sources.root.display(),
+        sources = sources.paths.len(),
+        parent = parent.as_deref().unwrap_or("none"),
+        parent_used = parent_rec.is_some(),
+        "backup starts"
+    );
     // Owner names for tier full, from this host's /etc (first name wins).
     let (mut users, mut groups) = (HashMap::new(), HashMap::new());
     if tier::fields(opts.policy.tier).full {
@@ -198,6 +231,7 @@ pub fn run(
         groups,
         facts,
         progress,
+        changes,
     };
     let durable = opts.policy.require_backup_durability;
     let compression = opts.policy.compression;
@@ -246,6 +280,30 @@ pub fn run(
             }
         }
         let stop = Stop(scanner);
+        // The progress total, counted beside the walk when a bar is drawn.
+        if !progress.is_hidden() {
+            match &root {
+                SourceRoot::Dir(d) => {
+                    if let Ok(dup) = d.open_path(&RelPath::root()) {
+                        std::thread::Builder::new()
+                            .name("snap-count".into())
+                            .spawn_scoped(s, move || {
+                                if let Some(total) = scanner.count(dup) {
+                                    progress.set_length(total);
+                                    progress.set_style(crate::human::progress_style(true));
+                                }
+                            })
+                            .map_err(|e| Error::io("spawn", "count thread", e))?;
+                    }
+                }
+                SourceRoot::Single(pdir, name) => {
+                    if let Ok(st) = pdir.stat(name) {
+                        progress.set_length(st.size);
+                        progress.set_style(crate::human::progress_style(true));
+                    }
+                }
+            }
+        }
         let walked = crate::io::block_on(async {
             match &root {
                 SourceRoot::Dir(d) => w.walk(d, scanner, load_parent).await,
@@ -279,6 +337,13 @@ pub fn run(
     let packed = packed?;
     let chunked = chunked?;
     walked?;
+    tracing::info!(
+        files = w.stats.files,
+        dirs = w.stats.dirs,
+        packs = packed.packs.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "walk, chunking and packs done"
+    );
     crate::io::block_on(w.commit(
         chunked, packed, time, host, &sources, opts, parent, started, repo,
     ))?

@@ -326,6 +326,7 @@ impl Parent {
     pub(super) fn files(&self, offset: u64, len: u64) -> Result<Block> {
         let bytes = self.read(offset, len)?;
         let mut files = PathMap::default();
+        let mut known = PathMap::default();
         let mut at = 0usize;
         for line in bytes.split_inclusive(|b| *b == b'\n') {
             let start = at;
@@ -337,6 +338,10 @@ impl Parent {
             if r.v != crate::repo::sidecar::SIDECAR_VERSION || r.kind != EntryKind::File {
                 continue;
             }
+            let Ok(rel) = RelPath::from_stored(&r.path, r.path_b64.as_deref()) else {
+                continue;
+            };
+            known.insert(rel.to_bytes(), ());
             let (Some(size), Some(ctime), Some(ino), Some(dev)) = (r.size, r.ctime, r.ino, r.dev)
             else {
                 continue;
@@ -344,9 +349,6 @@ impl Parent {
             if ctime >= self.settled {
                 continue;
             }
-            let Ok(rel) = RelPath::from_stored(&r.path, r.path_b64.as_deref()) else {
-                continue;
-            };
             files.insert(
                 rel.to_bytes(),
                 ParentFile {
@@ -364,6 +366,7 @@ impl Parent {
             offset,
             bytes,
             files,
+            known,
         })
     }
 }
@@ -377,6 +380,9 @@ pub(super) struct Block {
     pub(super) bytes: Vec<u8>,
     /// Its reusable regular files by raw path.
     pub(super) files: PathMap<ParentFile>,
+    /// Every regular file it records, reusable or not (a file not here is
+    /// new, [`SnapshotStats::files_new`]).
+    pub(super) known: PathMap<()>,
 }
 
 impl Block {

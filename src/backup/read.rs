@@ -33,6 +33,7 @@ impl Walker<'_> {
         st: &Stat,
     ) -> Result<Option<FileOut>> {
         let mut rec = self.base_record(rel, EntryKind::File, st);
+        self.show(rel);
         if let Some(p) = self.unchanged(rel, st) {
             // The record would be the parent's, byte for byte: every field
             // but atime is covered by the stat key (mode and owner changes
@@ -194,20 +195,41 @@ impl Walker<'_> {
         self.stats.files += 1;
         self.stats.bytes += offset;
         self.progress.inc(offset);
-        // A remote repository's uploads so far (none for a local one).
+        let change = if self.block.known.contains_key(&rel.to_bytes()) {
+            self.stats.files_changed += 1;
+            super::Change::Changed
+        } else {
+            self.stats.files_new += 1;
+            super::Change::New
+        };
+        if let Some(tell) = self.changes {
+            self.progress.suspend(|| tell(change, rel));
+        }
+        Ok(Some(FileOut::Rec(rec.into())))
+    }
+
+    /// The progress line's message before file `rel` is read: files so
+    /// far, errors, a remote repository's uploads, and `rel` (cut to the
+    /// terminal's width by the bar's `wide_msg`). Nothing when no bar is
+    /// drawn.
+    fn show(&self, rel: &RelPath) {
+        if self.progress.is_hidden() {
+            return;
+        }
         let up = crate::repo::storage::remote::transfer()
             .up
             .load(std::sync::atomic::Ordering::Relaxed);
-        self.progress.set_message(if up > 0 {
-            format!(
-                "{} files, {:.1} MiB uploaded",
-                self.stats.files,
-                up as f64 / 1048576.0
-            )
-        } else {
-            format!("{} files", self.stats.files)
-        });
-        Ok(Some(FileOut::Rec(rec.into())))
+        let mut m = crate::human::count(self.stats.files, "file", "files");
+        if self.stats.unreadable > 0 {
+            m.push_str(&format!(
+                ", {}",
+                crate::human::count(self.stats.unreadable, "error", "errors")
+            ));
+        }
+        if up > 0 {
+            m.push_str(&format!(", {} uploaded", crate::human::size(up)));
+        }
+        self.progress.set_message(format!("{m}  {rel}"));
     }
 }
 

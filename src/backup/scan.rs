@@ -145,6 +145,8 @@ pub struct Scanner<'a> {
     /// The walk's root's device, under [`DirRules::one_file_system`].
     root_dev: std::sync::OnceLock<(u32, u32)>,
     ahead: usize,
+    /// Set by [`Scanner::stop`], for [`Scanner::count`].
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 impl<'a> Scanner<'a> {
@@ -160,6 +162,7 @@ impl<'a> Scanner<'a> {
     ) -> Self {
         Self {
             selection,
+            stopped: std::sync::atomic::AtomicBool::new(false),
             ahead: ahead(),
             state: Mutex::new(State::default()),
             work: Condvar::new(),
@@ -257,6 +260,8 @@ impl<'a> Scanner<'a> {
 
     /// Ends the scanner threads (the walk is over or failed).
     pub fn stop(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.lock().stop = true;
         self.work.notify_all();
     }
@@ -287,12 +292,7 @@ impl<'a> Scanner<'a> {
         }
         for (name, stat) in &l.subdirs {
             let sub = rel.join(name.clone());
-            let mount = self.rules.one_file_system
-                && match self.selection {
-                    // The directories leading to a source are always listed.
-                    Some(sel) => !sel.devices.contains(&stat.dev) && sel.inside(&sub),
-                    None => self.root_dev.get().is_some_and(|d| *d != stat.dev),
-                };
+            let mount = self.mount(&sub, stat.dev, self.root_dev.get().copied());
             st.queue.insert(
                 sub,
                 Job {
@@ -302,6 +302,61 @@ impl<'a> Scanner<'a> {
                 },
             );
         }
+    }
+
+    /// Whether directory `sub` (on device `dev`) is kept but not listed
+    /// under [`DirRules::one_file_system`]: on another device than the
+    /// root (`root_dev`), or with several sources, than every source. The
+    /// directories leading to a source are always listed.
+    fn mount(&self, sub: &RelPath, dev: (u32, u32), root_dev: Option<(u32, u32)>) -> bool {
+        self.rules.one_file_system
+            && match self.selection {
+                Some(sel) => !sel.devices.contains(&dev) && sel.inside(sub),
+                None => root_dev.is_some_and(|d| d != dev),
+            }
+    }
+
+    /// The bytes of the regular files the walk from `root` will take
+    /// (the same excludes, rules and selection; a directory that cannot be
+    /// listed counts nothing), listed on the calling thread in any order:
+    /// the progress total, as restic's scanner counts it beside the
+    /// backup. `None` once [`Scanner::stop`] is called (the walk ended
+    /// first). It stats the tree a second time, so a backup runs it only
+    /// when a progress bar is drawn. At most one open directory per
+    /// level of the tree with names still to enter.
+    pub fn count(&self, root: Dir) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let root_dev = root.stat_self().ok()?.dev;
+        let mut total = 0u64;
+        let mut todo: Vec<(RelPath, Arc<Dir>, Option<Name>)> =
+            vec![(RelPath::root(), Arc::new(root), None)];
+        while let Some((rel, parent, name)) = todo.pop() {
+            if self.stopped.load(Relaxed) {
+                return None;
+            }
+            let dir = match &name {
+                None => parent,
+                Some(n) => match parent.open_dir(n) {
+                    Ok(d) => Arc::new(d),
+                    Err(_) => continue,
+                },
+            };
+            let Ok(l) = self.list(&rel, dir) else {
+                continue;
+            };
+            total = l
+                .files
+                .iter()
+                .filter(|(_, s)| s.kind == FileKind::File)
+                .fold(total, |t, (_, s)| t.saturating_add(s.size));
+            for (n, st) in l.subdirs.into_iter().rev() {
+                let sub = rel.join(n.clone());
+                if !self.mount(&sub, st.dev, Some(root_dev)) {
+                    todo.push((sub, Arc::clone(&l.dir), Some(n)));
+                }
+            }
+        }
+        Some(total)
     }
 
     fn list(&self, rel: &RelPath, dir: Arc<Dir>) -> std::io::Result<Listing> {

@@ -62,6 +62,8 @@ pub(super) struct Walker<'a> {
     pub(super) groups: HashMap<u32, String>,
     pub(super) facts: &'a mut Emitter,
     pub(super) progress: &'a indicatif::ProgressBar,
+    /// Told of each regular file read ([`super::OnChange`]).
+    pub(super) changes: Option<super::OnChange<'a>>,
 }
 
 /// What [`Walker::file`] gives: a new record, or the parent's record of

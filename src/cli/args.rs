@@ -29,6 +29,11 @@ pub struct Cli {
     /// Draw no progress bar.
     #[arg(long, global = true)]
     pub no_progress: bool,
+    /// Say more: `-v` names each file a backup reads as new or changed
+    /// and logs each stage to stderr; `-vv` adds diagnostics (packs,
+    /// index files, backend requests, timings).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
     /// Encrypted repository: read the password from FILE (its content
     /// without the trailing newline) [default: $SNAP_PASSWORD, else a
     /// prompt on the terminal].
@@ -102,7 +107,7 @@ pub struct NewPasswordArgs {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Take a snapshot of SRC (a directory or a single file).
+    /// Take a snapshot of one or more sources (directories or files).
     Backup {
         /// Tag the snapshot (repeatable).
         #[arg(long = "tag", value_name = "T")]
@@ -128,6 +133,9 @@ pub enum Command {
         /// Restore only this path of the snapshot.
         #[arg(long, value_name = "SUBPATH")]
         path: Option<String>,
+        /// Which snapshot `latest` is.
+        #[command(flatten)]
+        filter: LatestFilterArgs,
         /// Map owners by the recorded user/group names through this host's
         /// /etc/passwd and /etc/group (default: by recorded uid/gid).
         #[arg(long)]
@@ -419,6 +427,35 @@ impl FilterArgs {
     }
 }
 
+/// The snapshot filter of restore's `latest`: restic's `--host/--tag`,
+/// and `--snapshot-path` for restic's `--path` (restore's `--path` names
+/// the subpath to restore).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct LatestFilterArgs {
+    /// `latest` among the snapshots of host H (repeatable: any).
+    #[arg(long = "host", value_name = "H")]
+    pub hosts: Vec<String>,
+    /// `latest` among the snapshots holding every tag of the list T,
+    /// `a,b` (repeatable: any list).
+    #[arg(long = "tag", value_name = "T")]
+    pub tags: Vec<String>,
+    /// `latest` among the snapshots of source P (repeatable: all).
+    #[arg(long = "snapshot-path", value_name = "P")]
+    pub paths: Vec<String>,
+}
+
+impl LatestFilterArgs {
+    /// The filter.
+    pub fn filter(&self) -> crate::repo::select::Filter {
+        FilterArgs {
+            hosts: self.hosts.clone(),
+            tags: self.tags.clone(),
+            paths: self.paths.clone(),
+        }
+        .filter()
+    }
+}
+
 /// The retention policy of `snap forget` (restic's flags).
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct KeepArgs {
@@ -521,6 +558,9 @@ pub enum PreflightCmd {
         /// Directory restore would create.
         #[arg(long, value_name = "DIR")]
         target: PathBuf,
+        /// Which snapshot `latest` is.
+        #[command(flatten)]
+        filter: LatestFilterArgs,
         /// The policy (its tier defaults to the snapshot's).
         #[command(flatten)]
         policy: RestorePolicyArgs,

@@ -72,41 +72,17 @@ pub(super) fn run(
         policy,
         tags: tags.to_vec(),
     };
-    let outcome = take_snapshot(&repo, &opts, facts);
+    // -v: each file read, as it is read (stderr under --json).
+    let tell = |c: crate::backup::Change, rel: &crate::fs::RelPath| {
+        out.line(&format!("{:<8} {rel}", c.as_str())).ok();
+    };
+    let changes = (cli.verbose > 0).then_some(&tell as crate::backup::OnChange<'_>);
+    let outcome = take_snapshot(&repo, &opts, facts, changes);
     drop(lock);
     let outcome = outcome?;
     let committed = crate::repo::committed(&outcome.snapshot_id);
+    let line = summary(&outcome, &repo, dry_run);
     let st = &outcome.record.stats;
-    // The dry run's line says what would have been; the commit's, what was.
-    let line = if dry_run {
-        format!(
-            "dry run, nothing written: the snapshot would hold {}, {}, {} ({} new); {} would be added to {}",
-            count(st.files, "file", "files"),
-            count(st.dirs, "dir", "dirs"),
-            mib(st.bytes),
-            mib(st.new_blob_bytes),
-            mib(st.bytes_added),
-            repo.path.display(),
-        )
-    } else {
-        format!(
-            "snapshot {} saved: {}, {}, {} ({} new), {} added to {}, {:.2} s{}{}",
-            &outcome.snapshot_id[..12],
-            count(st.files, "file", "files"),
-            count(st.dirs, "dir", "dirs"),
-            mib(st.bytes),
-            mib(st.new_blob_bytes),
-            mib(st.bytes_added),
-            repo.path.display(),
-            st.duration_ms as f64 / 1000.0,
-            super::common::transfer_text(repo.transfer()),
-            if outcome.record.durable {
-                ""
-            } else {
-                " (not durable: syncs skipped)"
-            }
-        )
-    };
     // Nothing was committed by a dry run.
     out.note(&line).map_err(|e| {
         if dry_run {
@@ -129,4 +105,43 @@ pub(super) fn run(
         return Ok(ErrorId::E_PARTIAL.exit_code());
     }
     Ok(0)
+}
+
+/// The summary lines (each within 80 columns but for a long repository
+/// path): what the snapshot holds, how its files compare with the parent,
+/// what was added. A dry run's say what would have been.
+fn summary(outcome: &crate::backup::BackupOutcome, repo: &Repo, dry_run: bool) -> String {
+    let st = &outcome.record.stats;
+    let holds = format!(
+        "{}, {}, {}",
+        count(st.files, "file", "files"),
+        count(st.dirs, "dir", "dirs"),
+        mib(st.bytes),
+    );
+    let files = format!(
+        "  files: {} new, {} changed, {} unmodified",
+        st.files_new, st.files_changed, st.files_unchanged
+    );
+    let added = format!(
+        "{} ({} of new data){}",
+        mib(st.bytes_added),
+        mib(st.new_blob_bytes),
+        super::common::transfer_text(repo.transfer()),
+    );
+    if dry_run {
+        return format!(
+            "dry run, nothing written: the snapshot would hold {holds}\n{files}\n  would add to {}: {added}",
+            repo.path.display()
+        );
+    }
+    let mut s = format!(
+        "snapshot {} saved: {holds}, {:.2} s\n{files}\n  added to {}: {added}",
+        &outcome.snapshot_id[..12],
+        st.duration_ms as f64 / 1000.0,
+        repo.path.display(),
+    );
+    if !outcome.record.durable {
+        s.push_str("\n  not durable: syncs skipped (require_backup_durability off)");
+    }
+    s
 }

@@ -35,7 +35,7 @@ pub(super) fn run(
     // Quiet hides the line when there is nothing to report.
     let say = |s: &str| if ok { out.note(s) } else { out.line(s) };
     say(&format!(
-        "checked {}, {}, {}, {}, {}{}: {}; {}, {}, {} in tmp/{}",
+        "checked {}, {}, {},\n  {}, {}{}\n  {}; {}, {}, {} in tmp/{}",
         count(report.snapshots, "snapshot", "snapshots"),
         count(report.index_files, "index file", "index files"),
         count(report.packs, "pack", "packs"),

@@ -25,11 +25,7 @@ pub(super) fn progress_bar(total: Option<u64>) -> indicatif::ProgressBar {
     }
     let pb =
         indicatif::ProgressBar::with_draw_target(total, indicatif::ProgressDrawTarget::stderr());
-    let style = indicatif::ProgressStyle::with_template(
-        "{spinner} {elapsed_precise} {bytes}/{total_bytes} {bytes_per_sec} {msg}",
-    )
-    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-    pb.set_style(style);
+    pb.set_style(crate::human::progress_style(total.is_some()));
     pb.enable_steady_tick(std::time::Duration::from_millis(200));
     pb
 }
@@ -47,20 +43,7 @@ pub(super) fn transfer_text(t: Option<crate::facts::TransferBytes>) -> String {
     .unwrap_or_default()
 }
 
-/// A size for people: binary units through indicatif's `BinaryBytes`
-/// (`"0 B"`, `"7.33 KiB"`, `"123.00 MiB"`); facts keep exact byte counts.
-pub(super) fn mib(b: u64) -> String {
-    indicatif::BinaryBytes(b).to_string()
-}
-
-/// `"1 file"`, `"2 files"`: `n` and the noun in the number it takes.
-pub(super) fn count(n: u64, one: &str, many: &str) -> String {
-    if n == 1 {
-        format!("1 {one}")
-    } else {
-        format!("{n} {many}")
-    }
-}
+pub(super) use crate::human::{count, size as mib};
 
 pub(super) fn parse_subpath(p: &str) -> Result<RelPath> {
     let trimmed = p.trim_matches('/');
@@ -284,9 +267,10 @@ pub(super) fn utc_time(sec: i64, nsec: u32) -> String {
     )
 }
 
-/// A record time as the tables show it: `YYYY-MM-DD HH:MM:SS`.
+/// A record time as the tables show it: local, with the zone's offset
+/// (`YYYY-MM-DD HH:MM:SS +HHMM`, [`crate::human::local_time`]).
 pub(super) fn short_time(t: &str) -> String {
-    t.get(..19).unwrap_or(t).replace('T', " ")
+    crate::human::local_time(t)
 }
 
 /// The `repo.init` fact and the line saying a repository was created
@@ -343,12 +327,13 @@ pub(super) fn take_snapshot(
     repo: &Repo,
     opts: &crate::backup::BackupOptions,
     facts: &mut Emitter,
+    changes: Option<crate::backup::OnChange<'_>>,
 ) -> Result<crate::backup::BackupOutcome> {
     // `tmp/` is left alone: another backup may be writing there. What a
     // killed run left is removed by prune and `check --repair-tmp`, under
     // the exclusive lock.
     let pb = progress_bar(None);
-    let outcome = crate::backup::run(repo, opts, facts, &pb);
+    let outcome = crate::backup::run(repo, opts, facts, &pb, changes);
     pb.finish_and_clear();
     let damaged = damaged_facts(facts, repo);
     let outcome = outcome.and_then(|o| damaged.map(|_| o));

@@ -320,21 +320,26 @@ fn run_prune(
     }
     let report = crate::repo::prune::run(repo, snaps, opts)?;
     let verb = if report.dry_run { "would " } else { "" };
+    // Two lines within 80 columns: what goes, then what it frees.
     out.note(&format!(
-        "prune: {verb}delete {} packs, repack {} ({} blobs into {} new packs), remove {} unindexed packs, {} index and {} entries files",
-        report.packs_deleted,
-        report.packs_repacked,
-        report.blobs_repacked,
-        report.packs_written,
-        report.unindexed_packs_removed,
-        report.index_files_removed,
-        report.entries_removed
+        "prune: {verb}delete {}, repack {} ({} into {}),\n  remove {}, {} and {}",
+        count(report.packs_deleted, "pack", "packs"),
+        count(report.packs_repacked, "pack", "packs"),
+        count(report.blobs_repacked, "blob", "blobs"),
+        count(report.packs_written, "new pack", "new packs"),
+        count(
+            report.unindexed_packs_removed,
+            "unindexed pack",
+            "unindexed packs"
+        ),
+        count(report.index_files_removed, "index file", "index files"),
+        count(report.entries_removed, "entries file", "entries files"),
     ))?;
     out.note(&format!(
-        "prune: {} blobs used ({}), {} unused ({}) before; {verb}free {}, {} unused left",
-        report.blobs_used,
+        "prune: {} used ({}), {} unused ({}) before;\n  {verb}free {}, {} unused left",
+        count(report.blobs_used, "blob", "blobs"),
         mib(report.bytes_used),
-        report.blobs_unused,
+        count(report.blobs_unused, "blob", "blobs"),
         mib(report.bytes_unused),
         mib(report
             .bytes_freed

@@ -81,15 +81,15 @@ pub(super) fn run(cli: &Cli, facts: &mut Emitter, out: &Out, what: &KeyCmd) -> R
     let keys = list(&repo)?;
     if matches!(what, KeyCmd::List { .. }) {
         out.line(&format!(
-            " {:<12}  {:<20}  {:<24}  kdf",
+            " {:<12}  {:<25}  {:<20}  kdf",
             "id", "created", "user@host"
         ))?;
         for k in &keys {
             out.line(&format!(
-                "{}{:<12}  {:<20}  {:<24}  argon2id {} MiB x{}",
+                "{}{:<12}  {:<25}  {:<20}  argon2id {} MiB x{}",
                 if k.id == current { "*" } else { " " },
                 short(&k.id),
-                k.created,
+                crate::human::local_time(&k.created),
                 format!("{}@{}", k.user, k.host),
                 k.m_cost / 1024,
                 k.t_cost

@@ -28,12 +28,12 @@ pub(super) fn run(
     snaps.retain(|(_, r)| filter.matches(r));
     damaged_facts(facts, &repo)?;
     out.line(&format!(
-        "{:<12}  {:<20}  {:<12}  {:<8}  {:>8}  {:>10}  {:<12}  source",
+        "{:<12}  {:<25}  {:<10}  {:<8}  {:>7}  {:>10}  {:<10}  source",
         "id", "time", "host", "tier", "files", "size", "tags"
     ))?;
     for (id, r) in &snaps {
         out.line(&format!(
-            "{:<12}  {:<20}  {:<12}  {:<8}  {:>8}  {:>10}  {:<12}  {}",
+            "{:<12}  {:<25}  {:<10}  {:<8}  {:>7}  {:>10}  {:<10}  {}",
             &id[..12],
             short_time(&r.time),
             r.host,

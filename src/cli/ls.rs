@@ -31,6 +31,7 @@ pub(super) fn run(
     let (id, rec) = resolved?;
     let records = repo.read_entries(&rec.entries)?;
     let prefix = path.map(parse_subpath).transpose()?.unwrap_or_default();
+    let names = Owners::of_this_host();
     let mut n = 0u64;
     for r in &records {
         let rel = entry_path(&repo, &rec.entries, r)?;
@@ -38,7 +39,7 @@ pub(super) fn run(
             continue;
         }
         n += 1;
-        out.line(&ls_line(r, &rel))?;
+        out.line(&ls_line(r, &rel, &names))?;
         if facts.enabled() {
             facts.emit(
                 Decision::Success,
@@ -63,8 +64,34 @@ pub(super) fn run(
     Ok(0)
 }
 
+/// Owner names by id from this host's `/etc/passwd` and `/etc/group`
+/// (the first name of an id wins, as `ls -l` shows it); empty when they
+/// cannot be read.
+#[derive(Default)]
+struct Owners {
+    users: std::collections::HashMap<u32, String>,
+    groups: std::collections::HashMap<u32, String>,
+}
+
+impl Owners {
+    fn of_this_host() -> Owners {
+        let mut o = Owners::default();
+        if let Ok((u, g)) = crate::sys::id_names(std::path::Path::new("/etc")) {
+            for (name, id) in u {
+                o.users.entry(id).or_insert(name);
+            }
+            for (name, id) in g {
+                o.groups.entry(id).or_insert(name);
+            }
+        }
+        o
+    }
+}
+
 /// One `ls -l`-style line: mode, owner, size, mtime, path (`-> target`).
-fn ls_line(r: &crate::repo::sidecar::EntryRecord, rel: &RelPath) -> String {
+/// The owner is `user/group`: the names the record holds (tier full, from
+/// the backup host), else this host's names for its ids, else the ids.
+fn ls_line(r: &crate::repo::sidecar::EntryRecord, rel: &RelPath, names: &Owners) -> String {
     use crate::repo::sidecar::EntryKind;
     let t = match r.kind {
         EntryKind::File => '-',
@@ -89,8 +116,19 @@ fn ls_line(r: &crate::repo::sidecar::EntryRecord, rel: &RelPath) -> String {
             (false, false) => '-',
         });
     }
+    let name =
+        |recorded: &Option<String>, id: u32, host: &std::collections::HashMap<u32, String>| {
+            recorded
+                .clone()
+                .or_else(|| host.get(&id).cloned())
+                .unwrap_or_else(|| id.to_string())
+        };
     let owner = match (r.uid, r.gid) {
-        (Some(u), Some(g)) => format!("{u}/{g}"),
+        (Some(u), Some(g)) => format!(
+            "{}/{}",
+            name(&r.user, u, &names.users),
+            name(&r.group, g, &names.groups)
+        ),
         _ => "-".into(),
     };
     let when = super::common::utc_time(r.mtime.sec, 0);

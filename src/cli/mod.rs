@@ -77,10 +77,34 @@ pub fn main() -> i32 {
     if cli.quiet || cli.no_progress {
         common::PROGRESS.store(false, std::sync::atomic::Ordering::Relaxed);
     }
+    diagnostics(cli.verbose);
     match run(&cli, &mut facts, &out) {
         Ok(code) => code,
         Err(e) => fail(&cli, &mut facts, &e),
     }
+}
+
+/// `-v`/`-vv`: snap's `tracing` events at info/debug level to stderr,
+/// with the time since start (tracing-subscriber's `fmt`). Events of other
+/// crates (compio, opendal) are left out. Without `-v` no subscriber is
+/// installed and the events cost a disabled check.
+fn diagnostics(verbose: u8) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let level = match verbose {
+        0 => return,
+        1 => tracing::Level::INFO,
+        _ => tracing::Level::DEBUG,
+    };
+    let only_snap = tracing_subscriber::filter::Targets::new().with_target("snap", level);
+    let sub = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_timer(tracing_subscriber::fmt::time::uptime())
+        .with_max_level(level)
+        .finish()
+        .with(only_snap);
+    // A subscriber set already (a test harness) keeps its own.
+    tracing::subscriber::set_global_default(sub).ok();
 }
 
 /// Emits the failure fact of a command line clap refused, to the
@@ -282,6 +306,7 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
             snapshot,
             target,
             path,
+            filter,
             by_name,
             replace,
             keep_old,
@@ -293,6 +318,7 @@ fn run(cli: &Cli, facts: &mut Emitter, out: &Out) -> Result<i32> {
             snapshot,
             target,
             path.as_deref(),
+            &filter.filter(),
             *by_name,
             *replace,
             keep_old.as_deref(),

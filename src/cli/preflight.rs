@@ -33,6 +33,7 @@ pub(super) fn run(cli: &Cli, facts: &mut Emitter, out: &Out, what: &PreflightCmd
         PreflightCmd::Restore {
             snapshot,
             target,
+            filter,
             policy,
         } => {
             let (mut policy, explicit) = policy.resolve()?;
@@ -40,7 +41,14 @@ pub(super) fn run(cli: &Cli, facts: &mut Emitter, out: &Out, what: &PreflightCmd
             let abs = std::path::absolute(target)
                 .map_err(|e| Error::io("resolve", target.display(), e))?;
             let replacing = crate::fs::lstat_path(&abs).ok().flatten().is_some();
-            let loaded = restore_load(&repo, snapshot, None, &mut policy, explicit);
+            let loaded = restore_load(
+                &repo,
+                snapshot,
+                &filter.filter(),
+                None,
+                &mut policy,
+                explicit,
+            );
             damaged_facts(facts, &repo)?;
             let loaded = loaded?;
             let report = restore_preflight(&repo, &loaded, &abs, &policy, false, replacing);

@@ -31,6 +31,7 @@ pub(super) fn run(
     snapshot: &str,
     target: &Path,
     path: Option<&str>,
+    filter: &crate::repo::select::Filter,
     by_name: bool,
     replace: bool,
     keep_old: Option<&Path>,
@@ -49,7 +50,14 @@ pub(super) fn run(
     let lock = repo.lock(false, policy.lock_wait_ms)?;
     lock_fact(facts, &repo, &lock)?;
     let subpath = path.map(parse_subpath).transpose()?;
-    let loaded = restore_load(&repo, snapshot, subpath.as_ref(), &mut policy, explicit);
+    let loaded = restore_load(
+        &repo,
+        snapshot,
+        filter,
+        subpath.as_ref(),
+        &mut policy,
+        explicit,
+    );
     damaged_facts(facts, &repo)?;
     let loaded = loaded?;
     let report = restore_preflight(
@@ -67,7 +75,7 @@ pub(super) fn run(
             policy: policy.clone(),
             tags: vec![format!("pre-restore:{}", &loaded.snapshot_id[..12])],
         };
-        let outcome = take_snapshot(&repo, &opts, facts)?;
+        let outcome = take_snapshot(&repo, &opts, facts, None)?;
         out.note(&format!(
             "snapshot {} saved of the tree being replaced",
             &outcome.snapshot_id[..12]
@@ -107,7 +115,7 @@ pub(super) fn run(
     }
     summary.transfer = repo.transfer();
     let line = format!(
-        "restored {} into {}: {}, {}, {}, {}, {}, {} verified, {:.2} s{}",
+        "restored {} into {}\n  {}, {}, {}, {}, {}\n  {} verified in {:.2} s{}",
         &summary.snapshot_id[..12],
         summary.target,
         count(summary.files, "file", "files"),
@@ -140,6 +148,7 @@ pub(super) fn run(
 pub(super) fn restore_load(
     repo: &Repo,
     snapshot: &str,
+    filter: &crate::repo::select::Filter,
     subpath: Option<&RelPath>,
     policy: &mut Policy,
     explicit_tier: bool,
@@ -147,6 +156,7 @@ pub(super) fn restore_load(
     let loaded = crate::restore::load(
         repo,
         snapshot,
+        filter,
         explicit_tier.then_some(policy.tier),
         subpath,
         policy.restore_untrusted,

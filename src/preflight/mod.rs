@@ -7,6 +7,7 @@
 //! released at once, `/proc/self/status`, and (restore) one probe file
 //! created and removed in the target's parent to test xattr support.
 
+use crate::human::size;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -359,7 +360,11 @@ pub fn backup(
                     "space",
                     &base,
                     CheckResult::Pass,
-                    format!("{free} bytes free, source filesystem uses {src_used}"),
+                    format!(
+                        "{} free, the source filesystems use {}",
+                        size(free),
+                        size(src_used)
+                    ),
                 );
             } else {
                 let need = sources
@@ -370,19 +375,23 @@ pub fn backup(
                         "space",
                         &base,
                         CheckResult::Stop,
-                        format!("{free} bytes free, the source holds {need} bytes of file data"),
+                        format!(
+                            "{} free, the sources hold {} of file data",
+                            size(free),
+                            size(need)
+                        ),
                     ),
                     Ok(need) => r.add(
                         "space",
                         &base,
                         CheckResult::Pass,
-                        format!("{free} bytes free, source holds {need}"),
+                        format!("{} free, the sources hold {}", size(free), size(need)),
                     ),
                     Err(e) => r.add(
                         "space",
                         &base,
                         CheckResult::Warn,
-                        format!("{free} bytes free; source size unknown: {e}"),
+                        format!("{} free; source size unknown: {e}", size(free)),
                     ),
                 }
             }
@@ -638,13 +647,13 @@ pub fn restore(
             "space",
             &parent,
             CheckResult::Stop,
-            format!("{free} bytes free, the snapshot holds {bytes}"),
+            format!("{} free, the snapshot holds {}", size(free), size(bytes)),
         ),
         Ok(free) => r.add(
             "space",
             &parent,
             CheckResult::Pass,
-            format!("{free} bytes free, the snapshot holds {bytes}"),
+            format!("{} free, the snapshot holds {}", size(free), size(bytes)),
         ),
         Err(e) => r.add("space", &parent, CheckResult::Warn, format!("statvfs: {e}")),
     }

@@ -241,6 +241,7 @@ impl<'r> PackWriter<'r> {
                 return Err(Error::io("sync_file_range", path(), e));
             }
         }
+        tracing::debug!(pack = id, "pack staged");
         self.in_flight.push((s, id.to_owned()));
         Ok(())
     }
@@ -332,6 +333,7 @@ impl<'r> PackWriter<'r> {
 ///
 /// Write, sync and rename errors with the path; `E_NO_SPACE`.
 pub fn put_index(repo: &Repo, bytes: &[u8], syncs: &mut Syncs) -> Result<(String, u64)> {
+    tracing::debug!(bytes = bytes.len(), "index file written");
     let stored = super::format::index::encode_file(bytes.to_vec(), repo.config.version)
         .map_err(|e| Error::io("compress", "an index file", e))?;
     let stored = repo
@@ -432,6 +434,10 @@ pub fn commit_snapshot(repo: &Repo, id: &str, bytes: &[u8], syncs: &mut Syncs) -
     store
         .barrier(syncs)
         .map_err(|e| Error::io("syncfs", repo.path.display(), e))?;
+    tracing::debug!(
+        syncs = syncs.count,
+        "barrier before the snapshot record done"
+    );
     let mut s = store
         .stage(FileKind::Snapshot)
         .map_err(|e| Error::io("create", repo.display(super::layout::STAGING), e))?;
@@ -440,6 +446,7 @@ pub fn commit_snapshot(repo: &Repo, id: &str, bytes: &[u8], syncs: &mut Syncs) -
     store
         .put_staged(s, FileKind::Snapshot, id, true, syncs)
         .map_err(|e| Error::io("put", path(), e))?;
+    tracing::info!(snapshot = id, "snapshot record placed: committed");
     store
         .sync_names(FileKind::Snapshot, id, syncs)
         .map_err(|e| {

@@ -443,6 +443,12 @@ impl Repo {
                 ),
             });
         }
+        tracing::info!(
+            repo = %path.display(),
+            format = config.version,
+            encrypted = crypto.is_encrypted(),
+            "repository opened"
+        );
         Ok(Repo {
             path,
             store: store.into(),
@@ -519,7 +525,14 @@ impl Repo {
     ///
     /// [`Error::Locked`] on time-out, with the holder note; I/O errors.
     pub fn lock(&self, exclusive: bool, wait_ms: u64) -> Result<RepoLock> {
-        storage::lock(&*self.store, exclusive, wait_ms)
+        let started = std::time::Instant::now();
+        let lock = storage::lock(&*self.store, exclusive, wait_ms)?;
+        tracing::info!(
+            exclusive,
+            waited_ms = started.elapsed().as_millis() as u64,
+            "repository lock taken"
+        );
+        Ok(lock)
     }
 
     /// Removes what a crashed run left in staging (`tmp/`). Call with the
@@ -743,6 +756,8 @@ impl Repo {
     }
 
     fn load_index_files(&self) -> Result<Index> {
+        let started = std::time::Instant::now();
+        let mut files = 0u64;
         let mut map = Index::default();
         // One file at a time, parsed straight into the map: memory is the
         // map and the largest file, not every file and a parsed copy.
@@ -751,11 +766,18 @@ impl Repo {
                 continue;
             };
             let bytes = self.read_index_file(id)?;
+            tracing::debug!(index = id, bytes = bytes.len(), "index file read");
             format::index::index_into(&bytes, &mut map).map_err(|e| Error::Integrity {
                 path: self.file_path(FileKind::Index, id),
                 detail: format!("malformed index: {e}"),
             })?;
+            files += 1;
         }
+        tracing::info!(
+            files,
+            ms = started.elapsed().as_millis() as u64,
+            "index loaded"
+        );
         Ok(map)
     }
 

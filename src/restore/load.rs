@@ -152,18 +152,20 @@ pub(super) struct ScanPart {
 ///
 /// # Errors
 ///
-/// As [`Repo::resolve`] and [`Repo::entries_reader`]; [`Error::Integrity`]
+/// As [`Repo::resolve_in`] (`filter` chooses what `latest` is) and
+/// [`Repo::entries_reader`]; [`Error::Integrity`]
 /// for a malformed record or a file that does not match its id;
 /// [`Error::SnapshotNotFound`] (`E_BACKUP_MISSING`) when the snapshot holds
 /// no `subpath`.
 pub fn load(
     repo: &Repo,
     query: &str,
+    filter: &crate::repo::select::Filter,
     tier: Option<crate::policy::PreservationTier>,
     subpath: Option<&RelPath>,
     untrusted: bool,
 ) -> Result<Loaded> {
-    let (snapshot_id, record) = repo.resolve(query)?;
+    let (snapshot_id, record) = repo.resolve_in(query, filter)?;
     let (mut tier, mut tier_source) = match tier {
         Some(t) => (t, "policy"),
         None => (record.tier, "snapshot"),

@@ -204,6 +204,11 @@ fn build_in(
     let staging_display = target.staging_display(&opts.run_id);
     let sub = &loaded.subpath;
     progress.set_length(loaded.bytes);
+    tracing::info!(
+        staging = %staging_display,
+        bytes = loaded.bytes,
+        "restore builds the tree in its staging directory"
+    );
     let names = if opts.by_name {
         let (u, g) = crate::sys::id_names(Path::new("/etc"))
             .map_err(|e| Error::io("read", "/etc/passwd", e))?;

@@ -73,6 +73,17 @@ pub struct SnapshotStats {
     /// made while the parent ran cannot hide behind an unchanged stat).
     #[serde(default)]
     pub files_unchanged: u64,
+    /// Regular files read because the parent snapshot (the newest of the
+    /// same host and sources, at the same tier) has no regular file at
+    /// their path; every file, without a parent. With `files_changed` and
+    /// `files_unchanged` they make up `files`.
+    #[serde(default)]
+    pub files_new: u64,
+    /// Regular files the parent snapshot has at the same path that were
+    /// read again: their stat key differs, or they changed too close to
+    /// the parent's start to be trusted unread.
+    #[serde(default)]
+    pub files_changed: u64,
     /// Directories whose non-directory entries were copied from the
     /// parent snapshot's records as they were, without a file being
     /// opened: the same children key (the names and stat fields of every

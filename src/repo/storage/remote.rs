@@ -497,6 +497,7 @@ impl RemoteBackend {
     /// Downloads the whole object at `key`, refused when longer than
     /// `max`.
     fn fetch(&self, key: &str, max: u64) -> io::Result<Vec<u8>> {
+        tracing::debug!(key, "get");
         let op = &self.op;
         let bytes = block(async move {
             let size = op.stat(key).await.map_err(io_err)?.content_length();
@@ -702,6 +703,7 @@ fn tracing_warn(msg: &str) {
 /// Uploads `bytes` as `key`, create-only (see the module docs).
 async fn upload(op: &Operator, service: Service, key: &str, bytes: Vec<u8>) -> io::Result<Put> {
     let len = bytes.len() as u64;
+    tracing::debug!(key, bytes = len, "put");
     // Shared, not copied, by the retries and the fallback below.
     let bytes = opendal::Buffer::from(bytes);
     let put = match service {

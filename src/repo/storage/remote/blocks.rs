@@ -334,6 +334,7 @@ impl Arrival {
     async fn fetch(mut self, op: Operator, size: u64) {
         let Some(n) = self.n else { return };
         let (start, end) = (n * BLOCK, ((n + 1) * BLOCK).min(size));
+        tracing::debug!(key = %self.key, start, end, "get block");
         let got = op.read_with(&self.key).range(start..end).await;
         let bytes = match got {
             Ok(b) if b.len() as u64 == end - start => {
@@ -363,6 +364,7 @@ impl Drop for Arrival {
 /// Bytes `start..end` of `key` with one ranged `GET`, as opendal's
 /// buffer.
 fn fetch_range(op: &Operator, key: &str, start: u64, end: u64) -> io::Result<opendal::Buffer> {
+    tracing::debug!(key, start, end, "get range");
     let got = block(async move { op.read_with(key).range(start..end).await.map_err(io_err) })?;
     if got.len() as u64 != end - start {
         return Err(io::Error::new(
