@@ -1,8 +1,9 @@
 //! Golden tests (`insta`) of what people and pipelines read: the human
 //! output of every command on a small tree with fixed times, and one fact
-//! of each event kind the run emits. Times, ids, sizes, durations, the
-//! host name, the temp dir and the I/O backend are redacted, so a change
-//! that shows is a change of wording, layout or fact shape. Review a
+//! of each of the 28 event kinds (every kind `schemas/fact.schema.json`
+//! names). Times, ids, sizes, durations, the host name, the temp dir and
+//! the I/O backend are redacted, so a change that shows is a change of
+//! wording, layout or fact shape. Review a
 //! change with `cargo insta review` (or `INSTA_UPDATE=always cargo test
 //! --test golden` and `git diff tests/snapshots`).
 
@@ -136,8 +137,9 @@ fn human_output_of_every_command_and_one_fact_of_each_kind() {
     };
     let mut facts: BTreeMap<String, Value> = BTreeMap::new();
     let repo = env.repo.to_str().unwrap().to_owned();
-    let mut run_in = |repo: &str, name: &str, args: &[&str], want: i32| {
-        let mut cmd = Command::new(snap_bin());
+    let snap = || Command::new(snap_bin());
+    // `cmd` is snap, or snap under setpriv(1).
+    let mut run_with = |mut cmd: Command, repo: &str, name: &str, args: &[&str], want: i32| {
         cmd.args(["--repo", repo])
             .env("TZ", "UTC0")
             .env("COLUMNS", "80")
@@ -167,9 +169,21 @@ fn human_output_of_every_command_and_one_fact_of_each_kind() {
     let out = out.to_str().unwrap();
     let other = env.path("other");
     let other = other.to_str().unwrap();
-    run_in(&repo, "init", &["init"], 0);
-    run_in(&repo, "preflight_backup", &["preflight", "backup", s], 0);
-    run_in(&repo, "backup", &["backup", "-v", "--tag", "golden", s], 0);
+    run_with(snap(), &repo, "init", &["init"], 0);
+    run_with(
+        snap(),
+        &repo,
+        "preflight_backup",
+        &["preflight", "backup", s],
+        0,
+    );
+    run_with(
+        snap(),
+        &repo,
+        "backup",
+        &["backup", "-v", "--tag", "golden", s],
+        0,
+    );
     fs::write(src.join("docs/a.txt"), "alpha, changed\n").unwrap();
     fs::write(src.join("docs/new.txt"), "new\n").unwrap();
     sh(&format!(
@@ -177,38 +191,53 @@ fn human_output_of_every_command_and_one_fact_of_each_kind() {
         src.display()
     ));
     settle();
-    run_in(&repo, "backup_again", &["backup", "-v", s], 0);
-    run_in(&repo, "backup_dry_run", &["backup", "--dry-run", s], 0);
-    run_in(&repo, "list", &["list"], 0);
-    run_in(&repo, "ls", &["ls", "latest"], 0);
+    run_with(snap(), &repo, "backup_again", &["backup", "-v", s], 0);
+    run_with(
+        snap(),
+        &repo,
+        "backup_dry_run",
+        &["backup", "--dry-run", s],
+        0,
+    );
+    run_with(snap(), &repo, "list", &["list"], 0);
+    run_with(snap(), &repo, "ls", &["ls", "latest"], 0);
     let ids = snapshot_ids(&env);
-    run_in(&repo, "diff", &["diff", &ids[0], &ids[1]], 0);
-    run_in(&repo, "find", &["find", "*.txt"], 0);
-    run_in(&repo, "dump", &["dump", "latest", "docs/a.txt"], 0);
-    run_in(&repo, "stats", &["stats"], 0);
-    run_in(&repo, "show", &["show", "latest"], 0);
-    run_in(&repo, "check", &["check", "--read-data"], 0);
-    run_in(
+    run_with(snap(), &repo, "diff", &["diff", &ids[0], &ids[1]], 0);
+    run_with(snap(), &repo, "find", &["find", "*.txt"], 0);
+    run_with(snap(), &repo, "dump", &["dump", "latest", "docs/a.txt"], 0);
+    run_with(snap(), &repo, "stats", &["stats"], 0);
+    run_with(snap(), &repo, "show", &["show", "latest"], 0);
+    run_with(snap(), &repo, "check", &["check", "--read-data"], 0);
+    run_with(
+        snap(),
         &repo,
         "preflight_restore",
         &["preflight", "restore", "latest", "--target", out],
         0,
     );
-    run_in(&repo, "restore", &["restore", "latest", "--target", out], 0);
-    run_in(
+    run_with(
+        snap(),
+        &repo,
+        "restore",
+        &["restore", "latest", "--target", out],
+        0,
+    );
+    run_with(
+        snap(),
         &repo,
         "restore_exists",
         &["restore", "latest", "--target", out],
         41,
     );
-    run_in(&repo, "policy", &["policy", "show"], 0);
-    run_in(&repo, "forget", &["forget", "--keep-last", "1"], 0);
-    run_in(&repo, "prune", &["prune"], 0);
-    run_in(other, "init_other", &["init"], 0);
-    run_in(other, "copy", &["copy", "--from", &repo], 0);
-    run_in(&repo, "version", &["version"], 0);
+    run_with(snap(), &repo, "policy", &["policy", "show"], 0);
+    run_with(snap(), &repo, "forget", &["forget", "--keep-last", "1"], 0);
+    run_with(snap(), &repo, "prune", &["prune"], 0);
+    run_with(snap(), other, "init_other", &["init"], 0);
+    run_with(snap(), other, "copy", &["copy", "--from", &repo], 0);
+    run_with(snap(), &repo, "version", &["version"], 0);
     let schemas = env.path("schemas");
-    run_in(
+    run_with(
+        snap(),
         &repo,
         "schema",
         &["schema", "--out", schemas.to_str().unwrap()],
@@ -217,17 +246,17 @@ fn human_output_of_every_command_and_one_fact_of_each_kind() {
     // A format-2 repository, migrated.
     let old = env.path("old");
     let old = old.to_str().unwrap();
-    run_in(old, "init_old", &["init"], 0);
+    run_with(snap(), old, "init_old", &["init"], 0);
     let config = Path::new(old).join("config.json");
     let mut c: Value = serde_json::from_slice(&fs::read(&config).unwrap()).unwrap();
     c["version"] = 2.into();
     fs::write(&config, serde_json::to_vec(&c).unwrap()).unwrap();
-    run_in(old, "migrate", &["migrate"], 0);
+    run_with(snap(), old, "migrate", &["migrate"], 0);
     // An encrypted repository's keys (SNAP_PASSWORD is set for every run).
     let enc = env.path("enc");
     let enc = enc.to_str().unwrap();
-    run_in(enc, "init_encrypted", &["init", "--encrypt"], 0);
-    run_in(enc, "key_list", &["key", "list"], 0);
+    run_with(snap(), enc, "init_encrypted", &["init", "--encrypt"], 0);
+    run_with(snap(), enc, "key_list", &["key", "list"], 0);
     // A damaged snapshot record is left out and reported.
     let rec = fs::read_dir(Path::new(other).join("snapshots"))
         .unwrap()
@@ -235,13 +264,59 @@ fn human_output_of_every_command_and_one_fact_of_each_kind() {
         .find(|p| p.extension().is_some_and(|x| x == "json"))
         .unwrap();
     fs::write(&rec, b"{ not a record").unwrap();
-    run_in(other, "list_damaged", &["list"], 0);
-    run_in(
+    run_with(snap(), other, "list_damaged", &["list"], 0);
+    run_with(
+        snap(),
         &repo,
         "missing_source",
         &["backup", &format!("{s}/nope")],
         10,
     );
+    // Warnings: a file root cannot read once setpriv(1) drops
+    // CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (backup.warning, exit 3),
+    // and a socket, which tier full records and restore does not make
+    // (restore.warning).
+    let w = env.path("warn");
+    fs::create_dir_all(&w).unwrap();
+    fs::write(w.join("ok"), "ok\n").unwrap();
+    fs::write(w.join("secret"), "secret\n").unwrap();
+    fs::set_permissions(w.join("secret"), fs::Permissions::from_mode(0o000)).unwrap();
+    drop(std::os::unix::net::UnixListener::bind(w.join("sock")).unwrap());
+    stamp(&w);
+    let mut capped = Command::new("setpriv");
+    capped.args([
+        "--bounding-set",
+        "-dac_override,-dac_read_search",
+        snap_bin(),
+    ]);
+    let wp = w.to_str().unwrap();
+    run_with(
+        capped,
+        &repo,
+        "backup_unreadable",
+        &["backup", "--tier", "full", wp],
+        3,
+    );
+    let wout = env.path("warn-out");
+    let wout = wout.to_str().unwrap();
+    run_with(
+        snap(),
+        &repo,
+        "restore_socket",
+        &["restore", "latest", "--target", wout],
+        0,
+    );
+    // Every event kind the fact schema names was met.
+    let schema =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/fact.schema.json"))
+            .unwrap();
+    let kinds: std::collections::BTreeSet<String> = Regex::new(r#""const": "([a-z_]+\.[a-z_]+)""#)
+        .unwrap()
+        .captures_iter(&schema)
+        .map(|c| c[1].to_owned())
+        .collect();
+    let met: std::collections::BTreeSet<String> = facts.keys().cloned().collect();
+    assert_eq!(met, kinds, "event kinds met vs the schema's");
     let all: Vec<Value> = facts.into_values().collect();
     insta::assert_snapshot!("facts", serde_json::to_string_pretty(&all).unwrap());
 }
