@@ -57,11 +57,38 @@ fn fallback_pass() -> bool {
 
 /// A free loopback port `p` whose `p + 10000` (SeaweedFS's gRPC port) is
 /// free too.
+///
+/// Both are taken below the kernel's ephemeral range
+/// (`/proc/sys/net/ipv4/ip_local_port_range`, 32768 and up by default):
+/// `p` from 12000-21999, `p + 10000` from 22000-31999, handed out once per
+/// process. A port the kernel picks (another test's `bind(0)`, or any
+/// outgoing connection) then never lands on a gRPC port between this
+/// check and weed's own bind. That race made a filer die on a port a
+/// parallel test's server had taken. Where the range starts lower, ports
+/// are asked of the kernel as before.
 fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+    if ephemeral_from >= 32000 {
+        const SPAN: u16 = 10000;
+        let start = (std::process::id() % u32::from(SPAN)) as u16;
+        for _ in 0..SPAN {
+            let k = NEXT.fetch_add(1, Ordering::Relaxed) % SPAN;
+            let p = 12000 + (start + k) % SPAN;
+            if free(p) && free(p + 10000) {
+                return p;
+            }
+        }
+    }
     for _ in 0..200 {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let p = l.local_addr().unwrap().port();
-        if p < 55000 && TcpListener::bind(("127.0.0.1", p + 10000)).is_ok() {
+        if p < 55000 && free(p + 10000) {
             return p;
         }
     }
