@@ -116,6 +116,30 @@ pub fn id_names(etc: &Path) -> io::Result<(Vec<(String, u32)>, Vec<(String, u32)
     Ok((read("passwd")?, read("group")?))
 }
 
+/// [`id_names`] as maps from id to name, users then groups, the first
+/// name of an id winning (as `ls -l` and `getpwuid(3)` show it).
+///
+/// # Errors
+///
+/// As [`id_names`].
+#[allow(clippy::type_complexity)]
+pub fn names_by_id(
+    etc: &Path,
+) -> io::Result<(
+    std::collections::HashMap<u32, String>,
+    std::collections::HashMap<u32, String>,
+)> {
+    let (u, g) = id_names(etc)?;
+    let first = |list: Vec<(String, u32)>| {
+        let mut m = std::collections::HashMap::new();
+        for (name, id) in list {
+            m.entry(id).or_insert(name);
+        }
+        m
+    };
+    Ok((first(u), first(g)))
+}
+
 /// Whether a process `pid` exists on this machine (in this PID
 /// namespace): `kill(pid, 0)` succeeds or fails with `EPERM`, not `ESRCH`
 /// (`kill(2)`).

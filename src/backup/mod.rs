@@ -185,17 +185,12 @@ pub fn run(
         "backup starts"
     );
     // Owner names for tier full, from this host's /etc (first name wins).
-    let (mut users, mut groups) = (HashMap::new(), HashMap::new());
-    if tier::fields(opts.policy.tier).full {
-        let (u, g) = crate::sys::id_names(Path::new("/etc"))
-            .map_err(|e| Error::io("read", "/etc/passwd", e))?;
-        for (name, id) in u {
-            users.entry(id).or_insert(name);
-        }
-        for (name, id) in g {
-            groups.entry(id).or_insert(name);
-        }
-    }
+    let (users, groups) = if tier::fields(opts.policy.tier).full {
+        crate::sys::names_by_id(Path::new("/etc"))
+            .map_err(|e| Error::io("read", "/etc/passwd", e))?
+    } else {
+        (HashMap::new(), HashMap::new())
+    };
 
     let (tx, rx) = sync_channel(pipeline::DATA_QUEUE);
     let (pack_tx, pack_rx) = sync_channel(pipeline::PACK_QUEUE);

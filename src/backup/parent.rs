@@ -326,7 +326,7 @@ impl Parent {
     pub(super) fn files(&self, offset: u64, len: u64) -> Result<Block> {
         let bytes = self.read(offset, len)?;
         let mut files = PathMap::default();
-        let mut known = PathMap::default();
+        let mut others = PathMap::default();
         let mut at = 0usize;
         for line in bytes.split_inclusive(|b| *b == b'\n') {
             let start = at;
@@ -341,12 +341,13 @@ impl Parent {
             let Ok(rel) = RelPath::from_stored(&r.path, r.path_b64.as_deref()) else {
                 continue;
             };
-            known.insert(rel.to_bytes(), ());
             let (Some(size), Some(ctime), Some(ino), Some(dev)) = (r.size, r.ctime, r.ino, r.dev)
             else {
+                others.insert(rel.to_bytes(), ());
                 continue;
             };
             if ctime >= self.settled {
+                others.insert(rel.to_bytes(), ());
                 continue;
             }
             files.insert(
@@ -366,7 +367,7 @@ impl Parent {
             offset,
             bytes,
             files,
-            known,
+            others,
         })
     }
 }
@@ -380,9 +381,17 @@ pub(super) struct Block {
     pub(super) bytes: Vec<u8>,
     /// Its reusable regular files by raw path.
     pub(super) files: PathMap<ParentFile>,
-    /// Every regular file it records, reusable or not (a file not here is
-    /// new, [`SnapshotStats::files_new`]).
-    pub(super) known: PathMap<()>,
+    /// The regular files it records that `files` does not hold (no full
+    /// stat key, or changed too late): with `files`, every regular file
+    /// of the block (one in neither is new, [`SnapshotStats::files_new`]).
+    pub(super) others: PathMap<()>,
+}
+
+impl Block {
+    /// Whether the block records a regular file at raw path `rel`.
+    pub(super) fn has_file(&self, rel: &[u8]) -> bool {
+        self.files.contains_key(rel) || self.others.contains_key(rel)
+    }
 }
 
 impl Block {

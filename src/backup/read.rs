@@ -195,7 +195,7 @@ impl Walker<'_> {
         self.stats.files += 1;
         self.stats.bytes += offset;
         self.progress.inc(offset);
-        let change = if self.block.known.contains_key(&rel.to_bytes()) {
+        let change = if self.block.has_file(&rel.to_bytes()) {
             self.stats.files_changed += 1;
             super::Change::Changed
         } else {

@@ -76,8 +76,9 @@ fn absolute(path: &Path) -> Result<PathBuf> {
 }
 
 /// `path` with its parent directories resolved (`realpath(3)`), the last
-/// component kept: a source that is a symbolic link stays one.
-fn resolve(path: &Path) -> Result<PathBuf> {
+/// component kept: a source that is a symbolic link stays one; and the
+/// `st_dev` of what it names (`lstat`, once).
+fn resolve(path: &Path) -> Result<(PathBuf, (u32, u32))> {
     let abs = absolute(path)?;
     let missing = || Error::SourceMissing {
         path: abs.display().to_string(),
@@ -93,9 +94,9 @@ fn resolve(path: &Path) -> Result<PathBuf> {
         // `/`, or a path ending in `..`.
         _ => canon(&abs)?,
     };
-    match std::fs::symlink_metadata(&resolved) {
-        Ok(_) => Ok(resolved),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(missing()),
+    match crate::fs::lstat_path(&resolved) {
+        Ok(Some(st)) => Ok((resolved, st.dev)),
+        Ok(None) => Err(missing()),
         Err(e) => Err(Error::io("stat", resolved.display(), e)),
     }
 }
@@ -122,12 +123,13 @@ impl Sources {
             [p] => return one(p),
             _ => {}
         }
-        let mut paths = given
+        let mut found = given
             .iter()
             .map(|p| resolve(p))
             .collect::<Result<Vec<_>>>()?;
-        paths.sort();
-        paths.dedup();
+        found.sort();
+        found.dedup();
+        let (paths, devices): (Vec<PathBuf>, Vec<(u32, u32)>) = found.into_iter().unzip();
         if paths.len() == 1 {
             return one(&given[0]);
         }
@@ -141,7 +143,10 @@ impl Sources {
             depth += 1;
         }
         let root: PathBuf = comps[0][..depth].iter().collect();
-        let mut sel = Selection::default();
+        let mut sel = Selection {
+            devices,
+            ..Selection::default()
+        };
         for (p, c) in paths.iter().zip(&comps) {
             let mut rel = RelPath::root();
             for comp in &c[depth..] {
@@ -151,12 +156,6 @@ impl Sources {
                 rel = rel.join(name);
             }
             sel.sources.insert(rel);
-            let st = crate::fs::lstat_path(p)
-                .map_err(|e| Error::io("stat", p.display(), e))?
-                .ok_or_else(|| Error::SourceMissing {
-                    path: p.display().to_string(),
-                })?;
-            sel.devices.push(st.dev);
         }
         Ok(Sources {
             paths,

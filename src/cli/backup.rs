@@ -72,7 +72,10 @@ pub(super) fn run(
         policy,
         tags: tags.to_vec(),
     };
-    // -v: each file read, as it is read (stderr under --json).
+    // -v: each file read, as it is read (stderr under --json). A write
+    // error (a closed stdout) does not stop the backup: the summary line
+    // after the commit meets it too, and the run ends as on any closed
+    // stdout (141), the snapshot committed.
     let tell = |c: crate::backup::Change, rel: &crate::fs::RelPath| {
         out.line(&format!("{:<8} {rel}", c.as_str())).ok();
     };

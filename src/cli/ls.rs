@@ -65,8 +65,7 @@ pub(super) fn run(
 }
 
 /// Owner names by id from this host's `/etc/passwd` and `/etc/group`
-/// (the first name of an id wins, as `ls -l` shows it); empty when they
-/// cannot be read.
+/// ([`crate::sys::names_by_id`]); empty when they cannot be read.
 #[derive(Default)]
 struct Owners {
     users: std::collections::HashMap<u32, String>,
@@ -75,16 +74,9 @@ struct Owners {
 
 impl Owners {
     fn of_this_host() -> Owners {
-        let mut o = Owners::default();
-        if let Ok((u, g)) = crate::sys::id_names(std::path::Path::new("/etc")) {
-            for (name, id) in u {
-                o.users.entry(id).or_insert(name);
-            }
-            for (name, id) in g {
-                o.groups.entry(id).or_insert(name);
-            }
-        }
-        o
+        crate::sys::names_by_id(std::path::Path::new("/etc"))
+            .map(|(users, groups)| Owners { users, groups })
+            .unwrap_or_default()
     }
 }
 
